@@ -1,0 +1,50 @@
+"""The one dataset type every adapter returns: image paths, labels, classes and splits."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+
+SPLIT_NAMES = ("trainval", "train", "val", "test_seen", "test_unseen")
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """A list of images with class labels, class names and named index splits.
+
+    ``image_ids[i]`` is the path of image ``i`` relative to ``root`` (POSIX separators);
+    ``labels[i]`` is its class index into ``classes`` (-1 when unknown);
+    ``splits[name]`` holds sorted 0-based row indices (names from ``SPLIT_NAMES``).
+    Row order is the order features are stored in, so benchmark split indices line up.
+    """
+
+    name: str
+    root: Path
+    image_ids: list[str]
+    labels: np.ndarray
+    classes: list[str]
+    splits: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.image_ids)
+        if self.labels.shape != (n,):
+            raise PipelineError(f"{self.name}: {n} images but labels of shape {self.labels.shape}")
+        if n and (self.labels.max() >= len(self.classes) or self.labels.min() < -1):
+            raise PipelineError(
+                f"{self.name}: labels must lie in [-1, {len(self.classes) - 1}] for {len(self.classes)} classes"
+            )
+        for split, idx in self.splits.items():
+            if split not in SPLIT_NAMES:
+                raise PipelineError(f"{self.name}: unknown split {split!r}; expected one of {SPLIT_NAMES}")
+            if len(idx) and (idx.min() < 0 or idx.max() >= n):
+                raise PipelineError(f"{self.name}: split {split!r} indexes outside 0..{n - 1}")
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def path(self, i: int) -> Path:
+        """Absolute path of image ``i``."""
+        return self.root / self.image_ids[i]

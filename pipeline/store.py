@@ -1,0 +1,301 @@
+"""The HDF5 feature store: one file per (dataset, backbone), written once, read by every stage.
+
+Schema (``schema_version`` 1), N images, C classes::
+
+    features        [N, D]      float16|float32  pooled image features (NaN rows: failed images)
+    grid            [N, R, D']  float16|float32  optional spatial features, R regions (h*w)
+    labels          [N]         int64            class index into ``classes``, -1 if unknown
+    image_ids       [N]         utf-8            image path relative to the dataset root
+    classes         [C]         utf-8            class names (folder names, wnids, ...)
+    ok              [N]         bool             row holds features of a successfully read image
+    splits/<name>   [n]         int64            sorted 0-based row indices (trainval, train, val,
+                                                 test_seen, test_unseen); failed rows excluded
+    failures/index  [F]         int64            rows whose image could not be read ...
+    failures/reason [F]         utf-8            ... and why
+
+File attributes hold provenance (``backbone``, ``model``, ``pretrained``, ``image_size``,
+``resize_size``, ``interpolation``, ``mean``, ``std``, ``feature_dim``, ``grid_shape``,
+``dtype``, ``dataset``, ``versions``), ``schema_version``, and ``complete`` (True once every
+row is written). Data sets are chunked along rows and allocated in full when the file is
+created, so writing a batch only fills raw bytes: a process killed mid-run leaves a readable
+file whose ``ok`` mask says which rows are finished.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from pipeline.datasets.base import SPLIT_NAMES, ImageDataset
+from pipeline.errors import PipelineError
+
+SCHEMA_VERSION = 1
+DTYPES = ("float16", "float32")
+_CHUNK_BYTES = 1 << 21  # ~2 MiB per chunk: large sequential reads, small waste on partial reads
+_REQUIRED = ("features", "labels", "image_ids", "classes", "ok")
+_STR = h5py.string_dtype("utf-8")
+
+
+def _rows_per_chunk(row_shape: tuple[int, ...], dtype: str, n: int) -> int:
+    row_bytes = int(np.prod(row_shape)) * np.dtype(dtype).itemsize
+    return int(max(1, min(n, _CHUNK_BYTES // row_bytes)))
+
+
+def _allocated(f: h5py.File, name: str, shape: tuple[int, ...], dtype: str) -> h5py.Dataset:
+    """A chunked data set whose chunks are all allocated now and never filled with zeros."""
+    chunks = (_rows_per_chunk(shape[1:], dtype, shape[0]), *shape[1:])
+    space = h5py.h5s.create_simple(shape)
+    plist = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    plist.set_chunk(chunks)
+    plist.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    plist.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    dsid = h5py.h5d.create(f.id, name.encode(), h5py.h5t.py_create(np.dtype(dtype)), space, dcpl=plist)
+    return h5py.Dataset(dsid)
+
+
+def create_store(
+    path: Path,
+    dataset: ImageDataset,
+    feature_dim: int,
+    dtype: str,
+    grid_shape: tuple[int, int] | None,
+    provenance: Mapping[str, Any],
+) -> None:
+    """Create an empty store for ``dataset`` (all rows pending); overwrites ``path``.
+
+    ``grid_shape`` is (regions, channels) of the spatial features, or None for pooled only.
+    """
+    if dtype not in DTYPES:
+        raise PipelineError(f"dtype {dtype!r} not supported; use one of {DTYPES}")
+    n = len(dataset)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        _allocated(f, "features", (n, feature_dim), dtype)
+        if grid_shape is not None:
+            _allocated(f, "grid", (n, *grid_shape), dtype)
+        ok = _allocated(f, "ok", (n,), "bool")
+        ok[...] = False
+        f["labels"] = dataset.labels.astype(np.int64)
+        f.create_dataset("image_ids", data=dataset.image_ids, dtype=_STR)
+        f.create_dataset("classes", data=dataset.classes, dtype=_STR)
+        for name, idx in dataset.splits.items():
+            f[f"splits/{name}"] = np.asarray(idx, dtype=np.int64)
+        for key, value in provenance.items():
+            f.attrs[key] = json.dumps(value) if isinstance(value, dict) else value
+        f.attrs["dataset"] = dataset.name
+        f.attrs["feature_dim"] = feature_dim
+        f.attrs["grid_shape"] = list(grid_shape) if grid_shape is not None else []
+        f.attrs["dtype"] = dtype
+        f.attrs["schema_version"] = SCHEMA_VERSION
+        f.attrs["complete"] = False
+
+
+class FeatureWriter:
+    """Fills the rows of a store created by :func:`create_store`; use as a context manager."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        # No chunk cache: each write goes straight to its allocated place in the file, so the
+        # ``ok`` flags written after the features can never reach the disk before them.
+        self._f = h5py.File(path, "r+", rdcc_nbytes=0)
+        _check_schema(self._f, path)
+
+    def __enter__(self) -> FeatureWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._f.close()
+
+    def pending(self) -> np.ndarray:
+        """Indices of rows not yet written, ascending."""
+        return np.flatnonzero(~self._f["ok"][:])
+
+    def write(self, indices: np.ndarray, features: np.ndarray, grid: np.ndarray | None = None) -> None:
+        """Write rows ``indices`` and mark them finished."""
+        if not np.isfinite(features).all():
+            raise PipelineError(f"{self.path}: non-finite features for rows {indices[:5]}; check the backbone's input")
+        order = np.argsort(indices)
+        if not np.array_equal(order, np.arange(len(order))):
+            indices, features = indices[order], features[order]
+            grid = grid[order] if grid is not None else None
+        sel = _selection(indices)
+        self._f["features"][sel] = features
+        if grid is not None:
+            self._f["grid"][sel] = grid
+        self._f.flush()
+        self._f["ok"][sel] = True
+        self._f.flush()
+
+    def finalize(self, failures: Mapping[int, str]) -> None:
+        """Record unreadable images (rows filled with NaN, removed from splits) and mark complete."""
+        idx = np.array(sorted(failures), dtype=np.int64)
+        f = self._f
+        for name in ("features", "grid"):
+            if name in f and len(idx):
+                f[name][idx] = np.nan
+        if "failures" in f:
+            del f["failures"]
+        f["failures/index"] = idx
+        f.create_dataset("failures/reason", data=[failures[i] for i in idx], dtype=_STR)
+        for name in list(f.get("splits", {})):
+            split = f[f"splits/{name}"][:]
+            del f[f"splits/{name}"]
+            f[f"splits/{name}"] = split[~np.isin(split, idx)]
+        missing = np.flatnonzero(~f["ok"][:])
+        if not np.array_equal(missing, idx):
+            raise PipelineError(f"{self.path}: {len(missing)} rows unwritten but {len(idx)} failures recorded")
+        f.attrs["complete"] = True
+        f.flush()
+
+
+def _selection(indices: np.ndarray) -> slice | np.ndarray:
+    """A slice when ``indices`` are consecutive (fast path), else the index array."""
+    if len(indices) and indices[-1] - indices[0] == len(indices) - 1:
+        return slice(int(indices[0]), int(indices[-1]) + 1)
+    return indices
+
+
+def _check_schema(f: h5py.File, path: Path) -> None:
+    missing = [k for k in _REQUIRED if k not in f]
+    if missing or f.attrs.get("schema_version") != SCHEMA_VERSION:
+        raise PipelineError(
+            f"{path}: not a feature store of schema {SCHEMA_VERSION} (missing {missing or 'schema_version'}); "
+            "recreate it with: python cli.py extract ..."
+        )
+
+
+class FeatureStore:
+    """Read access to a store; arrays are read lazily, ``grid`` only ever in row blocks."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise PipelineError(f"{self.path}: feature file not found; create it with: python cli.py extract ...")
+        try:
+            self._f = h5py.File(self.path, "r")
+        except OSError as e:
+            raise PipelineError(f"{self.path}: not a readable HDF5 file ({e}); delete it and extract again") from e
+        _check_schema(self._f, self.path)
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __len__(self) -> int:
+        return int(self._f["labels"].shape[0])
+
+    @property
+    def complete(self) -> bool:
+        return bool(self._f.attrs["complete"])
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """All file attributes, arrays as lists and JSON-encoded dicts decoded."""
+        out: dict[str, Any] = {}
+        for key, value in self._f.attrs.items():
+            if isinstance(value, np.ndarray):
+                value = value.tolist()
+            elif isinstance(value, np.generic):
+                value = value.item()
+            if isinstance(value, str) and value.startswith("{"):
+                value = json.loads(value)
+            out[key] = value
+        return out
+
+    @property
+    def classes(self) -> list[str]:
+        return [c.decode() for c in self._f["classes"][:]]
+
+    @property
+    def image_ids(self) -> list[str]:
+        return [c.decode() for c in self._f["image_ids"][:]]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self._f["labels"][:]
+
+    @property
+    def ok(self) -> np.ndarray:
+        return self._f["ok"][:]
+
+    @property
+    def has_grid(self) -> bool:
+        return "grid" in self._f
+
+    @property
+    def splits(self) -> dict[str, np.ndarray]:
+        group = self._f.get("splits", {})
+        return {name: group[name][:] for name in SPLIT_NAMES if name in group}
+
+    @property
+    def failures(self) -> dict[int, str]:
+        if "failures" not in self._f:
+            return {}
+        reasons = self._f["failures/reason"][:]
+        return {int(i): r.decode() for i, r in zip(self._f["failures/index"][:], reasons)}
+
+    def dataset(self, name: str) -> h5py.Dataset:
+        """The raw h5py data set ``name`` (``features`` or ``grid``), for custom slicing."""
+        if name not in self._f:
+            raise PipelineError(f"{self.path}: no {name!r} data set; extract with --grid to store spatial features")
+        return self._f[name]
+
+    def features(self, indices: np.ndarray | None = None) -> np.ndarray:
+        """Pooled features as float32: rows ``indices`` (default: every finished row)."""
+        if indices is None:
+            indices = np.flatnonzero(self.ok)
+        blocks = [block for _, block in self.iter_rows("features", indices)]
+        return np.concatenate(blocks) if blocks else np.empty((0, self._f["features"].shape[1]), np.float32)
+
+    def iter_rows(
+        self, name: str, indices: np.ndarray | None = None, batch_rows: int | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Stream rows of ``name`` as (row indices, float32 block), in ascending row order.
+
+        Reads whole chunk-aligned row ranges (``batch_rows`` rounded up to the chunk size,
+        default one chunk) and selects ``indices`` within each, so memory stays bounded by one
+        block however large the data set is.
+        """
+        data = self.dataset(name)
+        n = data.shape[0]
+        rows = np.arange(n) if indices is None else np.unique(np.asarray(indices, dtype=np.int64))
+        if len(rows) and (rows[0] < 0 or rows[-1] >= n):
+            raise PipelineError(f"{self.path}: row indices outside 0..{n - 1}")
+        chunk = data.chunks[0] if data.chunks else 1
+        step = chunk * max(1, -(-(batch_rows or chunk) // chunk))
+        for start in range(0, n, step):
+            lo, hi = np.searchsorted(rows, [start, start + step])
+            if lo == hi:
+                continue
+            sel = rows[lo:hi]
+            block = data[int(sel[0]) : int(sel[-1]) + 1]
+            yield sel, block[sel - sel[0]].astype(np.float32, copy=False)
+
+    def describe(self) -> str:
+        """Human-readable schema, split counts, provenance and completeness (``cli.py info``)."""
+        lines = [f"{self.path}", f"  complete: {self.complete}"]
+        for name in ("features", "grid", "labels", "image_ids", "classes", "ok"):
+            if name in self._f:
+                d = self._f[name]
+                lines.append(f"  {name:10s} {str(d.shape):22s} {d.dtype}")
+        ok = self.ok
+        lines.append(f"  rows: {len(ok)} total, {int(ok.sum())} written, {len(self.failures)} failed")
+        for name, idx in self.splits.items():
+            classes = np.unique(self.labels[idx])
+            lines.append(f"  split {name:12s} {len(idx):8d} images {len(classes):6d} classes")
+        lines.append("  provenance:")
+        for key, value in sorted(self.provenance.items()):
+            lines.append(f"    {key}: {value}")
+        image_ids = self._f["image_ids"]
+        for i, reason in list(self.failures.items())[:10]:
+            lines.append(f"  failed: {image_ids[i].decode()}: {reason}")
+        return "\n".join(lines)

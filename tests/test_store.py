@@ -1,0 +1,118 @@
+"""Feature store: schema, provenance, streaming reads, errors on files that are not stores."""
+from __future__ import annotations
+
+import re
+import tracemalloc
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli import cli
+from pipeline.datasets.base import ImageDataset
+from pipeline.errors import PipelineError
+from pipeline.store import FeatureStore, FeatureWriter, create_store
+
+
+def _dataset(n: int) -> ImageDataset:
+    return ImageDataset("toy", Path("/nowhere"), [f"c{i % 3}/{i}.jpg" for i in range(n)], np.arange(n) % 3,
+                        ["a", "b", "c"], {"trainval": np.arange(0, n, 2), "test_unseen": np.arange(1, n, 2)})
+
+
+def _store(path: Path, n: int = 10, grid: tuple[int, int] | None = (4, 3), dtype: str = "float16") -> None:
+    create_store(path, _dataset(n), 5, dtype, grid, {"backbone": "resnet18", "mean": [0.5, 0.5, 0.5],
+                                                     "versions": {"torch": "2.13.0"}})
+
+
+def test_schema_and_provenance(tmp_path: Path):
+    path = tmp_path / "s.h5"
+    _store(path)
+    with FeatureWriter(path) as w:
+        assert w.pending().tolist() == list(range(10))
+        w.write(np.arange(10), np.arange(50).reshape(10, 5), np.ones((10, 4, 3)))
+        w.finalize({})
+    with h5py.File(path) as f:
+        assert f["features"].shape == (10, 5) and f["features"].dtype == np.float16
+        assert f["grid"].shape == (10, 4, 3)
+        assert f["labels"].dtype == np.int64
+        assert f["image_ids"][3].decode() == "c0/3.jpg"
+        assert f["splits/trainval"][:].tolist() == [0, 2, 4, 6, 8]
+        assert f.attrs["complete"] and f.attrs["schema_version"] == 1
+    with FeatureStore(path) as s:
+        p = s.provenance
+        assert p["backbone"] == "resnet18" and p["mean"] == [0.5, 0.5, 0.5] and p["versions"] == {"torch": "2.13.0"}
+        assert p["feature_dim"] == 5 and p["grid_shape"] == [4, 3] and p["dtype"] == "float16"
+        assert s.classes == ["a", "b", "c"] and s.labels.tolist() == (np.arange(10) % 3).tolist()
+        np.testing.assert_array_equal(s.features(s.splits["test_unseen"])[:, 0], [5, 15, 25, 35, 45])
+
+
+def test_rows_written_out_of_order_and_pending(tmp_path: Path):
+    path = tmp_path / "s.h5"
+    _store(path, grid=None, dtype="float32")
+    with FeatureWriter(path) as w:
+        w.write(np.array([7, 2]), np.full((2, 5), 1.5))
+        assert w.pending().tolist() == [0, 1, 3, 4, 5, 6, 8, 9]
+        with pytest.raises(PipelineError, match="non-finite"):
+            w.write(np.array([0]), np.full((1, 5), np.nan))
+        assert 0 in w.pending()
+    with FeatureStore(path) as s:
+        assert not s.complete and s.ok.sum() == 2
+        assert s.features().tolist() == [[1.5] * 5] * 2
+
+
+def test_grid_streams_in_bounded_memory(tmp_path: Path):
+    path = tmp_path / "big.h5"
+    n, regions, dim = 3000, 49, 512  # 150 MB of float16 on disk, 300 MB as float32
+    create_store(path, _dataset(n), 8, "float16", (regions, dim), {})
+    with FeatureWriter(path) as w:
+        rng = np.random.default_rng(0)
+        for lo in range(0, n, 500):
+            rows = np.arange(lo, lo + 500)
+            w.write(rows, np.zeros((500, 8)), rng.standard_normal((500, regions, dim)).astype(np.float16))
+    with FeatureStore(path) as s:
+        tracemalloc.start()
+        seen, total = 0, 0.0
+        for rows, block in s.iter_rows("grid", s.splits["trainval"], batch_rows=64):
+            assert block.shape[1:] == (regions, dim) and block.dtype == np.float32
+            seen += len(rows)
+            total += float(block[:, 0, 0].sum())
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert seen == n // 2
+        assert peak < 30e6, f"streaming peaked at {peak / 1e6:.0f} MB"
+        want = s.dataset("grid")[::2, 0, 0].astype(np.float32).sum()
+        assert total == pytest.approx(float(want), rel=1e-4)
+
+
+def test_files_that_are_not_stores_give_one_line_errors(tmp_path: Path):
+    with pytest.raises(PipelineError, match="not found"):
+        FeatureStore(tmp_path / "missing.h5")
+    (tmp_path / "junk.h5").write_bytes(b"hello")
+    with pytest.raises(PipelineError, match="junk.h5: not a readable HDF5 file"):
+        FeatureStore(tmp_path / "junk.h5")
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["features"] = np.zeros((2, 2))
+    with pytest.raises(PipelineError, match=r"other.h5: not a feature store .*missing \['labels'"):
+        FeatureStore(tmp_path / "other.h5")
+    path = tmp_path / "s.h5"
+    _store(path, grid=None)
+    with FeatureStore(path) as s, pytest.raises(PipelineError, match="--grid"):
+        s.dataset("grid")
+
+
+def test_info_command_prints_schema_counts_and_provenance(tmp_path: Path):
+    path = tmp_path / "s.h5"
+    _store(path)
+    with FeatureWriter(path) as w:
+        w.write(np.arange(9), np.zeros((9, 5)), np.zeros((9, 4, 3)))
+        w.finalize({9: "OSError: image file is truncated"})
+    result = CliRunner().invoke(cli, ["info", str(path)])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "complete: True" in out and "grid       (10, 4, 3)" in out
+    assert re.search(r"split trainval\s+5 images", out) and re.search(r"split test_unseen\s+4 images", out)
+    assert "backbone: resnet18" in out and "1 failed" in out and "c0/9.jpg: OSError" in out
+    missing = CliRunner().invoke(cli, ["info", str(tmp_path / "nope.h5")])
+    assert missing.exit_code == 1 and "nope.h5: feature file not found" in missing.output
