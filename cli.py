@@ -1,0 +1,105 @@
+"""Command line: ``python cli.py extract|info|synthesize|import-xlsa17 ...`` (see --help)."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+import pipeline  # noqa: F401  (torchvision compatibility first)
+from pipeline.backbones import BACKBONES
+from pipeline.datasets import DATASETS
+from pipeline.errors import PipelineError
+from pipeline.store import DTYPES
+
+EXIT_IMAGES_FAILED = 3
+
+
+class _Group(click.Group):
+    """Turns a PipelineError into one line on stderr and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except PipelineError as e:
+            raise click.ClickException(str(e)) from e
+
+
+@click.group(cls=_Group)
+@click.option("-v", "--verbose", is_flag=True, help="Log debugging details.")
+def cli(verbose: bool) -> None:
+    """Zero-shot recognition on cached backbone features."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s")
+
+
+@cli.command()
+@click.option("--dataset", type=click.Choice(DATASETS, case_sensitive=False), default="synthetic", show_default=True)
+@click.option("--root", type=click.Path(path_type=Path), default=Path("data/synthetic"), show_default=True,
+              help="Dataset folder (see README for each dataset's layout).")
+@click.option("--splits", type=click.Path(path_type=Path), default=None,
+              help="xlsa17 att_splits.mat (CUB, AWA2, SUN).")
+@click.option("--backbone", type=click.Choice(BACKBONES), default="efficientnet_lite0", show_default=True)
+@click.option("--model", default=None, help="open_clip architecture for --backbone clip [default: ViT-B-32].")
+@click.option("--pretrained", default="imagenet", show_default=True,
+              help="Weights: a tag (imagenet, IMAGENET1K_V2, openai, laion2b_s34b_b79k, ...), a local file, or none.")
+@click.option("--image-size", type=int, default=None, help="Crop size in px [default: 224; CLIP: the model's].")
+@click.option("--grid/--no-grid", default=False, show_default=True, help="Also store spatial features.")
+@click.option("--dtype", type=click.Choice(DTYPES), default="float16", show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True, help="Image decoding processes.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--output", type=click.Path(path_type=Path), required=True, help="HDF5 feature file to write.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output made with other settings.")
+def extract(dataset: str, root: Path, splits: Path | None, backbone: str, model: str | None, pretrained: str,
+            image_size: int | None, output: Path, **options: object) -> None:
+    """Run a frozen backbone over every image once and store the features (resumable)."""
+    from pipeline.extract import extract_dataset
+
+    result = extract_dataset(dataset, root, splits, backbone, model, pretrained, image_size, output, **options)
+    click.echo(result.summary())
+    if result.failures:
+        sys.exit(EXIT_IMAGES_FAILED)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(path_type=Path))
+def info(file: Path) -> None:
+    """Print a feature file's schema, split counts, provenance and completeness."""
+    from pipeline.store import FeatureStore
+
+    with FeatureStore(file) as store:
+        click.echo(store.describe())
+
+
+@cli.command()
+@click.option("--output", type=click.Path(path_type=Path), default=Path("data/synthetic"), show_default=True)
+@click.option("--images-per-class", type=int, default=24, show_default=True)
+@click.option("--image-size", type=int, default=64, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def synthesize(output: Path, images_per_class: int, image_size: int, seed: int) -> None:
+    """Draw the built-in synthetic zero-shot dataset (colour x pattern x shape)."""
+    from pipeline.datasets.synthetic import generate_synthetic, load_synthetic
+
+    generate_synthetic(output, images_per_class=images_per_class, image_size=image_size, seed=seed)
+    data = load_synthetic(output)
+    click.echo(f"{output}: {len(data)} images, {len(data.classes)} classes, "
+               + ", ".join(f"{k} {len(v)}" for k, v in data.splits.items()))
+
+
+@cli.command("import-xlsa17")
+@click.option("--res101", type=click.Path(path_type=Path), required=True, help="xlsa17 res101.mat")
+@click.option("--splits", type=click.Path(path_type=Path), required=True, help="xlsa17 att_splits.mat")
+@click.option("--output", type=click.Path(path_type=Path), required=True)
+@click.option("--dataset", default=None, help="Dataset name [default: att_splits.mat's folder name].")
+@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True)
+def import_xlsa17_cmd(res101: Path, splits: Path, output: Path, dataset: str | None, dtype: str) -> None:
+    """Import the benchmark's precomputed ResNet-101 features into a feature file."""
+    from pipeline.datasets.xlsa17 import import_xlsa17
+
+    import_xlsa17(res101, splits, output, dataset=dataset, dtype=dtype)
+    click.echo(f"{output}: imported (python cli.py info {output})")
+
+
+if __name__ == "__main__":
+    cli()

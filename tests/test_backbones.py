@@ -1,0 +1,104 @@
+"""Backbones: random weights, local checkpoints, the packaged EfficientNet-Lite0, offline errors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import pipeline  # noqa: F401
+from pipeline.backbones import lite0_package_weights, load_backbone
+from pipeline.errors import PipelineError
+
+
+def test_random_weights_warn_and_are_reproducible():
+    with pytest.warns(UserWarning, match="RANDOM weights"):
+        a = load_backbone("resnet18", None, "none", 64)
+    with pytest.warns(UserWarning):
+        b = load_backbone("resnet18", None, "none", 64)
+    x = torch.rand(2, 3, 64, 64)
+    torch.testing.assert_close(a(x)[0], b(x)[0])
+    assert a.provenance["pretrained"] == "none" and a.feature_dim == 512 and a.grid_shape == (4, 512)
+
+
+def test_resnet_from_local_checkpoint_matches_torchvision(tmp_path: Path):
+    import torchvision
+
+    net = torchvision.models.resnet50().eval()
+    torch.save({"state_dict": net.state_dict()}, tmp_path / "r50.pth")
+    backbone = load_backbone("resnet50", None, str(tmp_path / "r50.pth"), 96)
+    x = torch.rand(2, 3, 96, 96)
+    pooled, grid = backbone(x)
+    with torch.no_grad():
+        want = torch.nn.Sequential(*list(net.children())[:-1])(x).flatten(1)
+    torch.testing.assert_close(pooled, want, rtol=1e-4, atol=1e-4)
+    assert grid.shape == (2, 9, 2048)
+    torch.testing.assert_close(grid.mean(1), pooled, rtol=1e-4, atol=1e-4)
+    assert backbone.provenance["pretrained"] == str(tmp_path / "r50.pth")
+    assert backbone.provenance["resize_size"] == round(96 / 0.875)
+
+
+def test_checkpoint_of_wrong_architecture_is_a_clear_error(tmp_path: Path):
+    import torchvision
+
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
+    with pytest.raises(PipelineError, match="r18.pth: checkpoint does not fit"):
+        load_backbone("resnet50", None, str(tmp_path / "r18.pth"), 64)
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(PipelineError, match="junk.pth: cannot read checkpoint"):
+        load_backbone("resnet18", None, str(tmp_path / "junk.pth"), 64)
+
+
+def test_clip_from_local_checkpoint_gives_image_embeddings(tmp_path: Path):
+    import open_clip
+
+    torch.manual_seed(5)
+    model = open_clip.create_model("ViT-B-32", pretrained=None).eval()
+    torch.save(model.state_dict(), tmp_path / "clip.pt")
+    backbone = load_backbone("clip", "ViT-B-32", str(tmp_path / "clip.pt"), None)
+    x = torch.rand(2, 3, 224, 224)
+    pooled, tokens = backbone(x)
+    with torch.no_grad():
+        torch.testing.assert_close(pooled, model.encode_image(x), rtol=1e-4, atol=1e-4)
+    assert pooled.shape == (2, 512) and tokens.shape == (2, 49, 768)
+    pre = backbone.preprocess
+    assert pre.interpolation == "bicubic" and pre.resize_size == 224
+    assert pre.mean == pytest.approx(open_clip.OPENAI_DATASET_MEAN)
+
+
+def test_clip_random_weights_and_wrong_image_size():
+    with pytest.warns(UserWarning, match="RANDOM"):
+        backbone = load_backbone("clip", "RN50", "none", None)
+    assert backbone.feature_dim == 1024 and backbone.grid_shape == (49, 2048)
+    with pytest.raises(PipelineError, match="takes 224 px"):
+        load_backbone("clip", "ViT-B-32", "none", 448)
+    with pytest.raises(PipelineError, match="not a file nor a known tag"):
+        load_backbone("clip", "ViT-B-32", "no-such-tag", None)
+    with pytest.raises(PipelineError, match="unknown model"):
+        load_backbone("clip", "ViT-Z-99", "none", None)
+
+
+def test_packaged_efficientnet_lite0_weights_are_loaded():
+    backbone = load_backbone("efficientnet_lite0", None, "imagenet", 224)
+    package = torch.load(lite0_package_weights(), map_location="cpu", weights_only=True)
+    net = backbone.body.net
+    torch.testing.assert_close(net.conv_stem.weight, package["_conv_stem.weight"])
+    torch.testing.assert_close(net.blocks[6][0].conv_pwl.weight, package["_blocks.15._project_conv.weight"])
+    torch.testing.assert_close(net.classifier.weight, package["_fc.weight"])
+    assert backbone.feature_dim == 1280 and backbone.grid_shape == (49, 1280)
+
+
+def test_offline_tag_is_a_clear_error_that_names_the_local_file_option():
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / "resnet18-f37072fd.pth"
+    if cached.exists():
+        pytest.skip(f"{cached} is cached, so nothing is downloaded")
+    with pytest.raises(PipelineError, match="--pretrained /path/to/that.pth") as err:
+        load_backbone("resnet18", None, "imagenet", 64)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_names_are_errors():
+    with pytest.raises(PipelineError, match="unknown backbone"):
+        load_backbone("vgg16", None, "none", 64)
+    with pytest.raises(PipelineError, match="unknown pretrained"):
+        load_backbone("resnet18", None, "IMAGENET9K", 64)

@@ -1,0 +1,174 @@
+"""Extraction end to end: resume after a real kill, unreadable images, reuse of finished files."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import pipeline  # noqa: F401
+from pipeline.backbones import load_backbone
+from pipeline.datasets.base import ImageDataset
+from pipeline.datasets.synthetic import generate_synthetic, load_synthetic
+from pipeline.errors import PipelineError
+from pipeline.extract import extract
+from pipeline.store import FeatureStore
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_synthetic(root, images_per_class=6, image_size=32, seed=3)
+    return root
+
+
+@pytest.fixture(scope="module")
+def resnet18_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torchvision
+
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("ckpt") / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    return path
+
+
+def _cli_extract(root: Path, ckpt: Path, output: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(REPO / "cli.py"), "extract", "--dataset", "synthetic", "--root", str(root),
+            "--backbone", "resnet18", "--pretrained", str(ckpt), "--image-size", "64", "--grid",
+            "--batch-size", "8", "--workers", "1", "--output", str(output), *extra]
+
+
+def test_resume_after_kill_has_no_lost_or_duplicate_rows(synthetic_root, resnet18_checkpoint, tmp_path):
+    reference = tmp_path / "reference.h5"
+    subprocess.run(_cli_extract(synthetic_root, resnet18_checkpoint, reference), check=True, capture_output=True)
+
+    output = tmp_path / "killed.h5"
+    partial = tmp_path / "killed.h5.partial"
+    env = {**os.environ, "HDF5_USE_FILE_LOCKING": "FALSE"}
+    proc = subprocess.Popen(_cli_extract(synthetic_root, resnet18_checkpoint, output), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        done = 0
+        while time.time() < deadline and proc.poll() is None:
+            if partial.exists():
+                with FeatureStore(partial) as store:
+                    done = int(store.ok.sum())
+                if done >= 40:
+                    break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        proc.kill()
+    assert 0 < done < 288, "the run should be killed part way"
+    assert not output.exists() and partial.exists()
+    with FeatureStore(partial) as store:
+        assert not store.complete
+        killed_ok = store.ok
+    assert 0 < killed_ok.sum() < len(killed_ok)
+
+    resumed = subprocess.run(_cli_extract(synthetic_root, resnet18_checkpoint, output), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{int(killed_ok.sum())} already done" in resumed.stdout
+    assert not partial.exists()
+    with FeatureStore(output) as got, FeatureStore(reference) as want:
+        assert got.complete and got.ok.all()
+        np.testing.assert_allclose(got.features(), want.features(), atol=1e-3)
+        np.testing.assert_allclose(got.dataset("grid")[:], want.dataset("grid")[:], atol=1e-3)
+        assert got.image_ids == want.image_ids
+
+
+def test_ctrl_c_keeps_finished_rows_and_resumes(synthetic_root, resnet18_checkpoint, tmp_path):
+    output = tmp_path / "interrupted.h5"
+    partial = tmp_path / "interrupted.h5.partial"
+    env = {**os.environ, "HDF5_USE_FILE_LOCKING": "FALSE"}
+    proc = subprocess.Popen(_cli_extract(synthetic_root, resnet18_checkpoint, output), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if partial.exists():
+            with FeatureStore(partial) as store:
+                if store.ok.sum() >= 16:
+                    break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert "Traceback" not in stderr and "interrupted" in stderr
+    with FeatureStore(partial) as store:
+        assert store.ok.sum() >= 16
+    resumed = subprocess.run(_cli_extract(synthetic_root, resnet18_checkpoint, output), capture_output=True, text=True)
+    assert resumed.returncode == 0 and "already done" in resumed.stdout
+
+
+def _tiny_dataset(root: Path) -> ImageDataset:
+    rng = np.random.default_rng(0)
+    ids = []
+    for i in range(6):
+        ids.append(f"c{i % 2}/img{i}.jpg")
+        (root / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(root / ids[-1], quality=90)
+    data = (root / ids[1]).read_bytes()
+    (root / ids[1]).write_bytes(data[: len(data) // 3])  # truncated JPEG
+    (root / ids[3]).write_bytes(b"this is not an image")  # corrupt
+    (root / ids[4]).unlink()  # missing
+    return ImageDataset("tiny", root, ids, np.array([0, 1, 0, 1, 0, 1]), ["c0", "c1"],
+                        {"trainval": np.array([0, 1, 2]), "test_seen": np.array([3, 4, 5])})
+
+
+def test_unreadable_images_are_recorded_and_excluded(tmp_path):
+    data = _tiny_dataset(tmp_path / "img")
+    net = load_backbone("resnet18", None, "none", 32)
+    result = extract(data, net, tmp_path / "f.h5", workers=0, batch_size=4)
+    assert sorted(result.failures) == [1, 3, 4]
+    assert "FileNotFoundError" in result.failures[4]
+    assert result.written == 3
+    summary = result.summary()
+    assert "3 failed" in summary and "c1/img1.jpg" in summary
+    with FeatureStore(tmp_path / "f.h5") as store:
+        assert store.complete
+        assert store.ok.tolist() == [True, False, True, False, False, True]
+        assert set(store.failures) == {1, 3, 4}
+        assert np.isnan(store.dataset("features")[1]).all()
+        assert np.isfinite(store.features()).all() and store.features().shape == (3, 512)
+        assert store.splits["trainval"].tolist() == [0, 2]
+        assert store.splits["test_seen"].tolist() == [5]
+
+
+def test_cli_exit_status_reports_failed_images(tmp_path):
+    _tiny_dataset(tmp_path / "img")
+    cmd = [sys.executable, str(REPO / "cli.py"), "extract", "--dataset", "folder", "--root", str(tmp_path / "img"),
+           "--backbone", "resnet18", "--pretrained", "none", "--image-size", "32", "--workers", "0",
+           "--output", str(tmp_path / "f.h5")]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    assert run.returncode == 3
+    assert "2 failed" in run.stdout  # folder adapter lists only files present: truncated + corrupt
+    assert "RANDOM weights" in run.stderr
+
+
+def test_finished_file_is_reused_and_other_settings_refused(synthetic_root, tmp_path):
+    data = load_synthetic(synthetic_root)
+    net = load_backbone("resnet18", None, "none", 32)
+    out = tmp_path / "f.h5"
+    first = extract(data, net, out, workers=0)
+    assert first.written == len(data)
+    mtime = out.stat().st_mtime_ns
+    again = extract(data, net, out, workers=0)
+    assert (again.written, again.reused) == (0, len(data))
+    assert out.stat().st_mtime_ns == mtime
+    with pytest.raises(PipelineError, match="--overwrite"):
+        extract(data, net, out, workers=0, dtype="float32")
+    replaced = extract(data, net, out, workers=0, dtype="float32", overwrite=True)
+    assert replaced.written == len(data)
+    with FeatureStore(out) as store:
+        assert store.dataset("features").dtype == np.float32
