@@ -1,4 +1,4 @@
-"""Command line: ``python cli.py extract|info|synthesize|import-xlsa17 ...`` (see --help)."""
+"""Command line: ``python cli.py extract|info|synthesize|semantics|import-xlsa17 ...`` (see --help)."""
 from __future__ import annotations
 
 import logging
@@ -85,6 +85,36 @@ def synthesize(output: Path, images_per_class: int, image_size: int, seed: int) 
     data = load_synthetic(output)
     click.echo(f"{output}: {len(data)} images, {len(data.classes)} classes, "
                + ", ".join(f"{k} {len(v)}" for k, v in data.splits.items()))
+
+
+@cli.command()
+@click.option("--features", type=click.Path(path_type=Path), required=True,
+              help="Feature file whose classes (and their order) the semantics follow.")
+@click.option("--output", type=click.Path(path_type=Path), required=True, help="Semantics HDF5 file to write.")
+@click.option("--attributes", default=None,
+              help="synthetic, an xlsa17 att_splits.mat / binaryAtt_splits.mat, or a class,attr1,... CSV/TSV.")
+@click.option("--attribute-key", default="att", show_default=True, help="att or original_att (.mat).")
+@click.option("--attribute-names", default=None, help="CUB_attributes.txt, AWA2_predicates.txt, SUN_attributes.mat.")
+@click.option("--normalisation", type=click.Choice(["l2", "none"]), default="l2", show_default=True)
+@click.option("--text", "text", multiple=True, help="Class-name encoder, repeatable: clip, minilm, glove, glove:PATH.")
+@click.option("--clip-model", default="ViT-B-32", show_default=True)
+@click.option("--clip-pretrained", default="openai", show_default=True, help="Tag, local checkpoint, or none.")
+@click.option("--templates", default="imagenet7", show_default=True, help="Prompt set: simple, imagenet7, imagenet80.")
+@click.option("--attribute-vectors", default=None,
+              help="Attribute-name embeddings: a pickled [A, E] file or a text encoder (minilm, glove, clip).")
+@click.option("--graph", type=click.Choice(["none", "wordnet"]), default="none", show_default=True)
+@click.option("--wnids", default=None, help="JSON {class: wnid} when the classes are not wnids themselves.")
+@click.option("--graph-text", default="glove", show_default=True, help="Encoder of the graph's node names.")
+@click.option("--data-root", default=None, help="Dataset root (for --attributes synthetic).")
+def semantics(features: Path, output: Path, text: tuple[str, ...], **settings: object) -> None:
+    """Class semantics: attributes, class-name embeddings, WordNet graph (cached per part)."""
+    from pipeline.semantics.build import SemanticsConfig, build_semantics
+    from pipeline.semantics.file import SemanticsFile
+
+    built = build_semantics(features, output, SemanticsConfig(text=text, **settings))
+    with SemanticsFile(output) as sem:
+        click.echo(sem.describe())
+    click.echo(f"built: {', '.join(built) or 'nothing (all parts up to date)'}")
 
 
 @cli.command("import-xlsa17")

@@ -107,7 +107,7 @@ def _seeded_init(build: Callable[[], nn.Module]) -> nn.Module:
 
 def _warn_random(name: str) -> None:
     warnings.warn(f"{name}: pretrained=none, using RANDOM weights; features will not be meaningful for recognition",
-                  stacklevel=4)  # points at the caller of load_backbone
+                  stacklevel=2)
 
 
 def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
@@ -198,7 +198,11 @@ def _efficientnet_lite0(pretrained: str, image_size: int) -> Backbone:
                                          "pretrained": source})
 
 
-def _clip(model: str, pretrained: str, image_size: int | None) -> Backbone:
+def create_clip_model(model: str, pretrained: str) -> nn.Module:
+    """The whole open_clip model (image and text towers), frozen, in eval mode on the CPU.
+
+    ``pretrained``: an open_clip tag, a local checkpoint path, or ``none`` (seeded random weights).
+    """
     import open_clip
 
     if model not in open_clip.list_models():
@@ -220,6 +224,13 @@ def _clip(model: str, pretrained: str, image_size: int | None) -> Backbone:
                 "checkpoint elsewhere (open_clip.download_pretrained) and pass --pretrained /path/to/it.bin"
             ) from e
         raise PipelineError(f"clip {model}: cannot load {weights} ({str(e).splitlines()[0]})") from e
+    return net.eval().requires_grad_(False)
+
+
+def _clip(model: str, pretrained: str, image_size: int | None) -> Backbone:
+    import open_clip
+
+    net = create_clip_model(model, pretrained)
     cfg = open_clip.get_model_preprocess_cfg(net)
     size = cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][0]
     if image_size not in (None, size):

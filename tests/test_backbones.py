@@ -70,7 +70,7 @@ def test_clip_random_weights_and_wrong_image_size():
     with pytest.warns(UserWarning, match="RANDOM"):
         backbone = load_backbone("clip", "RN50", "none", None)
     assert backbone.feature_dim == 1024 and backbone.grid_shape == (49, 2048)
-    with pytest.raises(PipelineError, match="takes 224 px"):
+    with pytest.raises(PipelineError, match="takes 224 px"), pytest.warns(UserWarning, match="RANDOM"):
         load_backbone("clip", "ViT-B-32", "none", 448)
     with pytest.raises(PipelineError, match="not a file nor a known tag"):
         load_backbone("clip", "ViT-B-32", "no-such-tag", None)

@@ -22,6 +22,7 @@ from pipeline.extract import extract
 from pipeline.store import FeatureStore
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.filterwarnings("ignore:.*RANDOM weights:UserWarning")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,1 @@
+"""Class semantics: WordNet graphs and text embeddings of class names."""

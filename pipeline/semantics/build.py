@@ -1,0 +1,232 @@
+"""Build the semantics file: every class-level semantic vector our models use, in one HDF5.
+
+Schema (classes in the feature store's order, C classes, A attributes, V graph nodes)::
+
+    classes                         [C]      utf-8   class names, as in the feature file
+    class_texts                     [C]      utf-8   cleaned names the text encoders read
+    attributes/values               [C, A]   float32 class-attribute matrix
+    attributes/names                [A]      utf-8
+    text/<encoder>/values           [C, E]   float32 class-name embeddings (clip, minilm, glove)
+    attribute_text/values           [A, E]   float32 attribute-name embeddings
+    graph/wnids, graph/names        [V]      utf-8   classes first (C of them), then ancestors
+    graph/edges                     [Eg, 2]  int64   child -> parent hypernym edges
+    graph/ancestor_edges            [Ea, 2]  int64   node -> every ancestor (DGP's dense graph) ...
+    graph/ancestor_distance         [Ea]     int64   ... with the hop distance
+    graph/node_vectors              [V, E]   float32 text embeddings of the node names
+
+Each group records in its attributes what made it (source file, normalisation, encoder, model,
+templates, out-of-vocabulary words) and ``inputs``, a digest of those inputs: a rebuild copies
+every group whose inputs are unchanged and computes only the rest.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+TEXT_ENCODERS = ("clip", "minilm", "glove")  # glove:PATH reads a GloVe-format file instead
+_STR = h5py.string_dtype("utf-8")
+
+
+@dataclass(frozen=True)
+class SemanticsConfig:
+    """What to build; see README "Class semantics" for each field."""
+
+    attributes: str | None = None  # synthetic | path to .mat/.csv/.tsv | None
+    attribute_key: str = "att"  # att | original_att (xlsa17 .mat)
+    attribute_names: str | None = None  # CUB_attributes.txt, AWA2_predicates.txt, SUN_attributes.mat
+    normalisation: str = "l2"  # l2 | none
+    text: tuple[str, ...] = ()  # encoders over class names: clip, minilm, glove, glove:PATH
+    clip_model: str = "ViT-B-32"
+    clip_pretrained: str = "openai"
+    templates: str = "imagenet7"  # simple | imagenet7 | imagenet80
+    attribute_vectors: str | None = None  # pickled [A, E] file, or a text encoder over attribute names
+    graph: str = "none"  # none | wordnet
+    wnids: str | None = None  # JSON {class: wnid} (or DGP's awa2-split.json); None: classes are wnids
+    graph_text: str = "glove"  # text encoder for graph node vectors
+    data_root: str | None = None  # dataset root (attributes=synthetic)
+
+
+def _file_digest(path: str | None) -> str | None:
+    if path is None or not Path(path).is_file():
+        return None
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def encode_texts(encoder: str, texts: list[str], cfg: SemanticsConfig) -> tuple[np.ndarray, dict[str, Any]]:
+    """Embeddings [N, E] of ``texts`` with ``encoder`` and its provenance (incl. OOV words)."""
+    from pipeline.semantics import text
+
+    if encoder == "clip":
+        vectors = text.clip_text_embeddings(texts, cfg.clip_model, cfg.clip_pretrained, cfg.templates)
+        return vectors, text.clip_text_provenance(cfg.clip_model, cfg.clip_pretrained, cfg.templates)
+    if encoder == "minilm":
+        return text.minilm_embeddings(texts), text.minilm_provenance()
+    if encoder == "glove" or encoder.startswith("glove:"):
+        words = text.WordVectors.load(encoder.partition(":")[2] or text.GLOVE_NAME)
+        vectors, oov = text.word_vector_embeddings(texts, words)
+        return vectors, {**words.provenance, "oov": oov}
+    raise PipelineError(f"unknown text encoder {encoder!r}; use one of {TEXT_ENCODERS} or glove:PATH")
+
+
+def _encoder_inputs(encoder: str, cfg: SemanticsConfig) -> list[Any]:
+    if encoder == "clip":
+        return [encoder, cfg.clip_model, cfg.clip_pretrained, _file_digest(cfg.clip_pretrained), cfg.templates]
+    return [encoder, _file_digest(encoder.partition(":")[2] or None)]
+
+
+def _class_texts(classes: list[str]) -> list[str]:
+    from pipeline.semantics.text import clean_class_name
+    from pipeline.semantics.wordnet import class_lemma, is_wnid
+
+    return [class_lemma(c) if is_wnid(c) else clean_class_name(c) for c in classes]
+
+
+def read_wnid_map(path: Path, classes: list[str]) -> list[str]:
+    """The wnid of each class from a JSON ``{class: wnid}`` or DGP-style ``{train, test, train_names, test_names}``."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise PipelineError(f"{path}: cannot read class-to-wnid JSON ({e})") from e
+    if "train_names" in data:
+        data = dict(zip(data["train_names"] + data["test_names"], data["train"] + data["test"]))
+    missing = [c for c in classes if c not in data]
+    if missing:
+        raise PipelineError(f"{path}: no wnid for {len(missing)} classes (first: {missing[0]!r})")
+    return [data[c] for c in classes]
+
+
+class _Builder:
+    """Writes one group at a time into the new file, copying it from the old one when unchanged."""
+
+    def __init__(self, new: h5py.File, old: h5py.File | None):
+        self.new, self.old = new, old
+        self.built: list[str] = []
+
+    def group(self, name: str, inputs: list[Any], make: Callable[[h5py.Group], None]) -> None:
+        digest = _digest(name, inputs)
+        if self.old is not None and name in self.old and self.old[name].attrs.get("inputs") == digest:
+            self.old.copy(self.old[name], self.new, name=name)
+            return
+        log.info("semantics: building %s", name)
+        make(self.new.create_group(name))
+        self.new[name].attrs["inputs"] = digest
+        self.built.append(name)
+
+
+def _attrs(group: h5py.Group | h5py.Dataset, meta: dict[str, Any]) -> None:
+    for key, value in meta.items():
+        group.attrs[key] = json.dumps(value) if isinstance(value, (list, dict)) else ("" if value is None else value)
+
+
+def build_semantics(features: Path, output: Path, cfg: SemanticsConfig) -> list[str]:
+    """Write the semantics file for the classes of feature file ``features``; returns groups (re)built."""
+    from pipeline.semantics import attributes as attr
+    from pipeline.store import FeatureStore
+
+    with FeatureStore(features) as store:
+        classes = store.classes
+    partial = output.with_name(output.name + ".partial")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    old = h5py.File(output, "r") if output.is_file() else None
+    try:
+        with h5py.File(partial, "w") as new:
+            new.create_dataset("classes", data=classes, dtype=_STR)
+            texts = _class_texts(classes)
+            new.create_dataset("class_texts", data=texts, dtype=_STR)
+            b = _Builder(new, old)
+            attributes = None
+            if cfg.attributes:
+                raw = attr.read_attributes(cfg.attributes, cfg.attribute_key,
+                                           Path(cfg.attribute_names) if cfg.attribute_names else None,
+                                           Path(cfg.data_root) if cfg.data_root else None)
+                attributes = attr.normalise(attr.align(raw, classes), cfg.normalisation)
+
+                def make_attributes(g: h5py.Group) -> None:
+                    g["values"] = attributes.values
+                    g.create_dataset("names", data=attributes.names, dtype=_STR)
+                    _attrs(g, {"source": attributes.source, "normalisation": attributes.normalisation})
+
+                b.group("attributes", [classes, attributes.source, _digest(attributes.values.tolist(), attributes.names),
+                                       attributes.normalisation], make_attributes)
+            for encoder in cfg.text:
+                def make_text(g: h5py.Group, encoder: str = encoder) -> None:
+                    vectors, meta = encode_texts(encoder, texts, cfg)
+                    g["values"] = vectors
+                    _attrs(g, meta)
+
+                b.group(f"text/{encoder.partition(':')[0]}", [texts, _encoder_inputs(encoder, cfg)], make_text)
+            if cfg.attribute_vectors:
+                if attributes is None:
+                    raise PipelineError("attribute_vectors needs attributes (their names); set attributes")
+                _attribute_text(b, attributes.names, cfg)
+            if cfg.graph == "wordnet":
+                _graph(b, classes, cfg)
+            elif cfg.graph != "none":
+                raise PipelineError(f"graph {cfg.graph!r} unknown; use wordnet or none")
+            new.attrs["config"] = json.dumps(asdict(cfg))
+            new.attrs["features"] = str(features)
+            built = b.built
+    finally:
+        if old is not None:
+            old.close()
+    os.replace(partial, output)
+    return built
+
+
+def _attribute_text(b: _Builder, names: list[str], cfg: SemanticsConfig) -> None:
+    from pipeline.semantics import attributes as attr
+    from pipeline.semantics.text import clean_class_name
+
+    source = cfg.attribute_vectors
+    assert source is not None
+
+    def make(g: h5py.Group) -> None:
+        if Path(source).is_file():
+            g["values"] = attr.read_attribute_vectors(Path(source), len(names))
+            _attrs(g, {"source": source})
+        else:
+            vectors, meta = encode_texts(source, [clean_class_name(n) for n in names], cfg)
+            g["values"] = vectors
+            _attrs(g, meta)
+
+    inputs = [names, source, _file_digest(source)] + ([] if Path(source).is_file() else _encoder_inputs(source, cfg))
+    b.group("attribute_text", inputs, make)
+
+
+def _graph(b: _Builder, classes: list[str], cfg: SemanticsConfig) -> None:
+    from pipeline.semantics import wordnet as wn
+
+    wnids = read_wnid_map(Path(cfg.wnids), classes) if cfg.wnids else classes
+
+    def make(g: h5py.Group) -> None:
+        graph = wn.induced_graph(wnids)
+        g.create_dataset("wnids", data=graph.wnids, dtype=_STR)
+        g.create_dataset("names", data=graph.names, dtype=_STR)
+        g["edges"] = graph.edges
+        edges, distance = wn.ancestor_edges(graph)
+        g["ancestor_edges"], g["ancestor_distance"] = edges, distance
+        vectors, meta = encode_texts(cfg.graph_text, graph.names, cfg)
+        g["node_vectors"] = vectors
+        _attrs(g, {"n_classes": graph.n_classes, "node_encoder": meta})
+
+    b.group("graph", [wnids, _encoder_inputs(cfg.graph_text, cfg)], make)

@@ -1,0 +1,110 @@
+"""Read access to the semantics file written by :mod:`pipeline.semantics.build` (schema there)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from pipeline.errors import PipelineError
+
+
+def _decoded(attrs: h5py.AttributeManager) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in attrs.items():
+        if isinstance(value, str) and value[:1] in "[{":
+            value = json.loads(value)
+        out[key] = value.item() if isinstance(value, np.generic) else value
+    return out
+
+
+class SemanticsFile:
+    """Class semantics of one dataset; arrays come back as float32 numpy arrays."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise PipelineError(f"{self.path}: semantics file not found; build it with: python cli.py semantics ...")
+        try:
+            self._f = h5py.File(self.path, "r")
+        except OSError as e:
+            raise PipelineError(f"{self.path}: not a readable HDF5 file ({e}); delete it and rebuild") from e
+        if "classes" not in self._f or "class_texts" not in self._f:
+            raise PipelineError(f"{self.path}: not a semantics file; build it with: python cli.py semantics ...")
+
+    def __enter__(self) -> SemanticsFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._f.close()
+
+    @property
+    def classes(self) -> list[str]:
+        return [c.decode() for c in self._f["classes"][:]]
+
+    @property
+    def class_texts(self) -> list[str]:
+        return [c.decode() for c in self._f["class_texts"][:]]
+
+    def _group(self, name: str) -> h5py.Group:
+        if name not in self._f:
+            raise PipelineError(f"{self.path}: no {name!r}; add it to the semantics settings and rebuild")
+        return self._f[name]
+
+    def attributes(self) -> tuple[np.ndarray, list[str]]:
+        """Class-attribute matrix [C, A] and attribute names."""
+        g = self._group("attributes")
+        return g["values"][:].astype(np.float32), [n.decode() for n in g["names"][:]]
+
+    def text(self, encoder: str) -> np.ndarray:
+        """Class-name embeddings [C, E] of ``encoder`` (clip, minilm, glove)."""
+        return self._group(f"text/{encoder}")["values"][:].astype(np.float32)
+
+    @property
+    def text_encoders(self) -> list[str]:
+        return list(self._f.get("text", {}))
+
+    def attribute_text(self) -> np.ndarray:
+        """Attribute-name embeddings [A, E]."""
+        return self._group("attribute_text")["values"][:].astype(np.float32)
+
+    def graph(self) -> dict[str, Any]:
+        """The knowledge graph: wnids, names, n_classes, edges, ancestor edges/distances, node vectors,
+        and ``adjacency``, the symmetric normalised sparse adjacency of the hypernym edges."""
+        from pipeline.semantics.wordnet import normalized_adjacency
+
+        g = self._group("graph")
+        wnids = [w.decode() for w in g["wnids"][:]]
+        edges = g["edges"][:]
+        return {
+            "wnids": wnids,
+            "names": [n.decode() for n in g["names"][:]],
+            "n_classes": int(g.attrs["n_classes"]),
+            "edges": edges,
+            "ancestor_edges": g["ancestor_edges"][:],
+            "ancestor_distance": g["ancestor_distance"][:],
+            "node_vectors": g["node_vectors"][:].astype(np.float32),
+            "adjacency": normalized_adjacency(len(wnids), edges),
+        }
+
+    def provenance(self, group: str) -> dict[str, Any]:
+        """What made ``group`` (e.g. ``attributes``, ``text/clip``, ``graph``)."""
+        return _decoded(self._group(group).attrs)
+
+    def describe(self) -> str:
+        """Human-readable summary of every group, its shape and provenance."""
+        lines = [f"{self.path}", f"  classes: {len(self.classes)}"]
+
+        def visit(name: str, obj: h5py.HLObject) -> None:
+            if isinstance(obj, h5py.Dataset) and name not in ("classes", "class_texts"):
+                lines.append(f"  {name:28s} {str(obj.shape):16s} {obj.dtype}")
+            elif isinstance(obj, h5py.Group):
+                meta = {k: v for k, v in _decoded(obj.attrs).items() if k != "inputs"}
+                if meta:
+                    shown = {k: (f"{len(v)} items" if isinstance(v, list) and len(v) > 8 else v) for k, v in meta.items()}
+                    lines.append(f"  {name}: {shown}")
+
+        self._f.visititems(visit)
+        return "\n".join(lines)

@@ -1,0 +1,224 @@
+"""WordNet 3.0 offline, wnids, and the class hypernym graph that GCN zero-shot models run over (GCNZ, DGP)."""
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import nltk.data
+import numpy as np
+import scipy.sparse as sp
+from nltk.corpus.reader.wordnet import Synset, WordNetCorpusReader
+
+from pipeline.errors import PipelineError
+
+DEBIAN_WORDNET = Path("/usr/share/wordnet")
+ENTITY = "n00001740"  # entity.n.01, the root of the noun hierarchy
+INSTALL = "apt-get install -y wordnet-base wordnet-sense-index (Debian/Ubuntu) or python -m nltk.downloader wordnet"
+
+# lexnames(5WN) of WordNet 3.0: lexicographer file i is _LEXNAMES[i]; the dict files name no others.
+_LEXNAMES = (
+    "adj.all", "adj.pert", "adv.all", "noun.Tops", "noun.act", "noun.animal", "noun.artifact", "noun.attribute",
+    "noun.body", "noun.cognition", "noun.communication", "noun.event", "noun.feeling", "noun.food", "noun.group",
+    "noun.location", "noun.motive", "noun.object", "noun.person", "noun.phenomenon", "noun.plant",
+    "noun.possession", "noun.process", "noun.quantity", "noun.relation", "noun.shape", "noun.state",
+    "noun.substance", "noun.time", "verb.body", "verb.change", "verb.cognition", "verb.communication",
+    "verb.competition", "verb.consumption", "verb.contact", "verb.creation", "verb.emotion", "verb.motion",
+    "verb.perception", "verb.possession", "verb.social", "verb.stative", "verb.weather", "adj.ppl",
+)
+_CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
+_POS = ("noun", "verb", "adj", "adv")
+_REQUIRED = tuple(f"{kind}.{pos}" for kind in ("index", "data") for pos in _POS) + tuple(f"{pos}.exc" for pos in _POS)
+_FILES = (*_REQUIRED, "index.sense", "cntlist.rev")  # the last two: lemma keys and counts, when installed
+_WNID = re.compile(r"n\d{8}")
+
+
+def lexnames_text() -> str:
+    """The ``lexnames`` file NLTK needs and Debian ships only as the lexnames(5WN) man page."""
+    return "".join(f"{i:02d}\t{name}\t{_CATEGORY[name.split('.')[0]]}\n" for i, name in enumerate(_LEXNAMES))
+
+
+@functools.cache
+def wordnet(data_dir: Path | None = None, source: Path = DEBIAN_WORDNET) -> WordNetCorpusReader:
+    """WordNet 3.0 as an NLTK reader, opened once per arguments.
+
+    The Debian dict files in ``source`` are copied, with a generated ``lexnames``, into the NLTK data folder
+    ``data_dir`` (default ``~/.cache/zsl-pipeline/nltk_data``) as ``corpora/wordnet``, which joins
+    ``nltk.data.path``; without them, NLTK's own downloaded ``corpora/wordnet`` is read. The other functions
+    here use ``wordnet()`` with its defaults.
+    """
+    if all((source / name).is_file() for name in _REQUIRED):
+        if data_dir is None:
+            data_dir = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "zsl-pipeline" / "nltk_data"
+        root = str(_layout(source, data_dir))
+    else:
+        try:
+            root = nltk.data.find("corpora/wordnet")
+        except LookupError:
+            raise PipelineError(f"WordNet 3.0 is in neither {source} nor NLTK's data; install it: {INSTALL}") from None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The multilingual functions")  # no Open Multilingual Wordnet: not needed
+        return WordNetCorpusReader(root, None)
+
+
+def _layout(source: Path, data_dir: Path) -> Path:
+    """Copy ``source``'s dict files and ``lexnames`` into ``data_dir/corpora/wordnet`` and return that folder.
+
+    NLTK 3.10+ reads only private regular files (3.10.3+: no symlinks) below an ``nltk.data.path`` entry, hence copies
+    (36 MB), mode 0644, swapped in atomically; files already copied (same size and mtime) are kept.
+    """
+    root = data_dir / "corpora" / "wordnet"
+
+    def put(target: Path, write: Callable[[Path], object]) -> None:
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            write(tmp)
+            tmp.chmod(0o644)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    try:
+        for folder in (data_dir, root.parent, root):
+            folder.mkdir(mode=0o755, parents=True, exist_ok=True)
+        for name in _FILES:
+            src, dst = source / name, root / name
+            if src.is_file() and not (dst.is_file() and _same_file(src.stat(), dst.stat())):
+                put(dst, lambda tmp, src=src: shutil.copy2(src, tmp))
+        put(root / "lexnames", lambda tmp: tmp.write_text(lexnames_text()))
+    except OSError as err:
+        raise PipelineError(
+            f"cannot lay out WordNet in {root} ({err.strerror}); set XDG_CACHE_HOME or pass data_dir= a writable folder"
+        ) from None
+    if str(data_dir) not in nltk.data.path:
+        nltk.data.path.append(str(data_dir))
+    return root
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return a.st_size == b.st_size and int(a.st_mtime) == int(b.st_mtime)
+
+
+def is_wnid(name: str) -> bool:
+    """Whether ``name`` looks like an ImageNet wnid (``n`` + 8 digits)."""
+    return _WNID.fullmatch(name) is not None
+
+
+def synset_of(wnid: str) -> Synset:
+    """The noun synset of an ImageNet-style wnid (``n`` + 8-digit ``data.noun`` offset)."""
+    if is_wnid(wnid):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "No WordNet synset found")  # NLTK then returns None
+            synset = wordnet().synset_from_pos_and_offset("n", int(wnid[1:]))
+        if synset is not None:
+            return synset
+    raise PipelineError(f"wnid {wnid!r} is not a WordNet 3.0 noun synset; a wnid is n + 8-digit offset, e.g. n02391049")
+
+
+def wnid_of(synset: Synset) -> str:
+    """The wnid of ``synset``: its part of speech and 8-digit offset."""
+    return f"{synset.pos()}{synset.offset():08d}"
+
+
+def _name(synset: Synset) -> str:
+    return synset.lemmas()[0].name().replace("_", " ")
+
+
+def class_lemma(wnid: str) -> str:
+    """A readable class name: the synset's first lemma with spaces (``n02391049`` -> ``zebra``)."""
+    return _name(synset_of(wnid))
+
+
+@dataclass
+class KnowledgeGraph:
+    """A hypernym graph: the first ``n_classes`` nodes are the classes, in the order given, then their ancestors."""
+
+    wnids: list[str]
+    names: list[str]  # first lemma of each node, underscores as spaces
+    edges: np.ndarray  # [E, 2] int64 node indices (child, parent), hypernym and instance-hypernym links, each once
+    n_classes: int
+
+
+def induced_graph(wnids: list[str]) -> KnowledgeGraph:
+    """The classes ``wnids`` and all their WordNet ancestors, linked child -> parent (the GCNZ / DGP graph).
+
+    Ancestors follow breadth-first from the classes, each node's parents in offset order.
+    """
+    seen: set[str] = set()
+    for wnid in wnids:
+        if wnid in seen:
+            raise PipelineError(f"wnid {wnid} is listed twice among the classes; list each class once")
+        seen.add(wnid)
+    nodes = [synset_of(w) for w in wnids]
+    index = {s.offset(): i for i, s in enumerate(nodes)}
+    edges: list[tuple[int, int]] = []
+    for child, synset in enumerate(nodes):  # grows while iterating: a breadth-first walk upward
+        for parent in sorted({*synset.hypernyms(), *synset.instance_hypernyms()}, key=Synset.offset):
+            if parent.offset() not in index:
+                index[parent.offset()] = len(nodes)
+                nodes.append(parent)
+            edges.append((child, index[parent.offset()]))
+    return KnowledgeGraph(
+        wnids=[wnid_of(s) for s in nodes],
+        names=[_name(s) for s in nodes],
+        edges=np.array(edges, dtype=np.int64).reshape(-1, 2),
+        n_classes=len(wnids),
+    )
+
+
+def ancestor_edges(graph: KnowledgeGraph) -> tuple[np.ndarray, np.ndarray]:
+    """Every (node, ancestor) pair with its hop distance, the shortest upward path (DGP's dense graph).
+
+    Returns ``edges`` [E', 2] int64 and ``distance`` [E'] int64, sorted by node, distance, ancestor.
+    """
+    n = len(graph.wnids)
+    up = _binary(n, graph.edges[:, 0], graph.edges[:, 1], np.int32)
+    seen = up + sp.identity(n, dtype=np.int32, format="csr")
+    frontier, hop = up, 1
+    pairs, hops = [], []
+    while frontier.nnz:  # frontier: the pairs first reached in `hop` steps
+        coo = frontier.tocoo()
+        pairs.append(np.stack([coo.row, coo.col], axis=1).astype(np.int64))
+        hops.append(np.full(coo.nnz, hop, dtype=np.int64))
+        step = (frontier @ up).tocsr()
+        step.data[:] = 1
+        frontier = step - step.multiply(seen)
+        frontier.eliminate_zeros()
+        seen = seen + frontier
+        hop += 1
+    edges = np.concatenate(pairs) if pairs else np.empty((0, 2), np.int64)
+    distance = np.concatenate(hops) if hops else np.empty(0, np.int64)
+    order = np.lexsort((edges[:, 1], distance, edges[:, 0]))
+    return edges[order], distance[order]
+
+
+def _binary(n: int, rows: np.ndarray, cols: np.ndarray, dtype: type) -> sp.csr_matrix:
+    """An n x n 0/1 CSR matrix with ones at (rows, cols), duplicates counted once."""
+    m = sp.csr_matrix((np.ones(len(rows), dtype=dtype), (rows, cols)), shape=(n, n))
+    m.sum_duplicates()
+    m.data[:] = 1
+    return m
+
+
+def normalized_adjacency(n_nodes: int, edges: np.ndarray, self_loops: bool = True) -> sp.csr_matrix:
+    """``D^-1/2 (A + I) D^-1/2`` as float32 CSR, ``A`` the undirected 0/1 adjacency of ``edges`` [E, 2].
+
+    Without ``self_loops`` the identity is left out; isolated nodes then get all-zero rows.
+    """
+    edges = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
+    if edges.size and (edges.min() < 0 or edges.max() >= n_nodes):
+        raise ValueError(f"edges index nodes outside 0..{n_nodes - 1}")
+    rows, cols = np.concatenate([edges[:, 0], edges[:, 1]]), np.concatenate([edges[:, 1], edges[:, 0]])
+    if self_loops:
+        rows, cols = np.concatenate([rows, np.arange(n_nodes)]), np.concatenate([cols, np.arange(n_nodes)])
+    a = _binary(n_nodes, rows, cols, np.float32)
+    degree = np.asarray(a.sum(axis=1)).ravel()
+    scale = np.zeros(n_nodes, dtype=np.float32)
+    scale[degree > 0] = degree[degree > 0] ** -0.5
+    a.data *= scale[np.repeat(np.arange(n_nodes), np.diff(a.indptr))] * scale[a.indices]
+    return a

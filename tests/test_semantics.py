@@ -1,0 +1,151 @@
+"""Class semantics: benchmark attributes, the semantics file, its per-part cache, the CLI."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+from click.testing import CliRunner
+
+from cli import cli
+from pipeline.datasets.base import ImageDataset
+from pipeline.datasets.synthetic import generate_synthetic, synthetic_attributes
+from pipeline.errors import PipelineError
+from pipeline.semantics.attributes import align, normalise, read_attribute_names, read_attributes
+from pipeline.semantics.build import SemanticsConfig, build_semantics
+from pipeline.semantics.file import SemanticsFile
+from pipeline.store import create_store
+
+
+def _feature_file(path: Path, classes: list[str]) -> Path:
+    """A (pending) feature store whose only role here is to fix the class list and order."""
+    n = len(classes)
+    data = ImageDataset("toy", Path("/nowhere"), [f"{i}.jpg" for i in range(n)], np.arange(n), classes)
+    create_store(path, data, 4, "float32", None, {})
+    return path
+
+
+@pytest.mark.parametrize("name, shape", [("CUB", (200, 312)), ("SUN", (717, 102)), ("AWA2", (50, 85))])
+def test_benchmark_attributes_follow_the_feature_file_class_order(shared_data, tmp_path, name, shape):
+    path = shared_data / "gbu" / name / "att_splits.mat"
+    mat = scipy.io.loadmat(str(path))
+    names = [str(np.ravel(c)[0]) for c in mat["allclasses_names"].ravel()]
+    raw = read_attributes(str(path))
+    assert raw.values.shape == shape and raw.classes == names
+    order = list(reversed(names))
+    aligned = align(raw, order)
+    np.testing.assert_allclose(aligned.values[0], mat["att"][:, -1], rtol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(aligned.values, axis=1), 1, rtol=1e-5)  # att ships L2-normalised
+    original = normalise(align(read_attributes(str(path), key="original_att"), order), "l2")
+    np.testing.assert_allclose(original.values, aligned.values, atol=1e-5)
+    with pytest.raises(PipelineError, match="no attributes for 1 of"):
+        align(raw, order + ["not_a_class"])
+
+
+def test_binary_awa2_attributes_and_benchmark_attribute_names(shared_data):
+    binary = read_attributes(str(shared_data / "gbu" / "AWA2" / "binaryAtt_splits.mat"))
+    assert binary.values.shape == (50, 85) and set(np.unique(binary.values)) == {0.0, 1.0}
+    w2v = shared_data / "gbu_attribute_w2v"
+    assert read_attribute_names(w2v / "CUB_attributes.txt")[:2] == ["has_bill_shape::curved_(up_or_down)",
+                                                                       "has_bill_shape::dagger"]
+    assert read_attribute_names(w2v / "AWA2_predicates.txt")[0] == "black"
+    assert len(read_attribute_names(w2v / "SUN_attributes.mat")) == 102
+    named = read_attributes(str(shared_data / "gbu" / "CUB" / "att_splits.mat"),
+                            names_file=w2v / "CUB_attributes.txt")
+    assert named.names[1] == "has_bill_shape::dagger"
+    with pytest.raises(PipelineError, match="85 names for 312 attributes"):
+        read_attributes(str(shared_data / "gbu" / "CUB" / "att_splits.mat"), names_file=w2v / "AWA2_predicates.txt")
+
+
+def test_attribute_table_and_normalisation(tmp_path):
+    table = tmp_path / "att.csv"
+    table.write_text("class,striped,spotted\nzebra,1,0\nleopard,0,3\n")
+    attrs = read_attributes(str(table))
+    assert attrs.classes == ["zebra", "leopard"] and attrs.names == ["striped", "spotted"]
+    assert normalise(attrs, "l2").values.tolist() == [[1, 0], [0, 1]]
+    assert normalise(attrs, "none").values.tolist() == [[1, 0], [0, 3]]
+    (tmp_path / "bad.csv").write_text("class,a\nzebra,yes\n")
+    with pytest.raises(PipelineError, match="bad.csv: non-numeric"):
+        read_attributes(str(tmp_path / "bad.csv"))
+    (tmp_path / "zero.csv").write_text("class,a\nzebra,0\n")
+    with pytest.raises(PipelineError, match="all-zero"):
+        normalise(read_attributes(str(tmp_path / "zero.csv")), "l2")
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_synthetic(root, images_per_class=2, image_size=16)
+    return root
+
+
+def test_build_writes_every_part_and_reuses_unchanged_ones(synthetic_root, tmp_path):
+    from pipeline.datasets.synthetic import load_synthetic
+
+    classes = load_synthetic(synthetic_root).classes
+    shuffled = list(np.random.default_rng(0).permutation(classes))
+    features = _feature_file(tmp_path / "f.h5", shuffled)
+    out = tmp_path / "sem.h5"
+    cfg = SemanticsConfig(attributes="synthetic", data_root=str(synthetic_root), text=("glove", "minilm"),
+                          attribute_vectors="glove")
+    assert build_semantics(features, out, cfg) == ["attributes", "text/glove", "text/minilm", "attribute_text"]
+    with SemanticsFile(out) as sem:
+        assert sem.classes == shuffled
+        assert sem.class_texts[0] == shuffled[0].replace("_", " ")
+        values, names = sem.attributes()
+        want, want_names = synthetic_attributes(synthetic_root)
+        rows = [classes.index(c) for c in shuffled]
+        np.testing.assert_allclose(values, want[rows] / np.linalg.norm(want[rows], axis=1, keepdims=True), rtol=1e-6)
+        assert names == want_names
+        minilm = sem.text("minilm")
+        assert minilm.shape == (48, 384)
+        np.testing.assert_allclose(np.linalg.norm(minilm, axis=1), 1, rtol=1e-5)
+        assert sem.text("glove").shape == (48, 50) and sem.attribute_text().shape == (11, 50)
+        assert sem.provenance("text/glove")["oov"] == []
+        assert sem.provenance("attributes")["normalisation"] == "l2"
+        with pytest.raises(PipelineError, match="no 'graph'"):
+            sem.graph()
+
+    assert build_semantics(features, out, cfg) == []
+    changed = SemanticsConfig(**{**cfg.__dict__, "normalisation": "none", "text": ("glove",)})
+    assert build_semantics(features, out, changed) == ["attributes"]
+    with SemanticsFile(out) as sem:
+        assert sem.text_encoders == ["glove"]
+        assert sem.attributes()[0].max() == 1.0
+
+
+def test_wordnet_graph_for_awa2_classes_mapped_to_synsets(shared_data, tmp_path):
+    split = json.loads((shared_data / "imagenet" / "awa2-split.json").read_text())
+    classes = split["train_names"] + split["test_names"]
+    features = _feature_file(tmp_path / "f.h5", classes)
+    cfg = SemanticsConfig(graph="wordnet", wnids=str(shared_data / "imagenet" / "awa2-split.json"),
+                          text=("glove",))
+    build_semantics(features, tmp_path / "sem.h5", cfg)
+    with SemanticsFile(tmp_path / "sem.h5") as sem:
+        g = sem.graph()
+        assert g["n_classes"] == 50 and g["wnids"][:50] == split["train"] + split["test"]
+        assert "n00001740" in g["wnids"]  # entity
+        adjacency = g["adjacency"]
+        assert adjacency.shape == (len(g["wnids"]),) * 2
+        assert abs(adjacency - adjacency.T).max() < 1e-6
+        assert g["node_vectors"].shape == (len(g["wnids"]), 50)
+        assert sem.class_texts[classes.index("killer+whale")] == "killer whale"
+    with pytest.raises(PipelineError, match="no wnid for 1 classes"):
+        build_semantics(_feature_file(tmp_path / "g.h5", classes + ["unicorn"]), tmp_path / "x.h5", cfg)
+
+
+def test_cli_semantics_reports_what_it_built(synthetic_root, tmp_path):
+    from pipeline.datasets.synthetic import load_synthetic
+
+    features = _feature_file(tmp_path / "f.h5", load_synthetic(synthetic_root).classes)
+    args = ["semantics", "--features", str(features), "--output", str(tmp_path / "s.h5"), "--attributes",
+            "synthetic", "--data-root", str(synthetic_root), "--text", "glove"]
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    assert "attributes/values            (48, 11)" in first.output and "built: attributes, text/glove" in first.output
+    again = CliRunner().invoke(cli, args)
+    assert "built: nothing" in again.output
+    bad = CliRunner().invoke(cli, [*args[:-2], "--text", "word2vec"])
+    assert bad.exit_code == 1 and "unknown text encoder 'word2vec'" in bad.output
