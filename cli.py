@@ -1,4 +1,4 @@
-"""Command line: ``python cli.py extract|info|synthesize|semantics|import-xlsa17 ...`` (see --help)."""
+"""Command line: ``python cli.py extract|info|synthesize|semantics|train|evaluate|import-xlsa17 ...`` (--help)."""
 from __future__ import annotations
 
 import logging
@@ -115,6 +115,73 @@ def semantics(features: Path, output: Path, text: tuple[str, ...], **settings: o
     with SemanticsFile(output) as sem:
         click.echo(sem.describe())
     click.echo(f"built: {', '.join(built) or 'nothing (all parts up to date)'}")
+
+
+def _hparam(text: str) -> tuple[str, object]:
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise click.BadParameter(f"{text!r}: expected KEY=VALUE")
+    return key, yaml.safe_load(value)
+
+
+@cli.command()
+@click.option("--model", "model_name", required=True, help="eszsl, joint_gcn, gcn_regression, cfzsl, clip_prompt.")
+@click.option("--features", type=click.Path(path_type=Path), default=Path("features/image_features.h5"),
+              show_default=True)
+@click.option("--semantics", type=click.Path(path_type=Path), default=Path("features/semantics.h5"), show_default=True)
+@click.option("--source", default="attributes", show_default=True, help="attributes or text:<encoder>.")
+@click.option("--clip-features", type=click.Path(path_type=Path), default=None,
+              help="CLIP features of the same images (cfzsl).")
+@click.option("--hparam", "hparams", multiple=True, help="Fixed hyperparameter KEY=VALUE (repeatable).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--select/--no-select", default=True, show_default=True, help="Grid search on validation.")
+@click.option("--val-fraction", type=float, default=0.2, show_default=True)
+@click.option("--output", type=click.Path(path_type=Path), default=Path("models/model.pt"), show_default=True)
+def train(model_name: str, features: Path, semantics: Path, source: str, clip_features: Path | None,
+          hparams: tuple[str, ...], seed: int, select: bool, val_fraction: float, output: Path) -> None:
+    """Train a model on cached features; hyperparameters and gamma chosen on validation only."""
+    from pipeline.inputs import load_inputs
+    from pipeline.train import TrainConfig, save_checkpoint
+    from pipeline.train import train as run_train
+
+    cfg = TrainConfig(model_name, source, seed, select, val_fraction, dict(_hparam(h) for h in hparams))
+    extra = {"clip": clip_features} if clip_features else None
+    checkpoint = run_train(load_inputs(features, semantics, source, extra), cfg)
+    save_checkpoint(checkpoint, output)
+    v = checkpoint["validation"]
+    click.echo(f"{output}: {model_name} {checkpoint['hparams']}; val accuracy {v['val_czsl']:.4f}, "
+               f"gamma {checkpoint['gamma']:.4f}")
+
+
+@cli.command()
+@click.option("--model-file", type=click.Path(path_type=Path), default=Path("models/model.pt"), show_default=True)
+@click.option("--features", type=click.Path(path_type=Path), default=Path("features/image_features.h5"),
+              show_default=True)
+@click.option("--semantics", type=click.Path(path_type=Path), default=Path("features/semantics.h5"), show_default=True)
+@click.option("--clip-features", type=click.Path(path_type=Path), default=None)
+@click.option("--candidate-sets", type=click.Path(path_type=Path), default=None,
+              help="JSON {set: [class, ...]} (e.g. imagenet-testsets.json) for Hit@k per set.")
+@click.option("--metrics", type=click.Path(path_type=Path), default=Path("metrics.json"), show_default=True)
+@click.option("--plots", type=click.Path(path_type=Path), default=Path("plots"), show_default=True)
+def evaluate(model_file: Path, features: Path, semantics: Path, clip_features: Path | None,
+             candidate_sets: Path | None, metrics: Path, plots: Path) -> None:
+    """CZSL, GZSL (U, S, H, AUSUC) and Hit@k of a trained model; writes metrics JSON and plots."""
+    import json
+
+    from pipeline.evaluate import evaluate as run_evaluate
+    from pipeline.evaluate import read_candidate_sets
+    from pipeline.inputs import load_inputs
+    from pipeline.train import load_checkpoint
+
+    model, checkpoint = load_checkpoint(model_file)
+    extra = {"clip": clip_features} if clip_features else None
+    inputs = load_inputs(features, semantics, checkpoint["config"]["semantics"], extra)
+    sets = read_candidate_sets(candidate_sets, inputs.classes) if candidate_sets else None
+    result = run_evaluate(model, checkpoint, inputs, plots, sets)
+    metrics.write_text(json.dumps(result, indent=2) + "\n")
+    click.echo(json.dumps(result, indent=2))
 
 
 @cli.command("import-xlsa17")

@@ -10,9 +10,13 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import logging
-from contextlib import nullcontext
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -84,6 +88,26 @@ class ImageFiles(Dataset):
             return i, x, ""
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             return i, torch.zeros(3, self.size, self.size, dtype=torch.uint8), f"{type(e).__name__}: {e}"
+
+
+@contextmanager
+def _stop_on_ctrl_c() -> Iterator[threading.Event]:
+    """Ctrl-C sets the returned event (the loop finishes its batch and stops); a second one aborts."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            signal.default_int_handler(signum, frame)
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -186,7 +210,7 @@ def extract(
         loader = DataLoader(ImageFiles(dataset, pending, backbone.preprocess), batch_size=batch_size,
                             num_workers=workers, pin_memory=run.cuda, prefetch_factor=4 if workers else None)
         bar = tqdm(total=len(pending), unit="img", desc=f"extract {backbone.provenance['model']}", smoothing=0.1)
-        try:
+        with _stop_on_ctrl_c() as stop:
             for idx, images, errors in loader:
                 good = torch.tensor([e == "" for e in errors])
                 result.failures.update({int(i): e for i, e in zip(idx.tolist(), errors) if e})
@@ -197,12 +221,13 @@ def extract(
                                  spatial.cpu().numpy().astype(dtype) if grid else None)
                     result.written += len(rows)
                 bar.update(len(idx))
-        except KeyboardInterrupt:
+                if stop.is_set():
+                    break
+        bar.close()
+        if stop.is_set():
             done = result.reused + result.written
             raise PipelineError(f"interrupted: {done} of {len(dataset)} rows are saved in {partial}; "
-                                "rerun the same command to resume") from None
-        finally:
-            bar.close()
+                                "rerun the same command to resume")
         writer.finalize(result.failures)
     partial.replace(output)
     return result

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+import pipeline  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 

@@ -1,0 +1,296 @@
+"""Benchmark feature extraction: full ``pipeline.extract.extract`` against the backbone alone.
+
+Prints one JSON object to stdout (logs and progress go to stderr):
+
+* ``full_images_per_s``: ``extract()`` end to end into a fresh HDF5 store (loader start-up,
+  decoding, forward pass, writes, finalisation; backbone construction excluded);
+* ``forward_images_per_s``: ``DeviceBackbone`` over the same batches, decoded beforehand into
+  memory, outputs copied to the CPU;
+* ``ratio`` = full / forward (target >= 0.9: the loader hides decoding);
+* ``loader_images_per_s`` and ``loader_first_batch_s``: the DataLoader alone, same settings;
+* peak memory (main process, decoding workers, CUDA) and CPU seconds per timed phase.
+
+Both timed phases see the same images on the same device after one warm-up batch of their own.
+Run from the repository root: ``python benchmarks/extract.py --help``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import resource
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.backbones import BACKBONES, Backbone, load_backbone  # noqa: E402
+from pipeline.datasets.base import ImageDataset  # noqa: E402
+from pipeline.datasets.folder import load_folder  # noqa: E402
+from pipeline.datasets.synthetic import FACTORS, generate_synthetic, load_synthetic  # noqa: E402
+from pipeline.extract import DeviceBackbone, ImageFiles, extract, resolve_device  # noqa: E402
+
+log = logging.getLogger("benchmarks.extract")
+MIB = 1 << 20
+JPEG_SIZE = (500, 375)  # width, height: typical of CUB-200 photos
+JPEG_NOISE = 6.0  # grey levels of per-pixel noise, so upscaled images compress like photos
+
+
+class PeakMemory:
+    """Peak memory over a block, sampled in a thread: RSS of this process, USS (private
+    memory) of its children (decoding workers, forked, so shared pages count once), and the
+    peak of their sum."""
+
+    def __init__(self, interval_s: float = 0.05):
+        self.interval_s = interval_s
+        self.main = self.workers = self.total = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        while True:
+            main = me.memory_info().rss
+            workers = 0
+            for child in me.children(recursive=True):
+                try:
+                    workers += child.memory_full_info().uss
+                except psutil.Error:  # exited between listing and reading
+                    pass
+            self.main, self.workers = max(self.main, main), max(self.workers, workers)
+            self.total = max(self.total, main + workers)
+            if self._stop.wait(self.interval_s):
+                return
+
+
+class CpuTime:
+    """CPU seconds over a block: user and system of this process and of the children reaped
+    in it (decoding workers), and ``others``: busy CPU time of every other process."""
+
+    @staticmethod
+    def _now() -> tuple[resource.struct_rusage, resource.struct_rusage, float]:
+        cpu = psutil.cpu_times()
+        return (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN),
+                sum(cpu) - cpu.idle - getattr(cpu, "iowait", 0.0))
+
+    def __enter__(self) -> CpuTime:
+        self._start = self._now()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        (s0, c0, busy0), (s1, c1, busy1) = self._start, self._now()
+        seconds = {"main_user": s1.ru_utime - s0.ru_utime, "main_sys": s1.ru_stime - s0.ru_stime,
+                   "workers_user": c1.ru_utime - c0.ru_utime, "workers_sys": c1.ru_stime - c0.ru_stime}
+        seconds["others"] = max(0.0, busy1 - busy0 - sum(seconds.values()))
+        self.result = {k: round(v, 2) for k, v in seconds.items()}
+
+
+def _subset(data: ImageDataset, n: int, name: str) -> ImageDataset:
+    """The first ``n`` images of ``data``, without splits."""
+    if len(data) < n:
+        raise SystemExit(f"{data.name} has {len(data)} images, fewer than the {n} asked for")
+    return dataclasses.replace(data, name=name, image_ids=data.image_ids[:n], labels=data.labels[:n], splits={})
+
+
+def make_dataset(source: str, n: int, out_dir: Path) -> ImageDataset:
+    """``n`` images: the built-in synthetic PNGs, or JPEG photos made from them (``jpeg``)."""
+    per_class = max(2, math.ceil(n / math.prod(len(v) for v in FACTORS.values())))
+    generate_synthetic(out_dir / "synthetic", images_per_class=per_class)
+    synthetic = _subset(load_synthetic(out_dir / "synthetic"), n, "synthetic")
+    if source == "synthetic":
+        return synthetic
+    root = out_dir / f"jpeg{n}"
+    rng = np.random.default_rng(0)
+    for i, image_id in enumerate(synthetic.image_ids):
+        path = root / synthetic.classes[synthetic.labels[i]].replace(" ", "_") / f"{i:05d}.jpg"
+        if path.is_file():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(synthetic.path(i)) as img:
+            big = np.asarray(img.convert("RGB").resize(JPEG_SIZE, Image.Resampling.BICUBIC), dtype=np.float32)
+        noisy = np.clip(big + rng.normal(0, JPEG_NOISE, big.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(noisy).save(path, quality=90)
+    return _subset(load_folder(root, name="jpeg"), n, "jpeg")
+
+
+def _loader(data: ImageDataset, backbone: Backbone, batch_size: int, workers: int, pin: bool) -> DataLoader:
+    """The DataLoader ``extract()`` builds, over every image of ``data``."""
+    files = ImageFiles(data, np.arange(len(data)), backbone.preprocess)
+    return DataLoader(files, batch_size=batch_size, num_workers=workers, pin_memory=pin,
+                      prefetch_factor=4 if workers else None)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_loader(data: ImageDataset, backbone: Backbone, args: argparse.Namespace,
+                device: torch.device) -> tuple[list[torch.Tensor], dict[str, float]]:
+    """Decode every batch into memory; the loader's first-batch latency and images/s."""
+    batches = []
+    start = time.perf_counter()
+    first = 0.0
+    for _, images, errors in _loader(data, backbone, args.batch_size, args.workers, device.type == "cuda"):
+        if any(errors):
+            raise SystemExit(f"unreadable images: {[e for e in errors if e][:3]}")
+        first = first or time.perf_counter() - start
+        batches.append(images)
+    seconds = time.perf_counter() - start
+    return batches, {"loader_first_batch_s": round(first, 3), "loader_images_per_s": round(len(data) / seconds, 1)}
+
+
+def forward_step(batches: list[torch.Tensor], backbone: Backbone, device: torch.device,
+                 grid: bool) -> Callable[[], None]:
+    """A pass of ``DeviceBackbone`` alone over ``batches``, outputs copied to the CPU; warmed up."""
+    run = DeviceBackbone(backbone, device)
+
+    def step(images: torch.Tensor) -> None:
+        pooled, spatial = run(images)
+        pooled.cpu()
+        if grid:
+            spatial.cpu()
+
+    def all_batches() -> None:
+        for images in batches:
+            step(images)
+
+    step(batches[0])
+    _sync(device)
+    return all_batches
+
+
+def timed(fn: Callable[[], None], device: torch.device) -> dict[str, Any]:
+    """Wall-clock and CPU seconds of ``fn()``, with queued device work finished."""
+    with CpuTime() as cpu:
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        seconds = time.perf_counter() - start
+    return {"seconds": seconds, "cpu": cpu.result}
+
+
+def _best(runs: list[dict[str, Any]], prefix: str, n: int) -> dict[str, Any]:
+    """The fastest of ``runs`` (from :func:`timed`), plus every run's images/s."""
+    best = min(runs, key=lambda r: r["seconds"])
+    return {f"{prefix}_images_per_s": round(n / best["seconds"], 1), f"{prefix}_s": round(best["seconds"], 3),
+            f"{prefix}_cpu_s": best["cpu"], f"{prefix}_runs_images_per_s": [round(n / r["seconds"], 1) for r in runs]}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "cpu"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backbone", choices=BACKBONES, default="efficientnet_lite0")
+    p.add_argument("--model", default=None, help="open_clip architecture for --backbone clip (default ViT-B-32)")
+    p.add_argument("--pretrained", default=None, help="default: imagenet for efficientnet_lite0, else none")
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--images", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--grid", action="store_true", help="also extract and store spatial features")
+    p.add_argument("--source", choices=("synthetic", "jpeg"), default="synthetic",
+                   help="synthetic: the built-in 64 px PNGs; jpeg: %dx%d JPEGs made from them" % JPEG_SIZE)
+    p.add_argument("--out-dir", type=Path, default=None, help="data and feature files (default: a temp dir)")
+    p.add_argument("--repeats", type=int, default=1, help="timed runs of each phase; the fastest is reported")
+    args = p.parse_args(argv)
+    if args.pretrained is None:
+        args.pretrained = "imagenet" if args.backbone == "efficientnet_lite0" else "none"
+    return args
+
+
+def benchmark(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    data = make_dataset(args.source, args.images, out_dir)
+    backbone = load_backbone(args.backbone, args.model, args.pretrained, args.image_size)
+    report: dict[str, Any] = {
+        "backbone": args.backbone, "model": backbone.provenance["model"], "pretrained": args.pretrained,
+        "image_size": backbone.preprocess.image_size, "grid": args.grid, "source": args.source,
+        "images": len(data), "batch_size": args.batch_size, "workers": args.workers, "device": str(device),
+        "device_name": device_name(device), "cpu_count": psutil.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    options: dict[str, Any] = {"grid": args.grid, "batch_size": args.batch_size, "workers": args.workers,
+                               "device": str(device), "overwrite": True}
+    output = out_dir / "features.h5"
+
+    def full() -> None:
+        result = extract(data, backbone, output, **options)
+        if result.written != len(data):
+            raise SystemExit(f"extract wrote {result.written} of {len(data)} images: {result.summary()}")
+
+    log.info("full extraction: warm-up, then timed run 1 (peak memory)")
+    extract(_subset(data, min(args.batch_size, len(data)), data.name), backbone, out_dir / "warmup.h5", **options)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with PeakMemory() as memory:
+        full_runs = [timed(full, device)]
+    memory_report = {
+        "peak_rss_main_mib": round(memory.main / MIB, 1),
+        "peak_uss_workers_mib": round(memory.workers / MIB, 1),
+        "peak_total_mib": round(memory.total / MIB, 1),
+        "peak_cuda_mib": round(torch.cuda.max_memory_allocated(device) / MIB, 1) if device.type == "cuda" else None,
+        "output_mib": round(output.stat().st_size / MIB, 1),
+    }
+    log.info("decoding %d images into memory", len(data))
+    batches, loader = time_loader(data, backbone, args, device)
+    forward = forward_step(batches, backbone, device, args.grid)
+    log.info("forward pass only: timed run 1")
+    forward_runs = [timed(forward, device)]
+    for r in range(2, args.repeats + 1):
+        log.info("timed run %d: full extraction, forward pass only", r)
+        output.unlink()
+        full_runs.append(timed(full, device))
+        forward_runs.append(timed(forward, device))
+    best_full, best_forward = _best(full_runs, "full", len(data)), _best(forward_runs, "forward", len(data))
+    ratio = best_full["full_images_per_s"] / best_forward["forward_images_per_s"]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    return {**report, "repeats": args.repeats, **best_full, **best_forward, "ratio": round(ratio, 3),
+            "target_met": ratio >= 0.9, **loader, **memory_report, "peak_rss_process_mib": round(peak / MIB, 1)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
+    args = parse_args(argv)
+    if args.out_dir is not None:
+        result = benchmark(args, args.out_dir)
+    else:
+        with tempfile.TemporaryDirectory(prefix="bench_extract_") as tmp:
+            result = benchmark(args, Path(tmp))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Evaluate a trained model with the field's protocols; write metrics.json and plots.
+
+- CZSL: per-class mean top-1 accuracy on ``test_unseen`` with the unseen classes as candidates.
+- GZSL: U, S and H over all classes, with the γ chosen on validation at training time (and γ=0
+  for reference); the seen-unseen curve over γ, its area (AUSUC) and a PNG of it.
+- Hit@k (flat, per image) over the unseen classes, and over named candidate sets (e.g. ImageNet
+  2-hops / 3-hops / all from ``imagenet-testsets.json``) with and without the training classes.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+from pipeline.inputs import Inputs
+from pipeline.metrics import (ausuc, curve_points, gzsl, hit_at_k, hit_at_k_over, per_class_accuracy,
+                              plot_seen_unseen_curve, seen_unseen_curve)
+from pipeline.models.base import ZSLModel
+from pipeline.scoring import scores, search
+
+
+def read_candidate_sets(path: Path, classes: list[str]) -> dict[str, np.ndarray]:
+    """Named lists of class names (JSON ``{name: [class, ...]}``) as class indices; names not in
+    ``classes`` are dropped (an ImageNet test set lists classes that may have no images here)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise PipelineError(f"{path}: cannot read candidate sets ({e})") from e
+    index = {c: i for i, c in enumerate(classes)}
+    return {name: np.array(sorted(index[c] for c in names if c in index), dtype=np.int64)
+            for name, names in data.items() if isinstance(names, list)}
+
+
+def evaluate(model: ZSLModel, checkpoint: dict[str, Any], inputs: Inputs, plots: Path,
+             candidate_sets: dict[str, np.ndarray] | None = None, ks: tuple[int, ...] = (1, 2, 5, 10, 20)
+             ) -> dict[str, Any]:
+    """All metrics of ``model`` on the test splits; writes ``plots/seen_unseen.{png,json}``."""
+    sem = inputs.semantics
+    seen = np.asarray(checkpoint["seen"])
+    unseen = inputs.classes_of("test_unseen")
+    if np.intersect1d(seen, unseen).size:
+        raise PipelineError("test_unseen holds classes the model was trained on; check the splits")
+    class_emb = model.class_embeddings(sem)
+    test_unseen, test_seen = inputs.splits["test_unseen"], inputs.splits["test_seen"]
+    unseen_emb = model.image_embeddings(test_unseen)
+
+    k = min(max(ks), len(unseen))
+    _, top = search(unseen_emb, class_emb, k, candidates=unseen)
+    metrics: dict[str, Any] = {
+        "model": checkpoint["model"],
+        "czsl": {"acc": per_class_accuracy(top[:, 0], test_unseen.labels), "chance": 1 / len(unseen),
+                 **hit_at_k(top, test_unseen.labels, tuple(x for x in ks if x <= k))},
+    }
+
+    test_labels = np.concatenate([test_seen.labels, test_unseen.labels])
+    candidates = np.union1d(seen, unseen)
+    test_emb = np.concatenate([model.image_embeddings(test_seen), unseen_emb])
+    full = scores(test_emb, class_emb[candidates])
+    labels = np.searchsorted(candidates, test_labels)
+    seen_pos, unseen_pos = np.searchsorted(candidates, seen), np.searchsorted(candidates, unseen)
+    gamma = checkpoint["gamma"]
+    metrics["gzsl"] = {**gzsl(full, labels, seen_pos, unseen_pos, gamma), "gamma": gamma}
+    metrics["gzsl_uncalibrated"] = gzsl(full, labels, seen_pos, unseen_pos, 0.0)
+    s, u, gammas = seen_unseen_curve(full, labels, seen_pos, unseen_pos)
+    metrics["ausuc"] = ausuc(s, u)
+    plots.mkdir(parents=True, exist_ok=True)
+    plot_seen_unseen_curve(s, u, plots / "seen_unseen.png", f"{checkpoint['model']}: AUSUC {metrics['ausuc']:.3f}")
+    (plots / "seen_unseen.json").write_text(json.dumps(curve_points(s, u, gammas), indent=1))
+
+    if candidate_sets:
+        metrics["hit@k"] = {}
+        for name, cand in candidate_sets.items():
+            test_classes = np.setdiff1d(cand, seen)
+            rows = np.flatnonzero(np.isin(test_labels, test_classes))
+            if not len(rows):
+                continue
+            queries = test_emb[rows]
+            for include_train in (False, True):
+                key = f"{name}{'+train' if include_train else ''}"
+                metrics["hit@k"][key] = hit_at_k_over(queries, class_emb, test_labels[rows], test_classes, seen,
+                                                      include_train, ks)
+    return metrics

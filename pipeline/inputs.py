@@ -1,0 +1,80 @@
+"""Load the cached inputs of training and evaluation: split features, class sets, semantics."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+from pipeline.models.base import Graph, Semantics, Split
+from pipeline.semantics.file import SemanticsFile
+from pipeline.store import FeatureStore
+
+
+@dataclass
+class Inputs:
+    """Everything a zero-shot experiment reads, in the feature file's class order."""
+
+    classes: list[str]
+    splits: dict[str, Split]  # trainval, train, val, test_seen, test_unseen (those present)
+    semantics: Semantics
+
+    def classes_of(self, split: str) -> np.ndarray:
+        """Sorted class indices present in ``split``."""
+        return np.unique(self.splits[split].labels)
+
+
+def _read_split(store: FeatureStore, rows: np.ndarray, extra: dict[str, FeatureStore]) -> Split:
+    labels = store.labels[rows]
+    if (labels < 0).any():
+        raise PipelineError(f"{store.path}: a split holds images without a label (-1)")
+    return Split(store.features(rows), labels, {name: other.features(rows) for name, other in extra.items()})
+
+
+def _semantics(path: Path, source: str, classes: list[str]) -> Semantics:
+    with SemanticsFile(path) as sem:
+        if sem.classes != classes:
+            raise PipelineError(f"{path}: its {len(sem.classes)} classes differ from the feature file's "
+                                f"{len(classes)} (or their order); rebuild it: python cli.py semantics ...")
+        if source == "attributes":
+            vectors = sem.attributes()[0]
+        elif source.startswith("text:"):
+            vectors = sem.text(source.partition(":")[2])
+        else:
+            raise PipelineError(f"semantic source {source!r} unknown; use attributes or text:<encoder>")
+        text = {name: sem.text(name) for name in sem.text_encoders}
+        graph = None
+        try:
+            g = sem.graph()
+        except PipelineError:
+            pass  # no graph built: graph models fall back to a class k-NN graph
+        else:
+            graph = Graph(g["adjacency"], g["node_vectors"], g["n_classes"])
+    if not np.isfinite(vectors).all():
+        raise PipelineError(f"{path}: {source} holds NaN or inf")
+    return Semantics(vectors, text, graph)
+
+
+def load_inputs(features: Path, semantics: Path, source: str = "attributes",
+                extra: dict[str, Path] | None = None) -> Inputs:
+    """Pooled features of every split, the classes and their semantics (``source``: attributes |
+    text:<encoder>); ``extra`` names feature files of the same images from other backbones."""
+    with FeatureStore(features) as store:
+        if not store.complete:
+            raise PipelineError(f"{features}: extraction is unfinished; rerun: python cli.py extract ...")
+        others = {name: FeatureStore(path) for name, path in (extra or {}).items()}
+        try:
+            for name, other in others.items():
+                if other.image_ids != store.image_ids:
+                    raise PipelineError(f"{other.path}: its images differ from {features}'s; extract the {name} "
+                                        "features from the same dataset")
+            splits = {name: _read_split(store, rows, others) for name, rows in store.splits.items()}
+        finally:
+            for other in others.values():
+                other.close()
+        classes = store.classes
+    needed = {"trainval", "test_seen", "test_unseen"} - set(splits)
+    if needed:
+        raise PipelineError(f"{features}: no {sorted(needed)} split; zero-shot training needs the GBU-style splits")
+    return Inputs(classes, splits, _semantics(semantics, source, classes))

@@ -1,0 +1,97 @@
+"""The one interface every zero-shot model implements, and the cached inputs it trains on.
+
+A model maps image features to image embeddings [N, J] and class semantics to class embeddings
+[C, J]; an image's score for a class is the inner product of the two (models that score by
+cosine similarity return L2-normalised embeddings). Models train on seen classes only.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+
+@dataclass
+class Graph:
+    """A class graph: nodes 0..n_classes-1 are the classes (feature-file order), then other nodes."""
+
+    adjacency: sp.csr_matrix  # [V, V] symmetric normalised D^-1/2 (A+I) D^-1/2
+    node_vectors: np.ndarray  # [V, E] input vectors of the nodes (word vectors of their names)
+    n_classes: int
+
+
+@dataclass
+class Semantics:
+    """Class-level inputs for all C classes, rows in feature-file class order."""
+
+    vectors: np.ndarray  # [C, S] the chosen semantic vectors (attributes or a class-name embedding)
+    text: dict[str, np.ndarray] = field(default_factory=dict)  # every class-name embedding, e.g. "clip" [C, E]
+    graph: Graph | None = None
+
+
+@dataclass
+class Split:
+    """Cached features of some images: ``features`` [N, D], global class ``labels`` [N], and
+    ``extra`` features of the same images from other backbones (e.g. ``"clip"`` [N, D2])."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, rows: np.ndarray) -> Split:
+        return Split(self.features[rows], self.labels[rows], {k: v[rows] for k, v in self.extra.items()})
+
+    def concat(self, other: Split) -> Split:
+        """The images of ``self`` followed by those of ``other``."""
+        return Split(np.concatenate([self.features, other.features]), np.concatenate([self.labels, other.labels]),
+                     {k: np.concatenate([v, other.extra[k]]) for k, v in self.extra.items()})
+
+
+class ZSLModel(ABC):
+    """Base class. Subclasses set ``name``, ``defaults`` (hyperparameters) and ``grid`` (the values
+    tried on the validation split), and implement fit / image_embeddings / class_embeddings."""
+
+    name: ClassVar[str]
+    defaults: ClassVar[dict[str, Any]] = {}
+    grid: ClassVar[dict[str, list[Any]]] = {}
+
+    def __init__(self, **hparams: Any):
+        unknown = set(hparams) - set(self.defaults)
+        if unknown:
+            from pipeline.errors import PipelineError
+
+            raise PipelineError(f"{self.name}: unknown hyperparameters {sorted(unknown)}; known: {sorted(self.defaults)}")
+        self.hparams = {**self.defaults, **hparams}
+
+    @abstractmethod
+    def fit(self, train: Split, seen: np.ndarray, semantics: Semantics, seed: int) -> dict[str, Any]:
+        """Train on ``train`` (labels within the ``seen`` class indices); returns a log (losses, seconds)."""
+
+    @abstractmethod
+    def image_embeddings(self, data: Split) -> np.ndarray:
+        """[N, J] float32 embeddings of the images of ``data``."""
+
+    @abstractmethod
+    def class_embeddings(self, semantics: Semantics) -> np.ndarray:
+        """[C, J] float32 embeddings of all C classes."""
+
+    def state(self) -> dict[str, Any]:
+        """Everything needed to rebuild the trained model (tensors and arrays); see :meth:`load_state`."""
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state` returned."""
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed torch and numpy; returns a torch generator for data order."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    return torch.Generator().manual_seed(seed)

@@ -1,0 +1,87 @@
+"""ESZSL: embarrassingly simple zero-shot learning (Romera-Paredes & Torr, ICML 2015), in closed form."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import scipy.linalg
+
+from pipeline.errors import PipelineError
+from pipeline.models.base import Semantics, Split, ZSLModel
+from pipeline.models.layers import seen_targets
+
+
+def eszsl_solution(features: np.ndarray, targets: np.ndarray, signatures: np.ndarray, gamma: float,
+                   lam: float) -> np.ndarray:
+    """``V = (Xᵀ X + γ I)⁻¹ Xᵀ Y S (Sᵀ S + λ I)⁻¹`` [D, A], in float64.
+
+    ``features`` X [N, D], ``targets`` Y [N, Cs], ``signatures`` S [Cs, A] (one row per seen class).
+    The paper writes images and signatures as columns (X [d, m], S [a, z]); with rows that is the
+    formula above, the minimiser of ``‖X V Sᵀ − Y‖² + γ‖V Sᵀ‖² + λ‖X V‖² + γλ‖V‖²``.
+    """
+    x = np.asarray(features, dtype=np.float64)
+    s = np.asarray(signatures, dtype=np.float64)
+    left = scipy.linalg.solve(x.T @ x + gamma * np.eye(x.shape[1]), x.T @ (np.asarray(targets, np.float64) @ s),
+                              assume_a="pos")
+    # right-multiplying by the symmetric (Sᵀ S + λ I)⁻¹ is solving with it on the transpose
+    return scipy.linalg.solve(s.T @ s + lam * np.eye(s.shape[1]), left.T, assume_a="pos").T
+
+
+class ESZSL(ZSLModel):
+    """Bilinear compatibility ``score(x, c) = x V s_cᵀ`` with V in closed form (no iterations).
+
+    Y is the paper's {−1, +1} label matrix: +1 for an image's class, −1 for the other seen classes.
+    ``image_embeddings`` = X V [N, A], ``class_embeddings`` = the semantic vectors S [C, A] as given, so
+    the inner product is ``x V sᵀ``. ``gamma`` regularises the image side, ``lam`` the semantic side;
+    features and semantic vectors are used as they come (the semantics stage L2-normalises attributes).
+    ``fit`` logs no losses (``"loss": []``).
+    """
+
+    name = "eszsl"
+    defaults = {"gamma": 1.0, "lam": 1.0}
+    grid = {"gamma": [0.1, 1.0, 10.0, 100.0, 1000.0], "lam": [0.1, 1.0, 10.0, 100.0, 1000.0]}
+
+    def __init__(self, **hparams: Any):
+        super().__init__(**hparams)
+        if self.hparams["gamma"] < 0 or self.hparams["lam"] < 0:
+            raise PipelineError(f"eszsl: gamma and lam must be >= 0, got {self.hparams}")
+        self.V: np.ndarray | None = None
+
+    def fit(self, train: Split, seen: np.ndarray, semantics: Semantics, seed: int) -> dict[str, Any]:
+        start = time.perf_counter()
+        seen, positions = seen_targets(self.name, train, seen, semantics)
+        y = -np.ones((len(positions), len(seen)))
+        y[np.arange(len(positions)), positions] = 1.0
+        try:
+            v = eszsl_solution(train.features, y, semantics.vectors[seen], self.hparams["gamma"], self.hparams["lam"])
+        except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
+            raise PipelineError(f"eszsl: the system is singular at gamma={self.hparams['gamma']}, "
+                                f"lam={self.hparams['lam']}; use gamma, lam > 0") from None
+        self.V = v.astype(np.float32)
+        return {"loss": [], "seconds": time.perf_counter() - start}
+
+    def _v(self) -> np.ndarray:
+        if self.V is None:
+            raise PipelineError("eszsl: the model is not trained; call fit or load_state first")
+        return self.V
+
+    def image_embeddings(self, data: Split) -> np.ndarray:
+        v = self._v()
+        if data.features.shape[1] != v.shape[0]:
+            raise PipelineError(f"eszsl: features are {data.features.shape[1]}-d but the model was fitted on "
+                                f"{v.shape[0]}-d features")
+        return np.asarray(data.features, dtype=np.float32) @ v
+
+    def class_embeddings(self, semantics: Semantics) -> np.ndarray:
+        v = self._v()
+        if semantics.vectors.shape[1] != v.shape[1]:
+            raise PipelineError(f"eszsl: semantic vectors are {semantics.vectors.shape[1]}-d but the model was "
+                                f"fitted on {v.shape[1]}-d vectors")
+        return np.asarray(semantics.vectors, dtype=np.float32)
+
+    def state(self) -> dict[str, Any]:
+        return {"V": self._v().copy()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.V = np.asarray(state["V"], dtype=np.float32)

@@ -1,0 +1,277 @@
+"""Pieces the trainable models share: input checks, MLPs, the GCN layer, class graphs, cosine logits,
+the mini-batch training loop and the state round-trip of a torch model.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from abc import abstractmethod
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.errors import PipelineError
+from pipeline.models.base import Graph, Semantics, Split, ZSLModel, seed_everything
+
+log = logging.getLogger(__name__)
+CHUNK = 8192  # rows per forward pass when embedding many images
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"``: CUDA when available, else CPU; otherwise the named torch device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise PipelineError(f"device {name!r} is not a torch device; use auto, cpu or cuda[:N]") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PipelineError(f"device {name!r} asked for but CUDA is not available here; set device: auto or cpu")
+    return device
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` scaled to unit L2 norm (float32); all-zero rows stay zero."""
+    x = np.asarray(x, dtype=np.float32)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norm, 1e-12)
+
+
+def seen_targets(model: str, train: Split, seen: np.ndarray, semantics: Semantics) -> tuple[np.ndarray, np.ndarray]:
+    """Checked ``seen`` (int64, as given) and each training image's position in it ([N] int64).
+
+    Raises PipelineError when the inputs disagree: no images, labels outside ``seen``, repeated seen
+    classes, or class indices beyond the C rows of ``semantics.vectors``.
+    """
+    seen = np.asarray(seen, dtype=np.int64).ravel()
+    labels = np.asarray(train.labels, dtype=np.int64).ravel()
+    n_classes = len(semantics.vectors)
+    if len(labels) == 0 or len(seen) == 0:
+        raise PipelineError(f"{model}: nothing to train on ({len(labels)} images, {len(seen)} seen classes)")
+    if len(train.features) != len(labels):
+        raise PipelineError(f"{model}: {len(train.features)} feature rows but {len(labels)} labels")
+    if len(np.unique(seen)) != len(seen):
+        raise PipelineError(f"{model}: the seen class indices repeat")
+    if seen.min() < 0 or seen.max() >= n_classes:
+        raise PipelineError(f"{model}: seen class indices must lie in 0..{n_classes - 1} (rows of the semantics)")
+    position = np.full(n_classes, -1, dtype=np.int64)
+    position[seen] = np.arange(len(seen))
+    if labels.min() < 0 or labels.max() >= n_classes or (position[labels] < 0).any():
+        raise PipelineError(f"{model}: training labels must all be seen classes (models train on seen classes only)")
+    return seen, position[labels]
+
+
+class Standardize(nn.Module):
+    """Per-dimension z-scoring with the training mean and std, kept as buffers (part of the state)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    @torch.no_grad()
+    def set_from(self, x: torch.Tensor) -> None:
+        self.mean.copy_(x.mean(dim=0))
+        self.std.copy_(x.std(dim=0).clamp_min(1e-6) if len(x) > 1 else torch.ones_like(self.std))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def mlp(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Sequential:
+    """``Linear -> LeakyReLU -> Dropout -> Linear``; ``hidden`` 0 gives a single linear layer (a perceptron)."""
+    if hidden <= 0:
+        return nn.Sequential(nn.Linear(in_dim, out_dim))
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.LeakyReLU(0.2), nn.Dropout(dropout), nn.Linear(hidden, out_dim))
+
+
+class GraphConv(nn.Module):
+    """One GCN layer (Kipf & Welling): ``A · (dropout(H) W + b)`` with ``A`` the normalised adjacency."""
+
+    def __init__(self, in_dim: int, out_dim: int, dropout: float):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(in_dim, out_dim)
+
+    def forward(self, h: torch.Tensor, adjacency: torch.Tensor) -> torch.Tensor:
+        return torch.sparse.mm(adjacency, self.linear(self.dropout(h)))
+
+
+class GCN(nn.Module):
+    """Two graph convolutions with LeakyReLU(0.2) between them and dropout before each (as in GCNZ / DGP).
+
+    ``forward(node_vectors [V, E], adjacency sparse [V, V]) -> [V, out_dim]``.
+    """
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, dropout: float):
+        super().__init__()
+        self.layer1 = GraphConv(in_dim, hidden, dropout)
+        self.layer2 = GraphConv(hidden, out_dim, dropout)
+
+    def forward(self, nodes: torch.Tensor, adjacency: torch.Tensor) -> torch.Tensor:
+        return self.layer2(F.leaky_relu(self.layer1(nodes, adjacency), 0.2), adjacency)
+
+
+def sparse_tensor(matrix: sp.spmatrix, device: torch.device) -> torch.Tensor:
+    """A scipy sparse matrix as a coalesced float32 torch COO tensor on ``device``."""
+    coo = sp.coo_matrix(matrix)
+    index = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
+    values = torch.from_numpy(coo.data.astype(np.float32))
+    return torch.sparse_coo_tensor(index, values, coo.shape, device=device, check_invariants=True).coalesce()
+
+
+def knn_graph(vectors: np.ndarray, k: int) -> Graph:
+    """A class graph from class vectors [C, S]: every class linked to its ``k`` most cosine-similar
+    classes, the links made symmetric (i~j when either picks the other), self-loops added and the
+    adjacency normalised ``D^-1/2 (A+I) D^-1/2``; node vectors are ``vectors`` themselves."""
+    from pipeline.semantics.wordnet import normalized_adjacency  # nltk: imported only when a graph is built
+
+    vectors = np.asarray(vectors, dtype=np.float32)
+    n = len(vectors)
+    k = min(int(k), n - 1)
+    edges = np.zeros((0, 2), dtype=np.int64)
+    if k > 0:
+        unit = l2_normalize(vectors)
+        similarity = unit @ unit.T
+        np.fill_diagonal(similarity, -np.inf)
+        # stable sort: ties broken by class index, so the graph is a function of the vectors alone
+        neighbours = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+        edges = np.stack([np.repeat(np.arange(n), k), neighbours.ravel()], axis=1)
+    return Graph(normalized_adjacency(n, edges), vectors, n)
+
+
+def class_graph(model: str, semantics: Semantics, k: int) -> Graph:
+    """``semantics.graph`` when there is one (checked against the C classes), else :func:`knn_graph` of
+    ``semantics.vectors`` with ``k`` neighbours."""
+    graph = semantics.graph
+    n_classes = len(semantics.vectors)
+    if graph is None:
+        return knn_graph(semantics.vectors, k)
+    n_nodes = graph.adjacency.shape[0]
+    if graph.adjacency.shape != (n_nodes, n_nodes) or len(graph.node_vectors) != n_nodes:
+        raise PipelineError(f"{model}: graph adjacency {graph.adjacency.shape} does not match its "
+                            f"{len(graph.node_vectors)} node vectors; rebuild the semantics file")
+    if graph.n_classes != n_classes or n_nodes < n_classes:
+        raise PipelineError(f"{model}: the graph has {graph.n_classes} class nodes but the semantics {n_classes} "
+                            "classes; rebuild the semantics file for this feature file")
+    return graph
+
+
+def cosine_logits(images: torch.Tensor, classes: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+    """``scale ·`` cosine similarity of every image row with every class row: [N, C]."""
+    return scale * F.normalize(images, dim=-1) @ F.normalize(classes, dim=-1).T
+
+
+def train_epochs(
+    parameters: Iterable[nn.Parameter],
+    n_rows: int,
+    step: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    generator: torch.Generator,
+    name: str,
+) -> list[float]:
+    """AdamW over shuffled mini-batches of ``n_rows`` rows; ``step(rows)`` returns a batch's mean loss.
+
+    The order comes from ``generator`` (CPU, seeded); rows are a CPU int64 tensor. Returns the mean
+    loss of each epoch, also logged at DEBUG. Full-batch training: ``n_rows=1, batch_size=1``.
+    """
+    trainable = [p for p in parameters if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
+    losses = []
+    for epoch in range(epochs):
+        order = torch.randperm(n_rows, generator=generator)
+        total = 0.0
+        for start in range(0, n_rows, batch_size):
+            rows = order[start:start + batch_size]
+            loss = step(rows)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(rows)
+        losses.append(total / n_rows)
+        log.debug("%s epoch %d/%d: loss %.4f", name, epoch + 1, epochs, losses[-1])
+    return losses
+
+
+class TorchZSLModel(ZSLModel):
+    """A model whose trained part is one ``nn.Module`` (``self.net``) built from a few input sizes.
+
+    Subclasses implement :meth:`build` (sizes -> module, using ``self.hparams``) and :meth:`train_net`;
+    :meth:`fit` seeds, builds, trains and times; :meth:`state` is the module's tensors plus the sizes.
+    """
+
+    def __init__(self, **hparams: Any):
+        super().__init__(**hparams)
+        self.device = resolve_device(self.hparams["device"])
+        self.net: nn.Module | None = None
+        self.sizes: list[int] = []
+
+    @abstractmethod
+    def build(self, sizes: list[int]) -> nn.Module:
+        """The untrained module for input sizes ``sizes`` (see each subclass)."""
+
+    @abstractmethod
+    def input_sizes(self, train: Split, semantics: Semantics) -> list[int]:
+        """The sizes :meth:`build` needs, read from the inputs (checking them)."""
+
+    @abstractmethod
+    def train_net(self, train: Split, positions: np.ndarray, seen: np.ndarray, semantics: Semantics,
+                  generator: torch.Generator) -> list[float]:
+        """Train ``self.net`` (already built, on ``self.device``); returns the per-epoch losses."""
+
+    def fit(self, train: Split, seen: np.ndarray, semantics: Semantics, seed: int) -> dict[str, Any]:
+        start = time.perf_counter()
+        seen, positions = seen_targets(self.name, train, seen, semantics)
+        sizes = self.input_sizes(train, semantics)
+        generator = seed_everything(seed)
+        self.sizes = sizes
+        self.net = self.build(sizes).to(self.device)
+        self.net.train()
+        losses = self.train_net(train, positions, seen, semantics, generator)
+        self.net.eval()
+        seconds = time.perf_counter() - start
+        log.info("%s: fitted on %d images of %d seen classes in %.1f s", self.name, len(positions), len(seen), seconds)
+        return {"loss": losses, "seconds": seconds}
+
+    def trained(self) -> nn.Module:
+        if self.net is None:
+            raise PipelineError(f"{self.name}: the model is not trained; call fit or load_state first")
+        return self.net
+
+    def tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(array), dtype=torch.float32, device=self.device)
+
+    @torch.no_grad()
+    def embed_rows(self, fn: Callable[..., torch.Tensor], *arrays: np.ndarray) -> np.ndarray:
+        """``fn`` over row chunks of ``arrays`` (eval mode, no grad) as one float32 numpy array."""
+        out = [fn(*(self.tensor(a[i:i + CHUNK]) for a in arrays)).float().cpu()
+               for i in range(0, len(arrays[0]), CHUNK)]
+        return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+    def state(self) -> dict[str, Any]:
+        net = self.trained()
+        return {"sizes": torch.tensor(self.sizes, dtype=torch.int64),
+                **{f"net.{k}": v.detach().cpu().clone() for k, v in net.state_dict().items()}}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        sizes = [int(s) for s in torch.as_tensor(state["sizes"]).tolist()]
+        net = self.build(sizes)
+        net.load_state_dict({k[len("net."):]: torch.as_tensor(v) for k, v in state.items() if k.startswith("net.")})
+        self.sizes, self.net = sizes, net.to(self.device).eval()
+
+
+def log_scale(temperature: float) -> float:
+    """``log(1 / temperature)``, the stored form of a cosine-logit scale."""
+    if temperature <= 0:
+        raise PipelineError(f"temperature must be > 0, got {temperature}")
+    return math.log(1.0 / temperature)

@@ -1,0 +1,149 @@
+"""Train a zero-shot model on cached features, choosing hyperparameters and γ on validation only.
+
+1. Validation: the dataset's class-disjoint ``train``/``val`` splits (or, when it has none,
+   ``val_fraction`` of the trainval classes drawn with the seed), plus ``val_fraction`` of each
+   train class's images held out as validation images of seen classes.
+2. Every combination of the model's ``grid`` (minus fixed hyperparameters) is fitted on ``train``
+   and scored by per-class accuracy on the ``val`` classes (candidates: val classes only).
+3. γ of calibrated stacking maximises the harmonic mean H of the best combination on the held-out
+   seen images and the val images over train ∪ val classes.
+4. The chosen hyperparameters are refitted on all of ``trainval``; the model, γ and the selection
+   table are saved. No test split is read at any point.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.errors import PipelineError
+from pipeline.inputs import Inputs
+from pipeline.metrics import per_class_accuracy, select_gamma
+from pipeline.models import make_model
+from pipeline.models.base import Semantics, Split, ZSLModel, seed_everything
+from pipeline.scoring import scores, search
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train; ``hparams`` are fixed (not searched), ``select`` turns the grid search off."""
+
+    model: str
+    semantics: str = "attributes"
+    seed: int = 0
+    select: bool = True
+    val_fraction: float = 0.2
+    hparams: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Validation:
+    """Validation data carved from trainval only."""
+
+    train: Split  # fitted on
+    seen_holdout: Split  # images of train classes not fitted on
+    val: Split  # images of the val classes
+    train_classes: np.ndarray
+    val_classes: np.ndarray
+
+
+def validation_split(inputs: Inputs, fraction: float, seed: int) -> Validation:
+    """Class-disjoint train/val from trainval, and a per-class image holdout of the train classes."""
+    rng = np.random.default_rng(seed)
+    trainval = inputs.splits["trainval"]
+    if "train" in inputs.splits and "val" in inputs.splits:
+        train, val = inputs.splits["train"], inputs.splits["val"]
+    else:
+        classes = np.unique(trainval.labels)
+        n_val = max(1, round(fraction * len(classes)))
+        val_classes = rng.choice(classes, n_val, replace=False)
+        in_val = np.isin(trainval.labels, val_classes)
+        train, val = trainval.subset(np.flatnonzero(~in_val)), trainval.subset(np.flatnonzero(in_val))
+    holdout = np.zeros(len(train), bool)
+    for c in np.unique(train.labels):
+        rows = np.flatnonzero(train.labels == c)
+        if len(rows) > 1:
+            holdout[rng.choice(rows, max(1, round(fraction * len(rows))), replace=False)] = True
+    return Validation(train.subset(np.flatnonzero(~holdout)), train.subset(np.flatnonzero(holdout)), val,
+                      np.unique(train.labels), np.unique(val.labels))
+
+
+def czsl_on(model: ZSLModel, data: Split, semantics: Semantics, candidates: np.ndarray) -> float:
+    """Per-class mean top-1 accuracy of ``model`` on ``data`` with only ``candidates`` as classes."""
+    _, idx = search(model.image_embeddings(data), model.class_embeddings(semantics), 1, candidates=candidates)
+    return per_class_accuracy(idx[:, 0], data.labels)
+
+
+def _combinations(model: str, fixed: dict[str, Any], select: bool) -> list[dict[str, Any]]:
+    grid = {k: v for k, v in make_model(model).grid.items() if k not in fixed} if select else {}
+    keys = sorted(grid)
+    return [{**fixed, **dict(zip(keys, values))} for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def train(inputs: Inputs, cfg: TrainConfig) -> dict[str, Any]:
+    """Select on validation, refit on trainval; returns the checkpoint dict (see :func:`save_checkpoint`)."""
+    v = validation_split(inputs, cfg.val_fraction, cfg.seed)
+    if len(v.val) == 0 or len(v.seen_holdout) == 0:
+        raise PipelineError("validation needs images of at least one val class and of held-out train images")
+    table = []
+    best: tuple[float, dict[str, Any], ZSLModel] | None = None
+    for hparams in _combinations(cfg.model, cfg.hparams, cfg.select):
+        seed_everything(cfg.seed)
+        model = make_model(cfg.model, **hparams)
+        fit_log = model.fit(v.train, v.train_classes, inputs.semantics, cfg.seed)
+        acc = czsl_on(model, v.val, inputs.semantics, v.val_classes)
+        table.append({"hparams": hparams, "val_czsl": acc, "seconds": fit_log.get("seconds")})
+        log.info("%s %s: val per-class accuracy %.4f", cfg.model, hparams, acc)
+        if best is None or acc > best[0]:
+            best = (acc, hparams, model)
+    assert best is not None
+    val_acc, hparams, model = best
+
+    both = np.concatenate([v.train_classes, v.val_classes])
+    held = v.seen_holdout.concat(v.val)
+    full = scores(model.image_embeddings(held), model.class_embeddings(inputs.semantics)[both])
+    position = np.full(len(inputs.classes), -1)
+    position[both] = np.arange(len(both))
+    gamma, val_h = select_gamma(full, position[held.labels], np.arange(len(v.train_classes)),
+                                np.arange(len(v.train_classes), len(both)))
+
+    seed_everything(cfg.seed)
+    final = make_model(cfg.model, **hparams)
+    seen = inputs.classes_of("trainval")
+    start = time.perf_counter()
+    fit_log = final.fit(inputs.splits["trainval"], seen, inputs.semantics, cfg.seed)
+    log.info("%s refitted on trainval in %.1f s; val accuracy %.4f, gamma %.4f (val H %.4f)",
+             cfg.model, time.perf_counter() - start, val_acc, gamma, val_h)
+    return {
+        "model": cfg.model, "hparams": final.hparams, "state": final.state(), "gamma": float(gamma),
+        "config": asdict(cfg), "classes": inputs.classes, "seen": seen.tolist(),
+        "validation": {"val_czsl": val_acc, "val_H": float(val_h), "train_classes": v.train_classes.tolist(),
+                       "val_classes": v.val_classes.tolist(), "table": table},
+        "fit": fit_log,
+    }
+
+
+def save_checkpoint(checkpoint: dict[str, Any], path: Path) -> None:
+    """Write a checkpoint atomically (``path.partial`` then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(checkpoint, partial)
+    partial.replace(path)
+
+
+def load_checkpoint(path: Path) -> tuple[ZSLModel, dict[str, Any]]:
+    """The trained model and its checkpoint dict."""
+    if not path.is_file():
+        raise PipelineError(f"{path}: no trained model; run: python cli.py train ...")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    model = make_model(checkpoint["model"], **checkpoint["hparams"])
+    model.load_state(checkpoint["state"])
+    return model, checkpoint

@@ -1,0 +1,36 @@
+"""DVC stage ``evaluate``: metrics.json and plots/ for the trained model on the test splits."""
+import json
+import sys
+from pathlib import Path
+
+import pipeline  # noqa: F401
+from pipeline.errors import PipelineError
+from pipeline.evaluate import evaluate, read_candidate_sets
+from pipeline.inputs import load_inputs
+from pipeline.train import load_checkpoint
+from stages import load_params
+from stages.extract import OUTPUT as FEATURES
+from stages.semantics import OUTPUT as SEMANTICS
+from stages.train import OUTPUT as MODEL
+
+METRICS = Path("metrics.json")
+PLOTS = Path("plots")
+
+
+def main() -> None:
+    params = load_params()
+    t, e = params["train"], params["evaluate"]
+    extra = {"clip": Path(t["clip_features"])} if t.get("clip_features") else None
+    try:
+        model, checkpoint = load_checkpoint(MODEL)
+        inputs = load_inputs(FEATURES, SEMANTICS, checkpoint["config"]["semantics"], extra)
+        sets = read_candidate_sets(Path(e["candidate_sets"]), inputs.classes) if e.get("candidate_sets") else None
+        metrics = evaluate(model, checkpoint, inputs, PLOTS, sets, tuple(e["ks"]))
+    except PipelineError as err:
+        sys.exit(f"error: {err}")
+    METRICS.write_text(json.dumps(metrics, indent=2) + "\n")
+    print(json.dumps(metrics, indent=2))
+
+
+if __name__ == "__main__":
+    main()

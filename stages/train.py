@@ -1,0 +1,32 @@
+"""DVC stage ``train``: fit ``model`` (hyperparameters from its params section) on cached features."""
+import sys
+from pathlib import Path
+
+import pipeline  # noqa: F401
+from pipeline.errors import PipelineError
+from pipeline.inputs import load_inputs
+from pipeline.train import TrainConfig, save_checkpoint, train
+from stages import load_params
+from stages.extract import OUTPUT as FEATURES
+from stages.semantics import OUTPUT as SEMANTICS
+
+OUTPUT = Path("models/model.pt")
+
+
+def main() -> None:
+    params = load_params()
+    model, t = params["model"], params["train"]
+    extra = {"clip": Path(t["clip_features"])} if t.get("clip_features") else None
+    cfg = TrainConfig(model=model, semantics=t["semantics"], seed=t["seed"], select=t["select"],
+                      val_fraction=t["val_fraction"], hparams=params.get(model) or {})
+    try:
+        checkpoint = train(load_inputs(FEATURES, SEMANTICS, cfg.semantics, extra), cfg)
+    except PipelineError as e:
+        sys.exit(f"error: {e}")
+    save_checkpoint(checkpoint, OUTPUT)
+    v = checkpoint["validation"]
+    print(f"{OUTPUT}: {model} {checkpoint['hparams']}; val accuracy {v['val_czsl']:.4f}, gamma {checkpoint['gamma']:.4f}")
+
+
+if __name__ == "__main__":
+    main()

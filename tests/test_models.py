@@ -1,0 +1,274 @@
+"""Zero-shot models: ESZSL's closed form, unseen-class accuracy on a small synthetic ZSL problem,
+determinism, state round-trips, class graphs, and the CLIP input checks."""
+from __future__ import annotations
+
+import io
+import itertools
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from pipeline.errors import PipelineError
+from pipeline.models import MODELS, make_model
+from pipeline.models.base import Graph, Semantics, Split
+from pipeline.models.eszsl import ESZSL
+from pipeline.models.layers import GCN, GraphConv, class_graph, knn_graph, sparse_tensor
+from pipeline.semantics.wordnet import normalized_adjacency
+
+TRAINABLE = ["eszsl", "joint_gcn", "gcn_regression", "cfzsl"]
+N_CLASSES, N_SEEN, PER_CLASS = 20, 15, 30
+
+
+class Problem:
+    """20 classes with random binary attributes [20, 16]; CNN features = attributes @ P [16 -> 64] + noise,
+    CLIP features = attributes @ Q [16 -> 32] + noise, CLIP text = attributes @ R [16 -> 24] + noise;
+    30 images per class; classes 0..14 seen, 15..19 unseen."""
+
+    def __init__(self, seed: int = 8, noise: float = 0.5):
+        rng = np.random.default_rng(seed)
+        attributes = (rng.random((N_CLASSES, 16)) < 0.5).astype(np.float32)
+        labels = np.repeat(np.arange(N_CLASSES), PER_CLASS)
+
+        def view(dim: int) -> np.ndarray:
+            projection = rng.normal(size=(16, dim)).astype(np.float32)
+            return attributes[labels] @ projection + noise * rng.normal(size=(len(labels), dim)).astype(np.float32)
+
+        features, clip = view(64), view(32)
+        text = attributes @ rng.normal(size=(16, 24)).astype(np.float32)
+        text += 0.3 * rng.normal(size=text.shape).astype(np.float32)
+        self.seen, self.unseen = np.arange(N_SEEN), np.arange(N_SEEN, N_CLASSES)
+        data = Split(features, labels, {"clip": clip})
+        self.train = data.subset(np.flatnonzero(labels < N_SEEN))
+        self.test = data.subset(np.flatnonzero(labels >= N_SEEN))
+        self.semantics = Semantics(attributes, {"clip": text})
+
+    def czsl_accuracy(self, model) -> float:
+        """Per-class top-1 accuracy on the unseen images, candidates = unseen classes only."""
+        scores = model.image_embeddings(self.test) @ model.class_embeddings(self.semantics)[self.unseen].T
+        predicted = self.unseen[scores.argmax(axis=1)]
+        return float(np.mean([np.mean(predicted[self.test.labels == c] == c) for c in self.unseen]))
+
+
+@pytest.fixture(scope="module")
+def problem() -> Problem:
+    return Problem()
+
+
+@pytest.fixture(scope="module")
+def fitted(problem: Problem) -> dict[str, tuple[object, dict]]:
+    """Each trainable model fitted once with seed 0: {name: (model, fit log)}."""
+    out = {}
+    for name in TRAINABLE:
+        model = make_model(name)
+        out[name] = (model, model.fit(problem.train, problem.seen, problem.semantics, seed=0))
+    return out
+
+
+def scores(model, problem: Problem) -> np.ndarray:
+    return model.image_embeddings(problem.test) @ model.class_embeddings(problem.semantics).T
+
+
+# --- registry -----------------------------------------------------------------------------------------------
+
+
+def test_registry_names_every_model_and_rejects_unknown_names():
+    assert set(MODELS) == {"eszsl", "joint_gcn", "gcn_regression", "cfzsl", "clip_prompt"}
+    assert all(cls.name == name for name, cls in MODELS.items())
+    with pytest.raises(PipelineError, match="unknown model 'svm'.*eszsl"):
+        make_model("svm")
+    with pytest.raises(PipelineError, match="unknown hyperparameters"):
+        make_model("joint_gcn", learning_rate=0.1)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_grids_are_small_and_name_known_hyperparameters(name):
+    cls = MODELS[name]
+    assert set(cls.grid) <= set(cls.defaults)
+    combos = len(list(itertools.product(*cls.grid.values()))) if cls.grid else 0
+    assert combos <= (25 if name == "eszsl" else 4)
+    make_model(name, **{k: v[-1] for k, v in cls.grid.items()})  # every grid value is accepted
+
+
+# --- ESZSL --------------------------------------------------------------------------------------------------
+
+
+def test_eszsl_is_its_closed_form_and_scores_are_x_v_s():
+    rng = np.random.default_rng(0)
+    n, d, a, n_classes = 80, 12, 6, 7
+    seen = np.array([0, 2, 3, 5])
+    labels = rng.choice(seen, n)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    s_all = rng.normal(size=(n_classes, a)).astype(np.float32)
+    gamma, lam = 3.0, 0.5
+
+    y = -np.ones((n, len(seen)))
+    y[np.arange(n), np.searchsorted(seen, labels)] = 1.0  # the paper's {-1, +1} labels
+    x64, s64 = x.astype(np.float64), s_all[seen].astype(np.float64)
+    expected = np.linalg.inv(x64.T @ x64 + gamma * np.eye(d)) @ x64.T @ y @ s64 @ np.linalg.inv(
+        s64.T @ s64 + lam * np.eye(a))
+
+    model = ESZSL(gamma=gamma, lam=lam)
+    log = model.fit(Split(x, labels), seen, Semantics(s_all), seed=0)
+    assert log["loss"] == [] and log["seconds"] >= 0
+    np.testing.assert_allclose(model.state()["V"], expected, rtol=1e-4, atol=1e-6)
+    score = model.image_embeddings(Split(x, labels)) @ model.class_embeddings(Semantics(s_all)).T
+    np.testing.assert_allclose(score, x64 @ expected @ s_all.T.astype(np.float64), rtol=1e-4, atol=1e-5)
+
+
+def test_training_labels_must_be_seen_classes(problem):
+    with pytest.raises(PipelineError, match="seen classes only"):
+        make_model("eszsl").fit(problem.test, problem.seen, problem.semantics, seed=0)
+
+
+# --- every trainable model ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", TRAINABLE)
+def test_unseen_class_accuracy_is_well_above_chance(name, problem, fitted):
+    model, log = fitted[name]
+    chance = 1 / len(problem.unseen)
+    assert problem.czsl_accuracy(model) >= 2.5 * chance
+    assert log["seconds"] < 30
+    assert all(np.isfinite(log["loss"]))
+    if name != "eszsl":
+        assert len(log["loss"]) == model.hparams["epochs"] and log["loss"][-1] < log["loss"][0]
+
+
+@pytest.mark.parametrize("name", ["joint_gcn", "gcn_regression", "cfzsl"])
+def test_same_seed_gives_identical_embeddings(name, problem, fitted):
+    first = fitted[name][0]
+    again = make_model(name)
+    again.fit(problem.train, problem.seen, problem.semantics, seed=0)
+    other = make_model(name)
+    other.fit(problem.train, problem.seen, problem.semantics, seed=1)
+    for embed in ("image_embeddings", "class_embeddings"):
+        arg = problem.test if embed == "image_embeddings" else problem.semantics
+        np.testing.assert_array_equal(getattr(first, embed)(arg), getattr(again, embed)(arg))
+    assert not np.array_equal(scores(first, problem), scores(other, problem))
+
+
+@pytest.mark.parametrize("name", TRAINABLE)
+def test_state_round_trip_gives_identical_scores(name, problem, fitted):
+    model = fitted[name][0]
+    buffer = io.BytesIO()
+    torch.save(model.state(), buffer)  # as the checkpoint stores it
+    buffer.seek(0)
+    restored = make_model(name, **model.hparams)
+    restored.load_state(torch.load(buffer, weights_only=False))
+    np.testing.assert_array_equal(scores(restored, problem), scores(model, problem))
+
+
+@pytest.mark.parametrize("name", TRAINABLE)
+def test_untrained_model_says_so(name, problem):
+    with pytest.raises(PipelineError, match="not trained"):
+        make_model(name).image_embeddings(problem.test)
+
+
+def test_cosine_models_return_unit_embeddings(problem, fitted):
+    for name in ("joint_gcn", "cfzsl"):
+        model = fitted[name][0]
+        for emb in (model.image_embeddings(problem.test), model.class_embeddings(problem.semantics)):
+            assert emb.dtype == np.float32
+            np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    gcnz = fitted["gcn_regression"][0]
+    np.testing.assert_allclose(np.linalg.norm(gcnz.class_embeddings(problem.semantics), axis=1), 1.0, atol=1e-5)
+    images = gcnz.image_embeddings(problem.test)  # raw features and the bias input
+    np.testing.assert_array_equal(images, np.hstack([problem.test.features, np.ones((len(images), 1))]))
+
+
+# --- graphs -------------------------------------------------------------------------------------------------
+
+
+def test_gcn_layer_shapes_and_aggregation():
+    adjacency = normalized_adjacency(5, np.array([[0, 1], [1, 2], [3, 4]]))
+    a = sparse_tensor(adjacency, torch.device("cpu"))
+    nodes = torch.randn(5, 7)
+    assert GCN(7, 11, 3, dropout=0.5).eval()(nodes, a).shape == (5, 3)
+    layer = GraphConv(7, 4, dropout=0.0)
+    expected = torch.as_tensor(adjacency.toarray()) @ layer.linear(nodes)
+    torch.testing.assert_close(layer(nodes, a), expected)
+
+
+def test_knn_graph_links_most_similar_classes_symmetrically():
+    vectors = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9], [0.7, 0.7]], dtype=np.float32)
+    graph = knn_graph(vectors, k=1)
+    assert graph.n_classes == 5 and graph.node_vectors is not None
+    np.testing.assert_array_equal(graph.node_vectors, vectors)
+    linked = graph.adjacency.toarray() > 0
+    assert (linked == linked.T).all() and linked.diagonal().all()
+    assert linked[0, 1] and linked[2, 3] and not linked[0, 2]
+    np.testing.assert_allclose(graph.adjacency.toarray(), normalized_adjacency(5, np.argwhere(np.triu(linked, 1)))
+                               .toarray())
+
+
+def hand_graph(semantics: Semantics) -> Graph:
+    """Classes 0..19 plus two parent nodes: 0..9 under node 20, 10..19 under node 21, 20 ~ 21; 8-d node vectors."""
+    edges = [[c, 20 if c < 10 else 21] for c in range(N_CLASSES)] + [[20, 21]]
+    vectors = np.random.default_rng(3).normal(size=(N_CLASSES + 2, 8)).astype(np.float32)
+    return Graph(normalized_adjacency(N_CLASSES + 2, np.array(edges)), vectors, N_CLASSES)
+
+
+@pytest.mark.parametrize("name", ["joint_gcn", "gcn_regression"])
+def test_gcn_models_use_the_given_graph_else_a_knn_graph(name, problem, fitted):
+    with_graph = Semantics(problem.semantics.vectors, problem.semantics.text, hand_graph(problem.semantics))
+    assert class_graph(name, with_graph, k=3) is with_graph.graph
+    model = make_model(name, epochs=3)
+    model.fit(problem.train, problem.seen, with_graph, seed=0)
+    node_dim = model.sizes[0] if name == "gcn_regression" else model.sizes[1]
+    assert node_dim == 8  # the hand graph's node vectors, not the 16 attributes
+    embeddings = model.class_embeddings(with_graph)
+    assert embeddings.shape[0] == N_CLASSES and np.isfinite(embeddings).all()
+    rewired = Semantics(with_graph.vectors, graph=Graph(sp.identity(N_CLASSES + 2, format="csr", dtype=np.float32),
+                                                        with_graph.graph.node_vectors, N_CLASSES))
+    assert not np.allclose(model.class_embeddings(rewired), embeddings)  # the adjacency is what it reads
+
+    knn = fitted[name][0]  # fitted without a graph: the k-NN graph over the 16-d attributes
+    assert (knn.sizes[0] if name == "gcn_regression" else knn.sizes[1]) == 16
+    assert problem.semantics.graph is None
+
+
+def test_a_graph_for_other_classes_is_refused(problem):
+    graph = hand_graph(problem.semantics)
+    wrong = Semantics(problem.semantics.vectors, graph=Graph(graph.adjacency, graph.node_vectors, N_CLASSES - 1))
+    with pytest.raises(PipelineError, match="class nodes"):
+        make_model("joint_gcn", epochs=1).fit(problem.train, problem.seen, wrong, seed=0)
+
+
+# --- CLIP models --------------------------------------------------------------------------------------------
+
+
+def test_cfzsl_names_the_missing_clip_inputs(problem):
+    no_clip = Split(problem.train.features, problem.train.labels)
+    with pytest.raises(PipelineError, match="CLIP image features.*--backbone clip"):
+        make_model("cfzsl").fit(no_clip, problem.seen, problem.semantics, seed=0)
+    no_text = Semantics(problem.semantics.vectors, {"minilm": problem.semantics.text["clip"]})
+    with pytest.raises(PipelineError, match="CLIP text.*semantics.text"):
+        make_model("cfzsl").fit(problem.train, problem.seen, no_text, seed=0)
+
+
+def test_clip_prompt_scores_are_cosines_of_clip_embeddings(problem):
+    rng = np.random.default_rng(1)
+    text = rng.normal(size=(N_CLASSES, 32)).astype(np.float32)
+    semantics = Semantics(problem.semantics.vectors, {"clip": text})
+    model = make_model("clip_prompt")
+    assert model.fit(problem.train, problem.seen, semantics, seed=0)["loss"] == []
+    images, classes = model.image_embeddings(problem.test), model.class_embeddings(semantics)
+    np.testing.assert_allclose(np.linalg.norm(images, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(classes, axis=1), 1.0, atol=1e-5)
+    clip = problem.test.extra["clip"]  # extra["clip"] wins over the 64-d features
+    cosine = (clip @ text.T) / np.outer(np.linalg.norm(clip, axis=1), np.linalg.norm(text, axis=1))
+    np.testing.assert_allclose(images @ classes.T, cosine, atol=1e-5)
+
+    clip_backbone = Split(problem.test.extra["clip"], problem.test.labels)  # features from --backbone clip
+    np.testing.assert_allclose(model.image_embeddings(clip_backbone), images)
+
+
+def test_clip_prompt_refuses_mismatched_or_missing_inputs(problem):
+    semantics = Semantics(problem.semantics.vectors, {"clip": np.ones((N_CLASSES, 32), np.float32)})
+    cnn_only = Split(problem.train.features, problem.train.labels)  # 64-d CNN features
+    with pytest.raises(PipelineError, match="64.*32.*--backbone clip"):
+        make_model("clip_prompt").fit(cnn_only, problem.seen, semantics, seed=0)
+    with pytest.raises(PipelineError, match="CLIP text"):
+        make_model("clip_prompt").fit(problem.train, problem.seen, Semantics(problem.semantics.vectors), seed=0)

@@ -1,0 +1,95 @@
+"""Training and evaluation on the built-in synthetic dataset: validation-only selection, seeds,
+unseen classes recognised far above chance, and the DVC-facing outputs."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli import cli
+from pipeline.backbones import load_backbone
+from pipeline.datasets.synthetic import generate_synthetic, load_synthetic
+from pipeline.evaluate import evaluate
+from pipeline.extract import extract
+from pipeline.inputs import Inputs, load_inputs
+from pipeline.models.base import Split
+from pipeline.semantics.build import SemanticsConfig, build_semantics
+from pipeline.train import TrainConfig, load_checkpoint, save_checkpoint, train, validation_split
+
+
+@pytest.fixture(scope="module")
+def cached(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Features (pretrained EfficientNet-Lite0) and semantics of a small synthetic dataset."""
+    tmp = tmp_path_factory.mktemp("zsl")
+    generate_synthetic(tmp / "data", images_per_class=10, image_size=48, seed=1)
+    features, semantics = tmp / "features.h5", tmp / "semantics.h5"
+    extract(load_synthetic(tmp / "data"), load_backbone("efficientnet_lite0", None, "imagenet", 96), features,
+            workers=0, batch_size=64)
+    build_semantics(features, semantics, SemanticsConfig(attributes="synthetic", data_root=str(tmp / "data"),
+                                                         text=("glove",)))
+    return features, semantics
+
+
+def _poison_test(inputs: Inputs) -> Inputs:
+    rng = np.random.default_rng(0)
+    splits = dict(inputs.splits)
+    for name in ("test_seen", "test_unseen"):
+        s = splits[name]
+        splits[name] = Split(np.full_like(s.features, np.nan), rng.permutation(s.labels), s.extra)
+    return dataclasses.replace(inputs, splits=splits)
+
+
+def test_selection_never_reads_the_test_splits(cached):
+    inputs = load_inputs(*cached)
+    cfg = TrainConfig("eszsl")
+    clean = train(inputs, cfg)
+    poisoned = train(_poison_test(inputs), cfg)
+    assert clean["hparams"] == poisoned["hparams"] and clean["gamma"] == poisoned["gamma"]
+    def accuracies(checkpoint: dict) -> list:
+        return [(row["hparams"], row["val_czsl"]) for row in checkpoint["validation"]["table"]]
+
+    assert accuracies(clean) == accuracies(poisoned)
+    test_classes = set(inputs.classes_of("test_unseen"))
+    v = validation_split(inputs, 0.2, 0)
+    assert not test_classes & set(v.val_classes) and not test_classes & set(v.train_classes)
+    assert not set(v.val_classes) & set(v.train_classes)
+    assert len(clean["validation"]["table"]) > 1
+
+
+@pytest.mark.parametrize("model", ["eszsl", "joint_gcn", "gcn_regression"])
+def test_unseen_classes_are_recognised_far_above_chance(cached, tmp_path, model):
+    inputs = load_inputs(*cached)
+    checkpoint = train(inputs, TrainConfig(model))
+    save_checkpoint(checkpoint, tmp_path / "model.pt")
+    restored, saved = load_checkpoint(tmp_path / "model.pt")
+    metrics = evaluate(restored, saved, inputs, tmp_path / "plots")
+    chance = metrics["czsl"]["chance"]
+    assert metrics["czsl"]["acc"] > 4 * chance, metrics
+    assert metrics["gzsl"]["H"] > 0.3, metrics
+    assert 0 < metrics["ausuc"] <= 1
+    assert (tmp_path / "plots" / "seen_unseen.png").stat().st_size > 1000
+    points = json.loads((tmp_path / "plots" / "seen_unseen.json").read_text())
+    assert {"S", "U"} <= set(points[0])
+    again = evaluate(*load_checkpoint(tmp_path / "model.pt"), inputs, tmp_path / "plots2")
+    assert again == metrics  # same checkpoint, same numbers
+
+
+def test_same_seed_same_metrics_and_cli_round_trip(cached, tmp_path):
+    features, semantics = cached
+    runner = CliRunner()
+    for run in ("a", "b"):
+        out = runner.invoke(cli, ["train", "--model", "joint_gcn", "--features", str(features), "--semantics",
+                                  str(semantics), "--no-select", "--output", str(tmp_path / f"{run}.pt")])
+        assert out.exit_code == 0, out.output
+        out = runner.invoke(cli, ["evaluate", "--model-file", str(tmp_path / f"{run}.pt"), "--features",
+                                  str(features), "--semantics", str(semantics), "--metrics",
+                                  str(tmp_path / f"{run}.json"), "--plots", str(tmp_path / run)])
+        assert out.exit_code == 0, out.output
+    assert json.loads((tmp_path / "a.json").read_text()) == json.loads((tmp_path / "b.json").read_text())
+    bad = runner.invoke(cli, ["train", "--model", "eszsl", "--features", str(features), "--semantics",
+                              str(semantics), "--hparam", "no_such=1", "--output", str(tmp_path / "c.pt")])
+    assert bad.exit_code == 1 and "unknown hyperparameters ['no_such']" in bad.output
