@@ -1,0 +1,93 @@
+"""Benchmark training: wall time and peak memory of each model's fit on CUB-sized cached features.
+
+CUB-sized: 7057 train images × 2048-d float16 features (plus 512-d CLIP image features for
+CFZSL), 200 classes × 312 attributes (150 seen), 512-d CLIP text embeddings; synthetic values
+drawn so the problem is learnable. Each model is fitted once with its default hyperparameters,
+in its own process, so ``peak_rss_mib`` is that fit's process peak (``data_rss_mib``: the peak
+before fitting, i.e. torch + data). Also reports the unseen-class accuracy as a sanity check.
+Target: every fit under 60 s on 2 CPU cores. Scoring (FAISS vs matrix product) is timed by
+``benchmarks/score.py``; ``--score`` runs it too and nests its JSON under ``"scoring"``.
+
+Prints one JSON object. Run from the repository root: ``python benchmarks/train.py [--score]``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+N_TRAIN, N_CLASSES, N_SEEN, N_ATTRIBUTES, DIM, CLIP_DIM = 7057, 200, 150, 312, 2048, 512
+MODELS = ("eszsl", "joint_gcn", "gcn_regression", "cfzsl", "clip_prompt")
+
+
+def _fit_one(name: str) -> dict:
+    """Fit ``name`` on the CUB-sized problem in this process and measure it."""
+    import numpy as np
+
+    import pipeline  # noqa: F401
+    from pipeline.models import make_model
+    from pipeline.models.base import Semantics, Split
+
+    rng = np.random.default_rng(0)
+    attrs = rng.random((N_CLASSES, N_ATTRIBUTES)).astype(np.float32)
+    attrs /= np.linalg.norm(attrs, axis=1, keepdims=True)
+    seen = np.sort(rng.choice(N_CLASSES, N_SEEN, replace=False))
+    unseen = np.setdiff1d(np.arange(N_CLASSES), seen)
+
+    def images(classes: np.ndarray, n: int) -> Split:
+        labels = classes[rng.integers(0, len(classes), n)]
+        feats = np.maximum(attrs[labels] @ proj * 3 + rng.normal(size=(n, DIM)), 0).astype(np.float16)
+        clip = (attrs[labels] @ clip_proj + rng.normal(size=(n, CLIP_DIM))).astype(np.float16)
+        return Split(feats, labels, {"clip": clip})
+
+    proj = rng.normal(size=(N_ATTRIBUTES, DIM)).astype(np.float32)
+    clip_proj = rng.normal(size=(N_ATTRIBUTES, CLIP_DIM)).astype(np.float32)
+    text = attrs @ clip_proj
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    train, test = images(seen, N_TRAIN), images(unseen, 2000)
+    semantics = Semantics(attrs, {"clip": text})
+    data_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    model = make_model(name)
+    start = time.perf_counter()
+    model.fit(train, seen, semantics, 0)
+    fit_s = time.perf_counter() - start
+    scores = model.image_embeddings(test) @ model.class_embeddings(semantics)[unseen].T
+    predicted = unseen[scores.argmax(1)]
+    accuracy = float(np.mean([np.mean(predicted[test.labels == c] == c) for c in unseen]))
+    return {"fit_s": round(fit_s, 2), "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "data_rss_mib": round(data_rss), "unseen_accuracy": round(accuracy, 4), "chance": 1 / len(unseen)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--score", action="store_true", help="also run benchmarks/score.py")
+    parser.add_argument("--fit-one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.fit_one:
+        print(json.dumps(_fit_one(args.fit_one)))
+        return
+    import torch
+
+    result: dict = {"threads": torch.get_num_threads(), "train_images": N_TRAIN, "feature_dim": DIM,
+                    "classes": N_CLASSES, "attributes": N_ATTRIBUTES, "models": {}}
+    for name in args.models:
+        out = subprocess.run([sys.executable, __file__, "--fit-one", name], capture_output=True, text=True, check=True)
+        result["models"][name] = json.loads(out.stdout.splitlines()[-1])
+        print(f"{name}: {result['models'][name]}", file=sys.stderr)
+    if args.score:
+        out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "score.py")], capture_output=True, text=True,
+                             check=True)
+        result["scoring"] = json.loads(out.stdout)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
