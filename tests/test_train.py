@@ -93,3 +93,27 @@ def test_same_seed_same_metrics_and_cli_round_trip(cached, tmp_path):
     bad = runner.invoke(cli, ["train", "--model", "eszsl", "--features", str(features), "--semantics",
                               str(semantics), "--hparam", "no_such=1", "--output", str(tmp_path / "c.pt")])
     assert bad.exit_code == 1 and "unknown hyperparameters ['no_such']" in bad.output
+
+
+def test_hit_at_k_over_candidate_sets_with_and_without_training_classes(cached, tmp_path):
+    from pipeline.evaluate import read_candidate_sets
+
+    inputs = load_inputs(*cached)
+    checkpoint = train(inputs, TrainConfig("eszsl", select=False))
+    unseen = [inputs.classes[c] for c in inputs.classes_of("test_unseen")]
+    seen = [inputs.classes[c] for c in checkpoint["seen"]]
+    path = tmp_path / "sets.json"
+    path.write_text(json.dumps({"half": unseen[:6], "all": unseen + seen[:3] + ["n99999999"], "meta": "x"}))
+    sets = read_candidate_sets(path, inputs.classes)
+    assert sorted(sets) == ["all", "half"] and len(sets["all"]) == len(unseen) + 3
+    model, saved = load_checkpoint(_saved(checkpoint, tmp_path))
+    hits = evaluate(model, saved, inputs, tmp_path / "plots", sets, ks=(1, 5))["hit@k"]
+    assert sorted(hits) == ["all", "all+train", "half", "half+train"]
+    for name in ("all", "half"):
+        assert 0 < hits[name]["hit@1"] <= hits[name]["hit@5"] <= 1
+        assert hits[f"{name}+train"]["hit@1"] <= hits[name]["hit@1"]  # more candidates, never easier
+
+
+def _saved(checkpoint: dict, tmp_path: Path) -> Path:
+    save_checkpoint(checkpoint, tmp_path / "model.pt")
+    return tmp_path / "model.pt"
