@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import PipelineError
+from pipeline.grid import GridSource
 from pipeline.models.base import Graph, Semantics, Split
 from pipeline.semantics.file import SemanticsFile
 from pipeline.store import FeatureStore
@@ -29,7 +30,8 @@ def _read_split(store: FeatureStore, rows: np.ndarray, extra: dict[str, FeatureS
     labels = store.labels[rows]
     if (labels < 0).any():
         raise PipelineError(f"{store.path}: a split holds images without a label (-1)")
-    return Split(store.features(rows), labels, {name: other.features(rows) for name, other in extra.items()})
+    grid = GridSource(store.path, rows) if store.has_grid else None
+    return Split(store.features(rows), labels, {name: other.features(rows) for name, other in extra.items()}, grid)
 
 
 def _semantics(path: Path, source: str, classes: list[str]) -> Semantics:
@@ -44,16 +46,14 @@ def _semantics(path: Path, source: str, classes: list[str]) -> Semantics:
         else:
             raise PipelineError(f"semantic source {source!r} unknown; use attributes or text:<encoder>")
         text = {name: sem.text(name) for name in sem.text_encoders}
+        attribute_vectors = sem.attribute_text() if sem.has("attribute_text") else None
         graph = None
-        try:
+        if sem.has("graph"):  # else graph models fall back to a class k-NN graph
             g = sem.graph()
-        except PipelineError:
-            pass  # no graph built: graph models fall back to a class k-NN graph
-        else:
             graph = Graph(g["adjacency"], g["node_vectors"], g["n_classes"])
     if not np.isfinite(vectors).all():
         raise PipelineError(f"{path}: {source} holds NaN or inf")
-    return Semantics(vectors, text, graph)
+    return Semantics(vectors, text, graph, attribute_vectors)
 
 
 def load_inputs(features: Path, semantics: Path, source: str = "attributes",

@@ -143,3 +143,11 @@ def test_backends_agree_on_repeated_classes_whose_scores_tie(random_data):
     assert (want[:, 1] == want[:, 0] + 300).all()
     for backend in ["auto", *BACKENDS]:  # auto: torch here (1200 classes, 257 queries)
         np.testing.assert_array_equal(search(queries, repeated, 6, repeated_bias, backend=backend)[1], want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_nan_class_is_named(backend):
+    classes = np.ones((5, 3), np.float32)
+    classes[3, 0] = np.nan
+    with pytest.raises(PipelineError, match="class row 3 is not finite"):
+        search(np.ones((4, 3)), classes, 2, backend=backend)

@@ -14,6 +14,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from pipeline.grid import GridSource
+
 
 @dataclass
 class Graph:
@@ -31,27 +33,32 @@ class Semantics:
     vectors: np.ndarray  # [C, S] the chosen semantic vectors (attributes or a class-name embedding)
     text: dict[str, np.ndarray] = field(default_factory=dict)  # every class-name embedding, e.g. "clip" [C, E]
     graph: Graph | None = None
+    attribute_vectors: np.ndarray | None = None  # [A, E] word vectors of the attribute names (attention models)
 
 
 @dataclass
 class Split:
-    """Cached features of some images: ``features`` [N, D], global class ``labels`` [N], and
-    ``extra`` features of the same images from other backbones (e.g. ``"clip"`` [N, D2])."""
+    """Cached features of some images: ``features`` [N, D], global class ``labels`` [N],
+    ``extra`` features of the same images from other backbones (e.g. ``"clip"`` [N, D2]), and
+    their spatial features ``grid``, streamed from the store (attention models)."""
 
     features: np.ndarray
     labels: np.ndarray
     extra: dict[str, np.ndarray] = field(default_factory=dict)
+    grid: GridSource | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, rows: np.ndarray) -> Split:
-        return Split(self.features[rows], self.labels[rows], {k: v[rows] for k, v in self.extra.items()})
+        return Split(self.features[rows], self.labels[rows], {k: v[rows] for k, v in self.extra.items()},
+                     self.grid.subset(rows) if self.grid is not None else None)
 
     def concat(self, other: Split) -> Split:
         """The images of ``self`` followed by those of ``other``."""
+        grid = self.grid.concat(other.grid) if self.grid is not None and other.grid is not None else None
         return Split(np.concatenate([self.features, other.features]), np.concatenate([self.labels, other.labels]),
-                     {k: np.concatenate([v, other.extra[k]]) for k, v in self.extra.items()})
+                     {k: np.concatenate([v, other.extra[k]]) for k, v in self.extra.items()}, grid)
 
 
 class ZSLModel(ABC):

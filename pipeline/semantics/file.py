@@ -48,6 +48,10 @@ class SemanticsFile:
     def class_texts(self) -> list[str]:
         return [c.decode() for c in self._f["class_texts"][:]]
 
+    def has(self, name: str) -> bool:
+        """Whether the part ``name`` (``attributes``, ``text/clip``, ``attribute_text``, ``graph``) was built."""
+        return name in self._f
+
     def _group(self, name: str) -> h5py.Group:
         if name not in self._f:
             raise PipelineError(f"{self.path}: no {name!r}; add it to the semantics settings and rebuild")

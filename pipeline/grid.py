@@ -1,0 +1,106 @@
+"""Spatial (grid) features streamed from the feature store in bounded memory.
+
+A CUB grid file at 14×14×2048 fp16 is ~9.5 GB, so attention models never load it: a
+:class:`GridSource` names some rows of a store and yields mini-batches read in chunk-aligned
+blocks, by a background thread that keeps ``prefetch`` blocks ahead of the compute (h5py reads
+while torch computes with the GIL released). Memory: about ``(prefetch + 2) * block_rows`` rows.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.store import FeatureStore
+
+_DONE = object()
+
+
+@dataclass(frozen=True)
+class GridSource:
+    """Rows ``rows`` (store row indices, in this source's order) of the ``grid`` of ``path``."""
+
+    path: Path
+    rows: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(regions R, channels D) of one image."""
+        with FeatureStore(self.path) as store:
+            return tuple(store.dataset("grid").shape[1:])  # type: ignore[return-value]
+
+    def subset(self, positions: np.ndarray) -> GridSource:
+        return GridSource(self.path, self.rows[positions])
+
+    def concat(self, other: GridSource) -> GridSource:
+        if other.path != self.path:
+            raise ValueError(f"cannot join grids of {self.path} and {other.path}")
+        return GridSource(self.path, np.concatenate([self.rows, other.rows]))
+
+    def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0, block_rows: int = 512,
+                prefetch: int = 2) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield (positions into this source [B], float32 grid [B, R, D]) covering every row once.
+
+        Without ``shuffle`` the order follows the store's rows; with it, the order of the
+        chunk-aligned blocks and of the rows within each block is drawn from ``seed`` (reads stay
+        sequential, batches still mix images from across a block).
+        """
+        order = np.argsort(self.rows, kind="stable")
+        sorted_rows = self.rows[order]
+        blocks, span = _blocks(sorted_rows, self.path, block_rows)
+        rng = np.random.default_rng(seed)
+        if shuffle:
+            rng.shuffle(blocks)
+        out: queue.Queue = queue.Queue(maxsize=prefetch)
+        stop = threading.Event()
+
+        def read() -> None:
+            try:
+                with FeatureStore(self.path) as store:
+                    for lo, hi in blocks:
+                        block = next(store.iter_rows("grid", sorted_rows[lo:hi], batch_rows=span))
+                        while not stop.is_set():
+                            try:
+                                out.put((lo, hi, block), timeout=0.1)
+                                break
+                            except queue.Full:
+                                continue
+                        if stop.is_set():
+                            return
+                out.put(_DONE)
+            except BaseException as e:  # hand any read error to the consumer
+                out.put(e)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        try:
+            while (item := out.get()) is not _DONE:
+                if isinstance(item, BaseException):
+                    raise item
+                lo, hi, (got_rows, grid) = item
+                positions = order[lo:hi]
+                within = rng.permutation(hi - lo) if shuffle else np.arange(hi - lo)
+                for start in range(0, hi - lo, batch_size):
+                    pick = within[start : start + batch_size]
+                    yield positions[pick], grid[pick]
+        finally:
+            stop.set()
+            reader.join()
+
+
+def _blocks(sorted_rows: np.ndarray, path: Path, block_rows: int) -> tuple[list[tuple[int, int]], int]:
+    """[lo, hi) ranges of ``sorted_rows`` each inside one chunk-aligned span of ~``block_rows`` rows,
+    and that span (a multiple of the chunk rows, so one ``iter_rows`` block is one span)."""
+    with FeatureStore(path) as store:
+        chunk = store.dataset("grid").chunks[0]
+    span = chunk * max(1, block_rows // chunk)
+    edges = np.flatnonzero(np.diff(sorted_rows // span)) + 1
+    bounds = np.concatenate([[0], edges, [len(sorted_rows)]])
+    return [(int(lo), int(hi)) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo], span

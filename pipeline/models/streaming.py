@@ -1,0 +1,69 @@
+"""Mini-batches of grid features for attention models, streamed from the store to the device.
+
+Models keep their own losses and optimiser steps (devices come from
+:func:`pipeline.models.layers.resolve_device`); these helpers only move data: shuffled
+training batches (chunk-aligned reads overlapped with compute, see :mod:`pipeline.grid`) and
+in-order embedding of a whole split.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import ContextManager
+
+import numpy as np
+import torch
+
+from pipeline.errors import PipelineError
+from pipeline.models.base import Split
+
+
+@dataclass
+class GridBatch:
+    """One mini-batch on the device: grid [B, R, D], pooled features [B, D'], labels [B]."""
+
+    grid: torch.Tensor
+    pooled: torch.Tensor
+    labels: torch.Tensor
+
+
+def autocast(device: torch.device) -> ContextManager:
+    """fp16 mixed precision on CUDA, nothing on the CPU."""
+    return torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
+
+
+def _require_grid(data: Split, model: str) -> None:
+    if data.grid is None:
+        raise PipelineError(f"{model} attends over image regions: extract with --grid (params: extract.grid: true)")
+
+
+def training_batches(train: Split, batch_size: int, seed: int, device: torch.device, model: str,
+                     class_index: np.ndarray | None = None) -> Iterator[GridBatch]:
+    """One epoch of shuffled batches of ``train``; ``class_index`` maps global labels to model rows."""
+    _require_grid(train, model)
+    assert train.grid is not None
+    labels = class_index[train.labels] if class_index is not None else train.labels
+    for positions, grid in train.grid.batches(batch_size, shuffle=True, seed=seed):
+        yield GridBatch(torch.from_numpy(grid).to(device, non_blocking=True),
+                        torch.from_numpy(train.features[positions].astype(np.float32)).to(device),
+                        torch.from_numpy(labels[positions]).to(device))
+
+
+@torch.no_grad()
+def embed(data: Split, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], batch_size: int,
+          device: torch.device, model: str) -> np.ndarray:
+    """``fn(grid, pooled) -> [B, J]`` over every image of ``data``, in ``data``'s order, float32."""
+    _require_grid(data, model)
+    assert data.grid is not None
+    out: np.ndarray | None = None
+    for positions, grid in data.grid.batches(batch_size):
+        pooled = torch.from_numpy(data.features[positions].astype(np.float32)).to(device)
+        with autocast(device):
+            emb = fn(torch.from_numpy(grid).to(device), pooled).float().cpu().numpy()
+        if out is None:
+            out = np.empty((len(data), emb.shape[1]), np.float32)
+        out[positions] = emb
+    if out is None:
+        raise PipelineError(f"{model}: no images to embed")
+    return out
