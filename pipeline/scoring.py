@@ -7,16 +7,30 @@ an image's score for a class is their inner product (callers L2-normalise both f
   score matrix: queries go through in blocks of ``batch`` rows.
 * :func:`scores` returns the full N x C matrix, for small C (GZSL curves on AWA2, CUB, SUN).
 
-Backends of :func:`search` (``backend="auto"`` picks one; results agree up to float rounding):
+Backends of :func:`search` (the same top-k up to float rounding):
 
 * ``"faiss"``: a FAISS ``IndexFlatIP``, on the GPU when ``faiss.get_num_gpus() > 0``;
-* ``"matmul"``: ``torch.mm`` of a block of queries with all classes, then ``torch.topk``.
+* ``"torch"``: ``torch.mm`` of a block of queries with all classes, then ``torch.topk``;
+* ``"numpy"``: ``@`` of a block of queries with all classes, then ``np.argpartition``.
 
-Rule of ``"auto"``: FAISS when it runs on a GPU, the matmul otherwise. Measured with
-``benchmarks/score.py`` on a 2-core CPU (dim 512, k=20), the matmul was as fast as the FAISS
-CPU index at 1K classes and 1.6-2x faster at 21K classes, for 10K and 100K queries (FAISS
-CPU's own blocks are 1024 classes, each merged into per-query heaps; torch's MKL product is
-faster than FAISS's OpenBLAS one), so on a CPU search is never slower than the product.
+``backend="auto"`` (:func:`choose_backend`) takes FAISS on a GPU; on a CPU, FAISS from 1000
+classes and 1000 queries, torch for fewer queries, numpy for fewer classes. The rule comes
+from ``benchmarks/score.py`` on a 2-core CPU (dim 512, k=20, single-threaded medians, the
+least disturbed by other work on the machine; seconds for FAISS / numpy / torch / search)::
+
+    1K classes,  10K queries   0.093 / 0.111 / 0.121 / 0.096
+    1K classes, 100K queries   0.92  / 1.10  / 1.37  / 0.96
+    21K classes, 10K queries   1.97  / 8.9   / 2.8   / 1.96
+    21K classes, 100K queries  18.9  / 48.6  / 22.3  / 14.1    (busy machine; CPU s: 14.4 / 32.7 / 19.5 / 13.9)
+    21K classes, 100 queries   0.33  / 0.031 / 0.026 / 0.021   (FAISS slow below ~300 queries)
+    50 classes,  10K queries   0.016 / 0.010 / 0.013 / 0.012
+
+FAISS's BLAS product and heap selection beat a product + top-k once both sides are large;
+with few queries it takes a slow non-BLAS path, and with few classes its fixed costs show.
+Below ~10 ms, search's own checks and tie handling cost up to ~0.3 ms more than a bare
+product + top-k. With 2 threads the order was the same (search 0.63-1.03x the faster of
+numpy and torch, medians), though other work on the machine made those timings noisy.
+FAISS calls get blocks of ``FAISS_BATCH`` queries of equal sizes (no small last block).
 
 Ties: within the returned k, equal scores are ordered by increasing class index, and a class
 tied with the k-th score is returned before any tied class with a larger index: the result is
@@ -56,13 +70,14 @@ def search(
         k: classes returned per query. When k exceeds the number of candidate classes, the
             extra columns hold index -1 and score -inf (as FAISS does).
         class_bias: [C] constant added to every score of a class (calibrated stacking:
-            ``-gamma * is_seen``). Searched exactly: the query gets a column of ones and the
-            class a column holding its bias (the matmul backend adds the bias to its block).
+            ``-gamma * is_seen``). Searched exactly: for FAISS the query gets a column of ones
+            and the class a column holding its bias; numpy and torch add it to their scores.
         gpu: None uses a GPU when FAISS sees one; True requires one; False stays on the CPU.
-        batch: queries per block (default: a ``BLOCK_BYTES`` block of scores, at most 4096).
+        batch: queries per block. Default: ``FAISS_BATCH`` for FAISS; for numpy and torch at
+            most 4096 and what ``BLOCK_BYTES`` of scores and sort buffers allow.
         candidates: global class indices (rows of ``classes``) to search among; the returned
             indices are still global. None searches all classes.
-        backend: ``"auto"``, ``"faiss"`` or ``"matmul"`` (see the module docstring).
+        backend: ``"auto"`` (:func:`choose_backend`), ``"faiss"``, ``"torch"`` or ``"numpy"``.
 
     Returns:
         scores [N, k] float32 (best first) and indices [N, k] int64 into ``classes``.
@@ -78,8 +93,8 @@ def search(
         raise PipelineError(f"search: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     kk = min(k + 1, c)  # one more than k shows whether the k-th place is tied
     if batch is None:
-        per_score = {"faiss": 0, "torch": 4, "numpy": 16}[backend]  # numpy: scores, negated copy, int64 order
-        batch = FAISS_BATCH if backend == "faiss" else max(1, min(4096, BLOCK_BYTES // (per_score * max(c, 1))))
+        bytes_per_score = 12 if backend == "numpy" else 4  # numpy: the scores and argpartition's int64 order
+        batch = FAISS_BATCH if backend == "faiss" else max(1, min(4096, BLOCK_BYTES // (bytes_per_score * c or 1)))
 
     out_scores = np.full((n, k), -np.inf, dtype=np.float32)
     out_index = np.full((n, k), -1, dtype=np.int64)

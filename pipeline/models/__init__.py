@@ -6,6 +6,8 @@
 ``gcn_regression`` GCN regressing linear classifiers, GCNZ / DGP style (:mod:`pipeline.models.gcn`)
 ``cfzsl``          CNN + CLIP image features fused, attributes + CLIP text (:mod:`pipeline.models.cfzsl`)
 ``clip_prompt``    CLIP zero-shot with prompt-ensembled class names, no training
+``drmn``           DRMN: dual attention over grid regions + attribute transformer (:mod:`pipeline.models.drmn`)
+``msdn``           MSDN: attribute<->region attention sub-networks + mutual distillation (:mod:`pipeline.models.msdn`)
 =================  ====================================================================
 """
 from __future__ import annotations
@@ -16,10 +18,14 @@ from pipeline.errors import PipelineError
 from pipeline.models.base import ZSLModel
 from pipeline.models.cfzsl import CFZSL
 from pipeline.models.clip_prompt import CLIPPrompt
+from pipeline.models.drmn import DRMN
 from pipeline.models.eszsl import ESZSL
 from pipeline.models.gcn import GCNRegression, JointGCN
+from pipeline.models.msdn import MSDN
 
-MODELS: dict[str, type[ZSLModel]] = {m.name: m for m in (ESZSL, JointGCN, GCNRegression, CFZSL, CLIPPrompt)}
+MODELS: dict[str, type[ZSLModel]] = {
+    m.name: m for m in (ESZSL, JointGCN, GCNRegression, CFZSL, CLIPPrompt, MSDN, DRMN)
+}
 
 
 def make_model(name: str, **hparams: Any) -> ZSLModel:

@@ -1,0 +1,168 @@
+"""DRMN on a small real grid feature store: shapes, attention normalisation, learning, ablations, state."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.datasets.base import ImageDataset
+from pipeline.errors import PipelineError
+from pipeline.grid import GridSource
+from pipeline.models import make_model
+from pipeline.models.base import Semantics, Split
+from pipeline.models.drmn import DRMN, DRMNNet, LevelFusion
+from pipeline.store import FeatureWriter, create_store
+
+C, A, R, D, E = 12, 10, 16, 32, 8
+UNSEEN = np.array([9, 10, 11])
+SEEN = np.arange(9)
+FAST = {"epochs": 12, "lr": 3e-3, "batch_size": 32, "hidden": 32, "heads": 2, "layers": 1, "dropout": 0.0,
+        "scale": 10.0, "device": "cpu"}
+
+
+def _attributes(rng: np.random.Generator) -> np.ndarray:
+    """Distinct binary class attribute vectors, 3..6 attributes on per class."""
+    rows: list[np.ndarray] = []
+    while len(rows) < C:
+        row = (rng.random(A) < 0.45).astype(np.float32)
+        if 3 <= row.sum() <= 6 and not any(np.array_equal(row, r) for r in rows):
+            rows.append(row)
+    return np.stack(rows)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    rng = np.random.default_rng(0)
+    attrs = _attributes(rng)
+    patterns = rng.normal(0, 1, (A, D)).astype(np.float32) * 2.0
+    per_train, per_test = 30, 20
+    labels = np.concatenate([np.repeat(SEEN, per_train), np.repeat(UNSEEN, per_test)])
+    n = len(labels)
+    grid = rng.normal(0, 0.7, (n, R, D)).astype(np.float32)
+    for i, c in enumerate(labels):  # each present attribute drawn as its pattern in one random region
+        for a in np.flatnonzero(attrs[c]):
+            grid[i, rng.integers(R)] += patterns[a]
+    pooled = grid.mean(axis=1)
+    train_rows = np.arange(len(SEEN) * per_train)
+    test_rows = np.arange(len(train_rows), n)
+    path = tmp_path_factory.mktemp("drmn") / "store.h5"
+    dataset = ImageDataset("toy", Path("/nowhere"), [f"{i}.jpg" for i in range(n)], labels,
+                           [f"c{i}" for i in range(C)], {"trainval": train_rows, "test_unseen": test_rows})
+    create_store(path, dataset, D, "float32", (R, D), {})
+    with FeatureWriter(path) as w:
+        w.write(np.arange(n), pooled, grid)
+        w.finalize({})
+
+    def split(rows: np.ndarray) -> Split:
+        return Split(pooled[rows], labels[rows], grid=GridSource(path, rows))
+
+    semantics = Semantics(vectors=attrs, attribute_vectors=rng.normal(0, 1, (A, E)).astype(np.float32))
+    return {"train": split(train_rows), "test": split(test_rows), "semantics": semantics}
+
+
+def _fit(data: dict, seed: int = 0, **hp) -> DRMN:
+    model = make_model("drmn", **{**FAST, **hp})
+    model.fit(data["train"], SEEN, data["semantics"], seed)
+    return model  # type: ignore[return-value]
+
+
+def _unseen_accuracy(model: DRMN, data: dict) -> float:
+    scores = model.image_embeddings(data["test"]) @ model.class_embeddings(data["semantics"])[UNSEEN].T
+    return float((UNSEEN[scores.argmax(1)] == data["test"].labels).mean())
+
+
+@pytest.fixture(scope="module")
+def trained(data: dict) -> DRMN:
+    return _fit(data)
+
+
+def test_shapes_and_attention(trained: DRMN, data: dict):
+    net: DRMNNet = trained.trained()  # type: ignore[assignment]
+    grid = torch.randn(5, R, D)
+    features, attention = net.attend(grid)
+    assert features.shape == (5, A, D) and attention.shape == (5, A, R)
+    torch.testing.assert_close(attention.sum(-1), torch.ones(5, A))
+    gates = net.channel_weights()
+    assert gates.shape == (A, D) and (gates > 0).all() and (gates < 1).all()
+    assert net.interact(features).shape == (5, A)
+    assert net.attribute_branch(grid).shape == (5, A)
+    assert net.global_branch(torch.randn(5, D)).shape == (5, A)
+    emb = trained.image_embeddings(data["test"])
+    assert emb.shape == (len(data["test"]), A) and emb.dtype == np.float32
+    assert trained.class_embeddings(data["semantics"]).shape == (C, A)
+
+
+def test_level_fusion():
+    fusion = LevelFusion(2)
+    a, b = torch.randn(3, R, D), torch.randn(3, R, D)
+    torch.testing.assert_close(fusion([a, b]), (a + b) / 2)  # equal weights at init
+    assert LevelFusion(1)(a) is a
+
+
+def test_learns_unseen_classes(trained: DRMN, data: dict):
+    accuracy = _unseen_accuracy(trained, data)  # default mix of the two branches
+    assert accuracy >= 2 / len(UNSEEN), accuracy  # at least twice chance
+    trained.hparams["global_weight"] = 0.0  # the attribute (attention) branch alone learns too
+    try:
+        accuracy = _unseen_accuracy(trained, data)
+    finally:
+        trained.hparams["global_weight"] = DRMN.defaults["global_weight"]
+    assert accuracy >= 2 / len(UNSEEN), accuracy
+
+
+def test_global_weight_changes_output_without_retraining(trained: DRMN, data: dict):
+    out = {}
+    try:
+        for w in (0.0, 0.3, 1.0):
+            trained.hparams["global_weight"] = w
+            out[w] = trained.image_embeddings(data["test"])
+    finally:
+        trained.hparams["global_weight"] = DRMN.defaults["global_weight"]
+    assert not np.allclose(out[0.0], out[1.0]) and not np.allclose(out[0.0], out[0.3])
+    np.testing.assert_allclose(out[0.3], 0.7 * out[0.0] + 0.3 * out[1.0], atol=1e-5)
+
+
+@pytest.mark.parametrize("ablation", [{"channel_attention": False}, {"layers": 0}, {"attr_weight": 1.0}])
+def test_ablations_run_and_change_output(trained: DRMN, data: dict, ablation: dict):
+    model = _fit(data, epochs=2, **ablation)
+    base = _fit(data, epochs=2)
+    a, b = model.image_embeddings(data["test"]), base.image_embeddings(data["test"])
+    assert np.isfinite(a).all() and not np.allclose(a, b)
+
+
+def test_ablation_no_channel_attention_gates_are_ones(data: dict):
+    net: DRMNNet = _fit(data, epochs=1, channel_attention=False).trained()  # type: ignore[assignment]
+    torch.testing.assert_close(net.channel_weights(), torch.ones(A, D))
+
+
+def test_same_seed_same_embeddings(data: dict):
+    a = _fit(data, seed=3, epochs=2).image_embeddings(data["test"])
+    b = _fit(data, seed=3, epochs=2).image_embeddings(data["test"])
+    np.testing.assert_array_equal(a, b)
+
+
+def test_state_round_trip(trained: DRMN, data: dict):
+    fresh = make_model("drmn", **FAST)
+    fresh.load_state(trained.state())
+    np.testing.assert_array_equal(fresh.image_embeddings(data["test"]), trained.image_embeddings(data["test"]))
+    semantics = data["semantics"]
+    np.testing.assert_array_equal(fresh.class_embeddings(semantics), trained.class_embeddings(semantics))
+
+
+def test_needs_attribute_vectors(data: dict):
+    semantics = Semantics(vectors=data["semantics"].vectors)
+    with pytest.raises(PipelineError, match="set semantics.attribute_vectors"):
+        make_model("drmn", **FAST).fit(data["train"], SEEN, semantics, 0)
+
+
+def test_needs_grid(data: dict):
+    train = Split(data["train"].features, data["train"].labels)
+    with pytest.raises(PipelineError, match="--grid"):
+        make_model("drmn", **FAST).fit(train, SEEN, data["semantics"], 0)
+
+
+def test_hyperparameters():
+    assert set(DRMN.grid) <= set(DRMN.defaults) and "global_weight" in DRMN.grid
+    assert int(np.prod([len(v) for v in DRMN.grid.values()])) <= 4

@@ -1,0 +1,196 @@
+"""MSDN on a small real feature store with grid features: sub-network shapes, attention
+normalisation, the distillation and calibration losses, unseen-class accuracy, determinism, the
+state round trip, input errors, and training that streams a grid file far larger than its memory."""
+from __future__ import annotations
+
+import io
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import torch
+
+from pipeline.datasets.base import ImageDataset
+from pipeline.errors import PipelineError
+from pipeline.grid import GridSource
+from pipeline.models import MODELS, make_model
+from pipeline.models.base import Semantics, Split
+from pipeline.models.msdn import MSDN, calibration_loss, distillation_loss
+from pipeline.store import FeatureWriter, create_store
+
+C, A, R, D, E, PER_CLASS = 12, 10, 16, 32, 8, 30
+SEEN, UNSEEN = np.arange(9), np.arange(9, 12)
+FAST = {"epochs": 15, "lr": 3e-3, "batch_size": 32, "device": "cpu"}
+
+
+def _dataset(n: int, labels: np.ndarray, n_classes: int) -> ImageDataset:
+    return ImageDataset("toy", Path("/nowhere"), [f"c{labels[i]}/{i}.jpg" for i in range(n)], labels,
+                        [f"c{i}" for i in range(n_classes)], {"trainval": np.arange(n)})
+
+
+class Problem:
+    """12 classes with distinct binary attributes [12, 10]; each image's 16 regions of 32 dims are noise
+    plus, for every attribute of its class, that attribute's pattern in one random region."""
+
+    def __init__(self, root: Path, seed: int = 0, noise: float = 0.5):
+        rng = np.random.default_rng(seed)
+        while True:
+            attributes = (rng.random((C, A)) < 0.4).astype(np.float32)
+            if (len(np.unique(attributes, axis=0)) == C and attributes.sum(1).min() >= 2
+                    and attributes[SEEN].sum(0).min() >= 1):
+                break
+        patterns = rng.normal(size=(A, D)).astype(np.float32) * 1.5
+        labels = np.repeat(np.arange(C), PER_CLASS)
+        grid = noise * rng.normal(size=(len(labels), R, D)).astype(np.float32)
+        self.where = np.full((len(labels), A), -1)  # region holding each present attribute's pattern
+        for i, c in enumerate(labels):
+            present = np.flatnonzero(attributes[c])
+            self.where[i, present] = rng.choice(R, len(present), replace=False)
+            grid[i, self.where[i, present]] += patterns[present]
+        pooled = grid.mean(axis=1)
+        self.path = root / "grid.h5"
+        create_store(self.path, _dataset(len(labels), labels, C), D, "float32", (R, D), {})
+        with FeatureWriter(self.path) as w:
+            w.write(np.arange(len(labels)), pooled, grid)
+            w.finalize({})
+        data = Split(pooled, labels, grid=GridSource(self.path, np.arange(len(labels))))
+        self.grid = grid
+        self.train = data.subset(np.flatnonzero(labels < len(SEEN)))
+        self.test = data.subset(np.flatnonzero(labels >= len(SEEN)))
+        self.semantics = Semantics(attributes, attribute_vectors=rng.normal(size=(A, E)).astype(np.float32))
+
+    def czsl_accuracy(self, model) -> float:
+        """Per-class top-1 accuracy on the unseen images, candidates = unseen classes only."""
+        scores = model.image_embeddings(self.test) @ model.class_embeddings(self.semantics)[UNSEEN].T
+        predicted = UNSEEN[scores.argmax(axis=1)]
+        return float(np.mean([np.mean(predicted[self.test.labels == c] == c) for c in UNSEEN]))
+
+
+@pytest.fixture(scope="module")
+def problem(tmp_path_factory) -> Problem:
+    return Problem(tmp_path_factory.mktemp("msdn"))
+
+
+@pytest.fixture(scope="module")
+def fitted(problem) -> tuple[MSDN, dict]:
+    model = make_model("msdn", **FAST)
+    return model, model.fit(problem.train, SEEN, problem.semantics, seed=0)
+
+
+def test_registered_with_a_small_grid():
+    assert MODELS["msdn"] is MSDN
+    assert set(MSDN.grid) <= set(MSDN.defaults) and np.prod([len(v) for v in MSDN.grid.values()]) <= 4
+    assert {"distill_weight", "calibration_weight", "epochs", "lr", "batch_size", "weight_decay",
+            "temperature", "hidden", "device"} <= set(MSDN.defaults)
+
+
+def test_subnetwork_shapes_and_attention_sums_to_one(problem, fitted):
+    model, _ = fitted
+    out = model.attention(problem.grid[:5])
+    assert out["alpha"].shape == (5, A, R) and out["gamma"].shape == (5, R, A)
+    assert out["psi"].shape == (5, A) and out["phi"].shape == (5, A)
+    np.testing.assert_allclose(out["alpha"].sum(axis=2), 1.0, atol=1e-5)  # AVA: over regions
+    np.testing.assert_allclose(out["gamma"].sum(axis=2), 1.0, atol=1e-5)  # VAA: over attributes
+    assert (out["alpha"] >= 0).all() and (out["gamma"] >= 0).all()
+    emb = model.image_embeddings(problem.test)
+    assert emb.shape == (len(problem.test), A) and emb.dtype == np.float32
+    w = model.hparams["combine"]
+    np.testing.assert_allclose(model.image_embeddings(problem.train.subset(np.arange(5))),
+                               w * out["psi"] + (1 - w) * out["phi"], rtol=1e-4, atol=1e-4)
+    classes = model.class_embeddings(problem.semantics)
+    assert classes.shape == (C, A)
+    np.testing.assert_allclose(np.linalg.norm(classes, axis=1), 1.0, rtol=1e-5)
+
+
+def test_attention_localises_attribute_patterns(problem, fitted):
+    """AVA's attention of a present attribute peaks on the region holding its pattern far more often than
+    chance (1/R), on unseen-class images."""
+    model, _ = fitted
+    rows = np.flatnonzero(problem.test.labels >= 0) + len(problem.train)
+    alpha = model.attention(problem.grid[rows])["alpha"]  # [N, A, R]
+    where = problem.where[rows]
+    present = where >= 0
+    hit = (alpha.argmax(axis=2) == where)[present].mean()
+    assert hit > 4.0 / R, f"AVA attention found the attribute's region in {hit:.2f} of cases"
+
+
+def test_distillation_loss_is_zero_for_identical_posteriors_and_positive_otherwise():
+    logits = torch.randn(6, 9)
+    assert distillation_loss(logits, logits).item() == pytest.approx(0.0, abs=1e-6)
+    assert distillation_loss(logits, logits + 3.0).item() == pytest.approx(0.0, abs=1e-6)  # same posterior
+    other = torch.randn(6, 9)
+    d = distillation_loss(logits, other).item()
+    assert d > 1e-3 and d <= np.log(2) + 1e-6  # JSD is bounded by log 2
+    assert distillation_loss(other, logits).item() == pytest.approx(d, rel=1e-5)  # symmetric
+
+
+def test_calibration_loss_is_minus_log_unseen_mass():
+    logits = torch.tensor([[0.0, 0.0, 0.0, 0.0]])
+    assert calibration_loss(logits, torch.tensor([2, 3])).item() == pytest.approx(np.log(2.0), rel=1e-6)
+    assert calibration_loss(logits, torch.tensor([], dtype=torch.int64)).item() == 0.0
+
+
+def test_training_reaches_unseen_accuracy_well_above_chance(problem, fitted):
+    model, log = fitted
+    assert len(log["loss"]) == FAST["epochs"] and log["loss"][-1] < log["loss"][0]
+    accuracy = problem.czsl_accuracy(model)
+    assert accuracy >= 2.0 / len(UNSEEN), f"unseen CZSL accuracy {accuracy:.2f}"
+
+
+def test_same_seed_same_embeddings_and_state_round_trip(problem, fitted):
+    model, _ = fitted
+    again = make_model("msdn", **FAST)
+    again.fit(problem.train, SEEN, problem.semantics, seed=0)
+    first = model.image_embeddings(problem.test)
+    np.testing.assert_array_equal(again.image_embeddings(problem.test), first)
+
+    buffer = io.BytesIO()
+    torch.save(model.state(), buffer)
+    buffer.seek(0)
+    restored = make_model("msdn", **FAST)
+    restored.load_state(torch.load(buffer))
+    np.testing.assert_array_equal(restored.image_embeddings(problem.test), first)
+    np.testing.assert_array_equal(restored.class_embeddings(problem.semantics),
+                                  model.class_embeddings(problem.semantics))
+
+
+def test_input_errors(problem):
+    no_names = Semantics(problem.semantics.vectors)
+    with pytest.raises(PipelineError, match="MSDN needs attribute-name embeddings"):
+        make_model("msdn", **FAST).fit(problem.train, SEEN, no_names, seed=0)
+    wrong = Semantics(problem.semantics.vectors, attribute_vectors=np.ones((A + 1, E), np.float32))
+    with pytest.raises(PipelineError, match="attribute-name vectors"):
+        make_model("msdn", **FAST).fit(problem.train, SEEN, wrong, seed=0)
+    no_grid = Split(problem.train.features, problem.train.labels)
+    with pytest.raises(PipelineError, match="--grid"):
+        make_model("msdn", **FAST).fit(no_grid, SEEN, problem.semantics, seed=0)
+    with pytest.raises(PipelineError, match="not trained"):
+        make_model("msdn").image_embeddings(problem.test)
+
+
+def test_one_epoch_streams_a_grid_file_far_larger_than_its_memory(tmp_path: Path):
+    """~300 MB of float16 grid rows (allocated, not written: the store's chunks are allocated
+    up front, so the file is full size); one training epoch must peak far below the file size."""
+    n, regions, dim = 75_000, 16, 128  # 4 KiB a row as float16: 307 MB
+    labels = (np.arange(n) % 3).astype(np.int64)
+    path = tmp_path / "big.h5"
+    create_store(path, _dataset(n, labels, 4), 4, "float16", (regions, dim), {})
+    file_bytes = n * regions * dim * 2
+    assert path.stat().st_size >= file_bytes
+    train = Split(np.zeros((n, 4), np.float32), labels, grid=GridSource(path, np.arange(n)))
+    semantics = Semantics(np.eye(4, 3, dtype=np.float32) + 0.1,
+                          attribute_vectors=np.random.default_rng(0).normal(size=(3, E)).astype(np.float32))
+    model = make_model("msdn", epochs=1, batch_size=512, device="cpu")
+    process = psutil.Process()
+    rss_before = process.memory_info().rss
+    tracemalloc.start()
+    log = model.fit(train, np.arange(3), semantics, seed=0)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    rss_growth = process.memory_info().rss - rss_before
+    assert len(log["loss"]) == 1 and np.isfinite(log["loss"][0])
+    assert peak < file_bytes / 5, f"numpy allocations peaked at {peak / 1e6:.0f} MB, file {file_bytes / 1e6:.0f} MB"
+    print(f"tracemalloc peak {peak / 1e6:.0f} MB, RSS growth {rss_growth / 1e6:.0f} MB, file {file_bytes / 1e6:.0f} MB")
+    assert rss_growth < file_bytes / 3, f"RSS grew by {rss_growth / 1e6:.0f} MB for a {file_bytes / 1e6:.0f} MB file"
