@@ -21,6 +21,8 @@ from pipeline.metrics import (ausuc, curve_points, gzsl, hit_at_k, hit_at_k_over
 from pipeline.models.base import ZSLModel
 from pipeline.scoring import scores, search
 
+CURVE_POINTS = 200  # points of the plotted / DVC seen-unseen curve (AUSUC uses the exact curve)
+
 
 def read_candidate_sets(path: Path, classes: list[str]) -> dict[str, np.ndarray]:
     """Named lists of class names (JSON ``{name: [class, ...]}``) as class indices; names not in
@@ -64,10 +66,10 @@ def evaluate(model: ZSLModel, checkpoint: dict[str, Any], inputs: Inputs, plots:
     gamma = checkpoint["gamma"]
     metrics["gzsl"] = {**gzsl(full, labels, seen_pos, unseen_pos, gamma), "gamma": gamma}
     metrics["gzsl_uncalibrated"] = gzsl(full, labels, seen_pos, unseen_pos, 0.0)
-    s, u, gammas = seen_unseen_curve(full, labels, seen_pos, unseen_pos)
-    metrics["ausuc"] = ausuc(s, u)
+    metrics["ausuc"] = ausuc(*seen_unseen_curve(full, labels, seen_pos, unseen_pos)[:2])  # the exact curve
+    s, u, gammas = seen_unseen_curve(full, labels, seen_pos, unseen_pos, n_points=CURVE_POINTS)
     plots.mkdir(parents=True, exist_ok=True)
-    plot_seen_unseen_curve(s, u, plots / "seen_unseen.png", f"{checkpoint['model']}: AUSUC {metrics['ausuc']:.3f}")
+    plot_seen_unseen_curve(s, u, plots / "seen_unseen.png", checkpoint["model"])
     (plots / "seen_unseen.json").write_text(json.dumps(curve_points(s, u, gammas), indent=1))
 
     if candidate_sets:

@@ -164,7 +164,7 @@ def curve_points(s: np.ndarray, u: np.ndarray, gammas: np.ndarray, path: str | P
 
 
 def plot_seen_unseen_curve(s: np.ndarray, u: np.ndarray, path: str | Path, title: str = "") -> Path:
-    """Write the curve (U against S, AUSUC in the title) as a PNG; returns ``path``.
+    """Write the curve (U against S, AUSUC in the legend) as a PNG; returns ``path``.
 
     Uses matplotlib's Agg canvas through ``Figure`` (no pyplot, no display, no global backend).
     """
@@ -176,9 +176,10 @@ def plot_seen_unseen_curve(s: np.ndarray, u: np.ndarray, path: str | Path, title
     path.parent.mkdir(parents=True, exist_ok=True)
     fig = Figure(figsize=(4.5, 4.5))
     ax = fig.subplots()
-    ax.plot(s, u, marker="." if len(s) <= 50 else None)
+    ax.plot(s, u, marker="." if len(s) <= 50 else None, label=f"AUSUC {ausuc(s, u):.3f}")
     ax.set(xlabel="S: accuracy on seen classes", ylabel="U: accuracy on unseen classes",
-           xlim=(0, 1), ylim=(0, 1), title=f"{title} AUSUC={ausuc(s, u):.3f}".strip())
+           xlim=(0, 1), ylim=(0, 1), title=title)
+    ax.legend(loc="upper right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
