@@ -57,7 +57,7 @@ class PeakMemory:
     memory) of its children (decoding workers, forked, so shared pages count once), and the
     peak of their sum."""
 
-    def __init__(self, interval_s: float = 0.05):
+    def __init__(self, interval_s: float = 0.25):
         self.interval_s = interval_s
         self.main = self.workers = self.total = 0
         self._stop = threading.Event()
