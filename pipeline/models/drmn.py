@@ -54,7 +54,7 @@ from torch import nn
 from pipeline.errors import PipelineError
 from pipeline.models.base import Semantics, Split
 from pipeline.models.layers import Standardize, TorchZSLModel, l2_normalize, mlp
-from pipeline.models.streaming import autocast, embed, training_batches
+from pipeline.models.streaming import GridBatch, embed, train_on_grid
 
 
 class LevelFusion(nn.Module):
@@ -191,9 +191,6 @@ class DRMN(TorchZSLModel):
         classes = self.tensor(self._class_vectors(semantics)[seen])  # [S, A], unit rows
         class_index = np.full(len(semantics.vectors), -1, dtype=np.int64)
         class_index[seen] = np.arange(len(seen))
-        cuda = self.device.type == "cuda"
-        optimizer = torch.optim.AdamW(net.parameters(), lr=h["lr"], weight_decay=h["weight_decay"])
-        scaler = torch.amp.GradScaler("cuda", enabled=cuda)
 
         def branch_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             unit = F.normalize(out.float(), dim=-1)
@@ -202,22 +199,13 @@ class DRMN(TorchZSLModel):
                 loss = loss + h["attr_weight"] * (unit - classes[y]).pow(2).sum(dim=1).mean()
             return loss
 
-        losses = []
-        for _ in range(h["epochs"]):
-            epoch_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-            total, count = 0.0, 0
-            for batch in training_batches(train, h["batch_size"], epoch_seed, self.device, self.name, class_index):
-                with autocast(self.device):
-                    loss = (branch_loss(net.attribute_branch(batch.grid), batch.labels)
-                            + branch_loss(net.global_branch(batch.pooled), batch.labels))
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                total += loss.item() * len(batch.labels)
-                count += len(batch.labels)
-            losses.append(total / max(count, 1))
-        return losses
+        def batch_loss(b: GridBatch) -> torch.Tensor:
+            return branch_loss(net.attribute_branch(b.grid), b.labels) + branch_loss(net.global_branch(b.pooled),
+                                                                                     b.labels)
+
+        return train_on_grid(
+            net, train, batch_loss, epochs=h["epochs"], batch_size=h["batch_size"], lr=h["lr"], weight_decay=h["weight_decay"],
+            generator=generator, device=self.device, model=self.name, class_index=class_index)
 
     def image_embeddings(self, data: Split) -> np.ndarray:
         net: DRMNNet = self.trained()  # type: ignore[assignment]

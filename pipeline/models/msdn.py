@@ -40,7 +40,7 @@ from torch import nn
 from pipeline.errors import PipelineError
 from pipeline.models.base import Semantics, Split
 from pipeline.models.layers import TorchZSLModel, l2_normalize
-from pipeline.models.streaming import autocast, embed, training_batches
+from pipeline.models.streaming import GridBatch, embed, train_on_grid
 
 NO_ATTRIBUTE_VECTORS = ("MSDN needs attribute-name embeddings: set semantics.attribute_vectors "
                         "(e.g. minilm or the w2v .pkl)")
@@ -143,26 +143,14 @@ class MSDN(TorchZSLModel):
         unseen_rows = torch.as_tensor(np.setdiff1d(np.arange(n_classes), seen), device=self.device)
         class_index = np.full(n_classes, -1, dtype=np.int64)
         class_index[seen] = np.arange(len(seen))
-        optimizer = torch.optim.AdamW(net.parameters(), lr=h["lr"], weight_decay=h["weight_decay"])
-        scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
-        losses = []
-        for _ in range(int(h["epochs"])):
-            epoch_seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
-            total, count = 0.0, 0
-            for batch in training_batches(train, int(h["batch_size"]), epoch_seed, self.device, self.name,
-                                          class_index):
-                with autocast(self.device):
-                    out = net(batch.grid)
-                loss = self.loss(out["psi"].float(), out["phi"].float(), batch.labels, classes, seen_rows,
-                                 unseen_rows)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                total += loss.item() * len(batch.labels)
-                count += len(batch.labels)
-            losses.append(total / max(count, 1))
-        return losses
+
+        def batch_loss(batch: GridBatch) -> torch.Tensor:
+            out = net(batch.grid)
+            return self.loss(out["psi"].float(), out["phi"].float(), batch.labels, classes, seen_rows, unseen_rows)
+
+        return train_on_grid(net, train, batch_loss, epochs=h["epochs"], batch_size=h["batch_size"], lr=h["lr"],
+                             weight_decay=h["weight_decay"], generator=generator, device=self.device, model=self.name,
+                             class_index=class_index)
 
     def loss(self, psi: torch.Tensor, phi: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor,
              seen_rows: torch.Tensor, unseen_rows: torch.Tensor) -> torch.Tensor:

@@ -67,3 +67,27 @@ def embed(data: Split, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     if out is None:
         raise PipelineError(f"{model}: no images to embed")
     return out
+
+
+def train_on_grid(net: torch.nn.Module, train: Split, batch_loss: Callable[[GridBatch], torch.Tensor], *,
+                  epochs: int, batch_size: int, lr: float, weight_decay: float, generator: torch.Generator,
+                  device: torch.device, model: str, class_index: np.ndarray) -> list[float]:
+    """AdamW over ``epochs`` streamed, shuffled epochs of ``train`` (fp16 autocast + grad scaling
+    on CUDA); ``batch_loss`` returns a batch's mean loss. Returns the mean loss of each epoch."""
+    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+    losses = []
+    for _ in range(int(epochs)):
+        epoch_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        total, count = 0.0, 0
+        for batch in training_batches(train, int(batch_size), epoch_seed, device, model, class_index):
+            with autocast(device):
+                loss = batch_loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            total += loss.item() * len(batch.labels)
+            count += len(batch.labels)
+        losses.append(total / max(count, 1))
+    return losses
