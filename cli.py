@@ -77,11 +77,13 @@ def info(file: Path) -> None:
 @click.option("--images-per-class", type=int, default=24, show_default=True)
 @click.option("--image-size", type=int, default=64, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def synthesize(output: Path, images_per_class: int, image_size: int, seed: int) -> None:
+@click.option("--multilabel", is_flag=True, help="1-3 objects per image, tagged with their classes.")
+def synthesize(output: Path, images_per_class: int, image_size: int, seed: int, multilabel: bool) -> None:
     """Draw the built-in synthetic zero-shot dataset (colour x pattern x shape)."""
     from pipeline.datasets.synthetic import generate_synthetic, load_synthetic
 
-    generate_synthetic(output, images_per_class=images_per_class, image_size=image_size, seed=seed)
+    generate_synthetic(output, images_per_class=images_per_class, image_size=image_size, seed=seed,
+                       multilabel=multilabel)
     data = load_synthetic(output)
     click.echo(f"{output}: {len(data)} images, {len(data.classes)} classes, "
                + ", ".join(f"{k} {len(v)}" for k, v in data.splits.items()))
@@ -96,7 +98,9 @@ def synthesize(output: Path, images_per_class: int, image_size: int, seed: int) 
 @click.option("--attribute-key", default="att", show_default=True, help="att or original_att (.mat).")
 @click.option("--attribute-names", default=None, help="CUB_attributes.txt, AWA2_predicates.txt, SUN_attributes.mat.")
 @click.option("--normalisation", type=click.Choice(["l2", "none"]), default="l2", show_default=True)
-@click.option("--text", "text", multiple=True, help="Class-name encoder, repeatable: clip, minilm, glove, glove:PATH.")
+@click.option("--text", "text", multiple=True,
+              help="Class-name encoder, repeatable: clip, minilm, glove, glove:PATH, vectors:PATH (given vectors).")
+@click.option("--vector-names", default=None, help="Names of the rows of vectors:PATH (.txt/.pickle/.json).")
 @click.option("--clip-model", default="ViT-B-32", show_default=True)
 @click.option("--clip-pretrained", default="openai", show_default=True, help="Tag, local checkpoint, or none.")
 @click.option("--templates", default="imagenet7", show_default=True, help="Prompt set: simple, imagenet7, imagenet80.")
@@ -127,7 +131,8 @@ def _hparam(text: str) -> tuple[str, object]:
 
 
 @cli.command()
-@click.option("--model", "model_name", required=True, help="eszsl, joint_gcn, gcn_regression, cfzsl, clip_prompt.")
+@click.option("--model", "model_name", required=True,
+              help="eszsl, joint_gcn, gcn_regression, cfzsl, clip_prompt, msdn, drmn, sdl (multi-label).")
 @click.option("--features", type=click.Path(path_type=Path), default=Path("features/image_features.h5"),
               show_default=True)
 @click.option("--semantics", type=click.Path(path_type=Path), default=Path("features/semantics.h5"), show_default=True)
@@ -143,16 +148,14 @@ def train(model_name: str, features: Path, semantics: Path, source: str, clip_fe
           hparams: tuple[str, ...], seed: int, select: bool, val_fraction: float, output: Path) -> None:
     """Train a model on cached features; hyperparameters and gamma chosen on validation only."""
     from pipeline.inputs import load_inputs
-    from pipeline.train import TrainConfig, save_checkpoint
+    from pipeline.train import TrainConfig, describe_checkpoint, save_checkpoint
     from pipeline.train import train as run_train
 
     cfg = TrainConfig(model_name, source, seed, select, val_fraction, dict(_hparam(h) for h in hparams))
     extra = {"clip": clip_features} if clip_features else None
     checkpoint = run_train(load_inputs(features, semantics, source, extra), cfg)
     save_checkpoint(checkpoint, output)
-    v = checkpoint["validation"]
-    click.echo(f"{output}: {model_name} {checkpoint['hparams']}; val accuracy {v['val_czsl']:.4f}, "
-               f"gamma {checkpoint['gamma']:.4f}")
+    click.echo(f"{output}: {describe_checkpoint(checkpoint)}")
 
 
 @cli.command()
@@ -167,7 +170,8 @@ def train(model_name: str, features: Path, semantics: Path, source: str, clip_fe
 @click.option("--plots", type=click.Path(path_type=Path), default=Path("plots"), show_default=True)
 def evaluate(model_file: Path, features: Path, semantics: Path, clip_features: Path | None,
              candidate_sets: Path | None, metrics: Path, plots: Path) -> None:
-    """CZSL, GZSL (U, S, H, AUSUC) and Hit@k of a trained model; writes metrics JSON and plots."""
+    """CZSL, GZSL (U, S, H, AUSUC) and Hit@k of a trained model (multi-label data: tag mAP and
+    P/R/F1@3,5 for ZSL and GZSL); writes metrics JSON and plots."""
     import json
 
     from pipeline.evaluate import evaluate as run_evaluate

@@ -5,6 +5,8 @@
   for reference); the seen-unseen curve over γ, its area (AUSUC) and a PNG of it.
 - Hit@k (flat, per image) over the unseen classes, and over named candidate sets (e.g. ImageNet
   2-hops / 3-hops / all from ``imagenet-testsets.json``) with and without the training classes.
+
+Multi-label data is evaluated by :func:`pipeline.multilabel.evaluate_multilabel` (tag mAP, F1@k).
 """
 from __future__ import annotations
 
@@ -37,9 +39,16 @@ def read_candidate_sets(path: Path, classes: list[str]) -> dict[str, np.ndarray]
 
 
 def evaluate(model: ZSLModel, checkpoint: dict[str, Any], inputs: Inputs, plots: Path,
-             candidate_sets: dict[str, np.ndarray] | None = None, ks: tuple[int, ...] = (1, 2, 5, 10, 20)
-             ) -> dict[str, Any]:
-    """All metrics of ``model`` on the test splits; writes ``plots/seen_unseen.{png,json}``."""
+             candidate_sets: dict[str, np.ndarray] | None = None, ks: tuple[int, ...] = (1, 2, 5, 10, 20),
+             tag_ks: tuple[int, ...] = (3, 5)) -> dict[str, Any]:
+    """All metrics of ``model`` on the test splits; writes ``plots/seen_unseen.{png,json}``
+    (multi-label data: P/R/F1 at ``tag_ks``, ``plots/f1_at_k.{png,json}``)."""
+    if inputs.multilabel:
+        from pipeline.multilabel import evaluate_multilabel
+
+        return evaluate_multilabel(model, checkpoint, inputs, plots, tag_ks)
+    if checkpoint.get("multilabel"):
+        raise PipelineError("the model was trained on multi-label data; retrain it on this feature file")
     sem = inputs.semantics
     seen = np.asarray(checkpoint["seen"])
     unseen = inputs.classes_of("test_unseen")

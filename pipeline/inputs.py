@@ -18,20 +18,27 @@ class Inputs:
     """Everything a zero-shot experiment reads, in the feature file's class order."""
 
     classes: list[str]
-    splits: dict[str, Split]  # trainval, train, val, test_seen, test_unseen (those present)
+    splits: dict[str, Split]  # trainval, train, val, test_seen, test_unseen (multi-label: trainval, test)
     semantics: Semantics
+    unseen_tags: np.ndarray | None = None  # multi-label data: class indices never trained on
+
+    @property
+    def multilabel(self) -> bool:
+        return self.unseen_tags is not None
 
     def classes_of(self, split: str) -> np.ndarray:
         """Sorted class indices present in ``split``."""
         return np.unique(self.splits[split].labels)
 
 
-def _read_split(store: FeatureStore, rows: np.ndarray, extra: dict[str, FeatureStore]) -> Split:
+def _read_split(store: FeatureStore, rows: np.ndarray, extra: dict[str, FeatureStore],
+                tags: np.ndarray | None) -> Split:
     labels = store.labels[rows]
-    if (labels < 0).any():
+    if tags is None and (labels < 0).any():
         raise PipelineError(f"{store.path}: a split holds images without a label (-1)")
     grid = GridSource(store.path, rows) if store.has_grid else None
-    return Split(store.features(rows), labels, {name: other.features(rows) for name, other in extra.items()}, grid)
+    return Split(store.features(rows), labels, {name: other.features(rows) for name, other in extra.items()}, grid,
+                 tags[rows] if tags is not None else None)
 
 
 def _semantics(path: Path, source: str, classes: list[str]) -> Semantics:
@@ -69,12 +76,14 @@ def load_inputs(features: Path, semantics: Path, source: str = "attributes",
                 if other.image_ids != store.image_ids:
                     raise PipelineError(f"{other.path}: its images differ from {features}'s; extract the {name} "
                                         "features from the same dataset")
-            splits = {name: _read_split(store, rows, others) for name, rows in store.splits.items()}
+            tags = store.tags
+            splits = {name: _read_split(store, rows, others, tags) for name, rows in store.splits.items()}
         finally:
             for other in others.values():
                 other.close()
-        classes = store.classes
-    needed = {"trainval", "test_seen", "test_unseen"} - set(splits)
-    if needed:
-        raise PipelineError(f"{features}: no {sorted(needed)} split; zero-shot training needs the GBU-style splits")
-    return Inputs(classes, splits, _semantics(semantics, source, classes))
+        classes, unseen_tags = store.classes, store.unseen_tags
+    needed = {"trainval", "test"} if unseen_tags is not None else {"trainval", "test_seen", "test_unseen"}
+    if needed - set(splits):
+        raise PipelineError(f"{features}: no {sorted(needed - set(splits))} split; zero-shot training needs "
+                            + ("the trainval / test splits" if unseen_tags is not None else "the GBU-style splits"))
+    return Inputs(classes, splits, _semantics(semantics, source, classes), unseen_tags)

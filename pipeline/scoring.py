@@ -2,6 +2,9 @@
 
 Models give image embeddings [N, J] and class embeddings [C, J] (``pipeline.models.base``);
 an image's score for a class is their inner product (callers L2-normalise both for cosine).
+Images embedded as K vectors ([N, K, J], SDL) score a class by the maximum over their K inner
+products: :func:`search` then finds each vector's top-k and merges them, which is exact (a
+class in an image's top-k is in the top-k of the vector that gives its maximum).
 
 * :func:`search` returns the k best classes of every image without ever holding the N x C
   score matrix: queries go through in blocks of ``batch`` rows.
@@ -81,7 +84,14 @@ def search(
 
     Returns:
         scores [N, k] float32 (best first) and indices [N, k] int64 into ``classes``.
+
+    ``queries`` may be [N, K, J]: K vectors per image, a class scored by their maximum.
     """
+    if np.ndim(queries) == 3:
+        n, n_vectors, dim = np.shape(queries)
+        s, i = search(np.reshape(queries, (n * n_vectors, dim)), classes, k, class_bias, gpu, batch, candidates,
+                      backend)
+        return _merge_max(s.reshape(n, n_vectors * k), i.reshape(n, n_vectors * k), k)
     queries, classes, class_bias, rows = _checked(queries, classes, k, class_bias, candidates)
     if rows is not None:
         classes = classes[rows]
@@ -125,20 +135,44 @@ def choose_backend(n_queries: int, n_classes: int, gpu: bool = False) -> str:
 
 
 def scores(queries: np.ndarray, classes: np.ndarray, max_gib: float = 4.0) -> np.ndarray:
-    """[N, C] float32 matrix of inner products ``queries @ classes.T``.
+    """[N, C] float32 matrix of inner products ``queries @ classes.T`` (for [N, K, J] queries,
+    the maximum over the K vectors, computed in blocks of ``BLOCK_BYTES``).
 
     Refuses (PipelineError) when the matrix would exceed ``max_gib`` GiB: use :func:`search`.
     """
+    n_vectors = np.shape(queries)[1] if np.ndim(queries) == 3 else 1
+    n = len(queries)
+    queries = np.reshape(queries, (n * n_vectors, -1)) if n_vectors > 1 or np.ndim(queries) == 3 else queries
     queries, classes, _, _ = _checked(queries, classes, 1, None, None)
-    gib = len(queries) * len(classes) * 4 / (1 << 30)
+    gib = n * len(classes) * 4 / (1 << 30)
     if gib > max_gib:
         raise PipelineError(
-            f"scores: a {len(queries)} x {len(classes)} matrix needs {gib:.1f} GiB (limit {max_gib}); "
+            f"scores: a {n} x {len(classes)} matrix needs {gib:.1f} GiB (limit {max_gib}); "
             "use pipeline.scoring.search for the top-k classes"
         )
-    result = queries @ classes.T
+    if n_vectors == 1:
+        result = queries @ classes.T
+    else:
+        result = np.empty((n, len(classes)), dtype=np.float32)
+        step = max(1, BLOCK_BYTES // (4 * n_vectors * max(1, len(classes))))
+        for start in range(0, n, step):
+            block = queries[start * n_vectors : (start + step) * n_vectors] @ classes.T
+            result[start : start + step] = block.reshape(-1, n_vectors, len(classes)).max(axis=1)
     _check_finite(result, 0, classes)
     return result
+
+
+def _merge_max(values: np.ndarray, index: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k distinct classes of each row of (score, class) candidates, a class scored by its
+    best candidate; ties by increasing class index, missing places as (-inf, -1)."""
+    by_class = np.lexsort((-values, index))  # class ascending, each class's best score first
+    values, index = np.take_along_axis(values, by_class, 1), np.take_along_axis(index, by_class, 1)
+    repeat = np.zeros_like(index, dtype=bool)
+    repeat[:, 1:] = index[:, 1:] == index[:, :-1]
+    values = np.where(repeat | (index < 0), -np.inf, values).astype(np.float32)
+    best = np.lexsort((index, -values))[:, :k]
+    values, index = np.take_along_axis(values, best, 1), np.take_along_axis(index, best, 1)
+    return values, np.where(np.isneginf(values), -1, index)
 
 
 def _check_finite(values: np.ndarray, start: int, classes: np.ndarray, index: np.ndarray | None = None) -> None:

@@ -13,6 +13,13 @@ Schema (``schema_version`` 1), N images, C classes::
     failures/index  [F]         int64            rows whose image could not be read ...
     failures/reason [F]         utf-8            ... and why
 
+Multi-label stores (NUS-WIDE, COCO, tag tables) also hold, with ``labels`` all -1 and the
+splits ``trainval`` and ``test``::
+
+    tags            [N, ceil(C/8)] uint8         packed bool [N, C]: image shows class (tag) c;
+                                                 ``np.packbits(tags, axis=1, bitorder="little")``
+    unseen_tags     [U]         int64            sorted class indices never used in training
+
 File attributes hold provenance (``backbone``, ``model``, ``pretrained``, ``image_size``,
 ``resize_size``, ``interpolation``, ``mean``, ``std``, ``feature_dim``, ``grid_shape``,
 ``dtype``, ``dataset``, ``versions``), ``schema_version``, and ``complete`` (True once every
@@ -84,6 +91,10 @@ def create_store(
         f.create_dataset("classes", data=dataset.classes, dtype=_STR)
         for name, idx in dataset.splits.items():
             f[f"splits/{name}"] = np.asarray(idx, dtype=np.int64)
+        if dataset.tags is not None:
+            f.create_dataset("tags", data=np.packbits(dataset.tags, axis=1, bitorder="little"),
+                             chunks=True, compression="gzip", compression_opts=1, shuffle=True)
+            f["unseen_tags"] = np.asarray(dataset.unseen_tags, dtype=np.int64)
         for key, value in provenance.items():
             f.attrs[key] = json.dumps(value) if isinstance(value, dict) else value
         f.attrs["dataset"] = dataset.name
@@ -228,6 +239,23 @@ class FeatureStore:
         return self._f["ok"][:]
 
     @property
+    def multilabel(self) -> bool:
+        return "tags" in self._f
+
+    @property
+    def tags(self) -> np.ndarray | None:
+        """[N, C] bool tag matrix of a multi-label store, else None."""
+        if "tags" not in self._f:
+            return None
+        packed = self._f["tags"][:]
+        return np.unpackbits(packed, axis=1, count=len(self._f["classes"]), bitorder="little").astype(bool)
+
+    @property
+    def unseen_tags(self) -> np.ndarray | None:
+        """Sorted class indices of the unseen tags of a multi-label store, else None."""
+        return self._f["unseen_tags"][:] if "unseen_tags" in self._f else None
+
+    @property
     def has_grid(self) -> bool:
         return "grid" in self._f
 
@@ -283,15 +311,22 @@ class FeatureStore:
     def describe(self) -> str:
         """Human-readable schema, split counts, provenance and completeness (``cli.py info``)."""
         lines = [f"{self.path}", f"  complete: {self.complete}"]
-        for name in ("features", "grid", "labels", "image_ids", "classes", "ok"):
+        for name in ("features", "grid", "labels", "tags", "image_ids", "classes", "ok"):
             if name in self._f:
                 d = self._f[name]
                 lines.append(f"  {name:10s} {str(d.shape):22s} {d.dtype}")
         ok = self.ok
         lines.append(f"  rows: {len(ok)} total, {int(ok.sum())} written, {len(self.failures)} failed")
+        tags = self.tags
         for name, idx in self.splits.items():
-            classes = np.unique(self.labels[idx])
-            lines.append(f"  split {name:12s} {len(idx):8d} images {len(classes):6d} classes")
+            if tags is None:
+                lines.append(f"  split {name:12s} {len(idx):8d} images {len(np.unique(self.labels[idx])):6d} classes")
+            else:
+                lines.append(f"  split {name:12s} {len(idx):8d} images {int(tags[idx].any(0).sum()):6d} tags, "
+                             f"{tags[idx].sum(1).mean():.2f} per image")
+        if tags is not None:
+            lines.append(f"  tags: {tags.shape[1]} ({tags.shape[1] - len(self.unseen_tags)} seen, "
+                         f"{len(self.unseen_tags)} unseen)")
         lines.append("  provenance:")
         for key, value in sorted(self.provenance.items()):
             lines.append(f"    {key}: {value}")

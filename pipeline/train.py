@@ -9,6 +9,8 @@
    seen images and the val images over train ∪ val classes.
 4. The chosen hyperparameters are refitted on all of ``trainval``; the model, γ and the selection
    table are saved. No test split is read at any point.
+
+Multi-label data (a store with tags) is trained by :func:`pipeline.multilabel.train_multilabel`.
 """
 from __future__ import annotations
 
@@ -82,7 +84,7 @@ def czsl_on(model: ZSLModel, data: Split, semantics: Semantics, candidates: np.n
     return per_class_accuracy(idx[:, 0], data.labels)
 
 
-def _combinations(model: str, fixed: dict[str, Any], select: bool) -> list[dict[str, Any]]:
+def combinations(model: str, fixed: dict[str, Any], select: bool) -> list[dict[str, Any]]:
     grid = {k: v for k, v in make_model(model).grid.items() if k not in fixed} if select else {}
     keys = sorted(grid)
     return [{**fixed, **dict(zip(keys, values))} for values in itertools.product(*(grid[k] for k in keys))]
@@ -90,12 +92,16 @@ def _combinations(model: str, fixed: dict[str, Any], select: bool) -> list[dict[
 
 def train(inputs: Inputs, cfg: TrainConfig) -> dict[str, Any]:
     """Select on validation, refit on trainval; returns the checkpoint dict (see :func:`save_checkpoint`)."""
+    if inputs.multilabel:
+        from pipeline.multilabel import train_multilabel
+
+        return train_multilabel(inputs, cfg)
     v = validation_split(inputs, cfg.val_fraction, cfg.seed)
     if len(v.val) == 0 or len(v.seen_holdout) == 0:
         raise PipelineError("validation needs images of at least one val class and of held-out train images")
     table = []
     best: tuple[float, dict[str, Any], ZSLModel] | None = None
-    for hparams in _combinations(cfg.model, cfg.hparams, cfg.select):
+    for hparams in combinations(cfg.model, cfg.hparams, cfg.select):
         seed_everything(cfg.seed)
         model = make_model(cfg.model, **hparams)
         fit_log = model.fit(v.train, v.train_classes, inputs.semantics, cfg.seed)
@@ -129,6 +135,14 @@ def train(inputs: Inputs, cfg: TrainConfig) -> dict[str, Any]:
                        "val_classes": v.val_classes.tolist(), "table": table},
         "fit": fit_log,
     }
+
+
+def describe_checkpoint(checkpoint: dict[str, Any]) -> str:
+    """One line: the model, its hyperparameters and its validation score."""
+    v = checkpoint["validation"]
+    score = (f"validation-tag mAP {v['val_mAP']:.4f}" if checkpoint.get("multilabel")
+             else f"val accuracy {v['val_czsl']:.4f}, gamma {checkpoint['gamma']:.4f}")
+    return f"{checkpoint['model']} {checkpoint['hparams']}; {score}"
 
 
 def save_checkpoint(checkpoint: dict[str, Any], path: Path) -> None:

@@ -25,7 +25,7 @@ def main() -> None:
         model, checkpoint = load_checkpoint(MODEL)
         inputs = load_inputs(FEATURES, SEMANTICS, checkpoint["config"]["semantics"], extra)
         sets = read_candidate_sets(Path(e["candidate_sets"]), inputs.classes) if e.get("candidate_sets") else None
-        metrics = evaluate(model, checkpoint, inputs, PLOTS, sets, tuple(e["ks"]))
+        metrics = evaluate(model, checkpoint, inputs, PLOTS, sets, tuple(e["ks"]), tuple(e["tag_ks"]))
     except PipelineError as err:
         sys.exit(f"error: {err}")
     METRICS.write_text(json.dumps(metrics, indent=2) + "\n")

@@ -5,7 +5,7 @@ from pathlib import Path
 import pipeline  # noqa: F401
 from pipeline.errors import PipelineError
 from pipeline.inputs import load_inputs
-from pipeline.train import TrainConfig, save_checkpoint, train
+from pipeline.train import TrainConfig, describe_checkpoint, save_checkpoint, train
 from stages import load_params
 from stages.extract import OUTPUT as FEATURES
 from stages.semantics import OUTPUT as SEMANTICS
@@ -24,8 +24,7 @@ def main() -> None:
     except PipelineError as e:
         sys.exit(f"error: {e}")
     save_checkpoint(checkpoint, OUTPUT)
-    v = checkpoint["validation"]
-    print(f"{OUTPUT}: {model} {checkpoint['hparams']}; val accuracy {v['val_czsl']:.4f}, gamma {checkpoint['gamma']:.4f}")
+    print(f"{OUTPUT}: {describe_checkpoint(checkpoint)}")
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ def scores(model, problem: Problem) -> np.ndarray:
 
 
 def test_registry_names_every_model_and_rejects_unknown_names():
-    assert set(MODELS) == {"eszsl", "joint_gcn", "gcn_regression", "cfzsl", "clip_prompt", "msdn", "drmn"}
+    assert set(MODELS) == {"eszsl", "joint_gcn", "gcn_regression", "cfzsl", "clip_prompt", "msdn", "drmn", "sdl"}
     assert all(cls.name == name for name, cls in MODELS.items())
     with pytest.raises(PipelineError, match="unknown model 'svm'.*eszsl"):
         make_model("svm")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.datasets.base import SPLIT_NAMES, ImageDataset
+from pipeline.datasets.base import ImageDataset
 from pipeline.datasets.synthetic import (
     FACTORS,
     META_NAME,
@@ -79,7 +79,7 @@ def test_splits_are_disjoint_covering_and_label_consistent(default_root: Path) -
     ds = load_synthetic(default_root)
     sets = _class_sets(default_root)
     splits = ds.splits
-    assert set(splits) == set(SPLIT_NAMES)
+    assert set(splits) == {"trainval", "train", "val", "test_seen", "test_unseen"}
     for idx in splits.values():
         assert idx.dtype == np.int64 and np.all(np.diff(idx) > 0)
     everything = np.concatenate([splits["trainval"], splits["test_seen"], splits["test_unseen"]])

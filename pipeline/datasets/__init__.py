@@ -6,14 +6,22 @@ from pathlib import Path
 from pipeline.datasets.base import ImageDataset
 from pipeline.errors import PipelineError
 
-DATASETS = ("synthetic", "folder", "cub", "awa2", "sun")
+DATASETS = ("synthetic", "folder", "cub", "awa2", "sun", "nus_wide", "coco", "tags")
 
 
 def load_dataset(name: str, root: Path, splits_file: Path | None = None) -> ImageDataset:
-    """The dataset ``name`` rooted at ``root``; CUB/AWA2/SUN need the xlsa17 ``att_splits.mat``."""
+    """The dataset ``name`` rooted at ``root``.
+
+    ``splits_file``: CUB/AWA2/SUN need the xlsa17 ``att_splits.mat``, COCO the 48/17
+    ``cls_ids.pickle``, ``tags`` the unseen-tag list (``root`` is then the CSV/TSV table, or a
+    folder holding ``tags.csv``); synthetic, folder and NUS-WIDE need none.
+    """
+    from pipeline.datasets.coco import load_coco
     from pipeline.datasets.folder import load_folder
     from pipeline.datasets.gbu import load_gbu
+    from pipeline.datasets.nus_wide import load_nus_wide
     from pipeline.datasets.synthetic import load_synthetic
+    from pipeline.datasets.tag_table import load_tag_table
 
     key = name.lower()
     if key == "synthetic":
@@ -24,4 +32,15 @@ def load_dataset(name: str, root: Path, splits_file: Path | None = None) -> Imag
         if splits_file is None:
             raise PipelineError(f"{name}: pass --splits /path/to/xlsa17/data/{name.upper()}/att_splits.mat")
         return load_gbu(key, root, splits_file)
+    if key == "nus_wide":
+        return load_nus_wide(root)
+    if key == "coco":
+        if splits_file is None:
+            raise PipelineError("coco: pass --splits /path/to/cls_ids.pickle (the 48 seen / 17 unseen class split)")
+        return load_coco(root, splits_file)
+    if key == "tags":
+        if splits_file is None:
+            raise PipelineError(f"tags: pass --splits unseen.txt (the unseen tags of {root}, one per line)")
+        table = Path(root)
+        return load_tag_table(table / "tags.csv" if table.is_dir() else table, splits_file)
     raise PipelineError(f"unknown dataset {name!r}; choose one of {DATASETS}")

@@ -1,4 +1,4 @@
-"""The one dataset type every adapter returns: image paths, labels, classes and splits."""
+"""The one dataset type every adapter returns: image paths, labels (or tags), classes and splits."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -8,7 +8,7 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 
-SPLIT_NAMES = ("trainval", "train", "val", "test_seen", "test_unseen")
+SPLIT_NAMES = ("trainval", "train", "val", "test_seen", "test_unseen", "test")
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,10 @@ class ImageDataset:
     ``labels[i]`` is its class index into ``classes`` (-1 when unknown);
     ``splits[name]`` holds sorted 0-based row indices (names from ``SPLIT_NAMES``).
     Row order is the order features are stored in, so benchmark split indices line up.
+
+    Multi-label datasets (NUS-WIDE, COCO, tag tables) set ``tags`` [N, C] bool (image ``i``
+    shows class ``c``), ``unseen_tags`` (sorted class indices never used in training), labels
+    all -1, and the splits ``trainval`` and ``test``.
     """
 
     name: str
@@ -27,9 +31,24 @@ class ImageDataset:
     labels: np.ndarray
     classes: list[str]
     splits: dict[str, np.ndarray] = field(default_factory=dict)
+    tags: np.ndarray | None = None
+    unseen_tags: np.ndarray | None = None
+
+    @property
+    def multilabel(self) -> bool:
+        return self.tags is not None
 
     def __post_init__(self) -> None:
         n = len(self.image_ids)
+        if (self.tags is None) != (self.unseen_tags is None):
+            raise PipelineError(f"{self.name}: a multi-label dataset needs both tags and unseen_tags")
+        if self.tags is not None:
+            if self.tags.shape != (n, len(self.classes)) or self.tags.dtype != bool:
+                raise PipelineError(f"{self.name}: tags must be bool [{n}, {len(self.classes)}], "
+                                    f"got {self.tags.dtype} {self.tags.shape}")
+            u = self.unseen_tags
+            if u.ndim != 1 or (len(u) and (u.min() < 0 or u.max() >= len(self.classes))) or (np.diff(u) <= 0).any():
+                raise PipelineError(f"{self.name}: unseen_tags must be sorted distinct class indices")
         if self.labels.shape != (n,):
             raise PipelineError(f"{self.name}: {n} images but labels of shape {self.labels.shape}")
         if n and (self.labels.max() >= len(self.classes) or self.labels.min() < -1):

@@ -6,6 +6,11 @@ held out as unseen classes, chosen so every attribute value still occurs among t
 ``train``) classes, so a model mapping images to attributes can recognise unseen classes.
 Images vary in position, size, rotation, tint, background and noise. Everything is a pure
 function of the generation parameters, ``seed`` included.
+
+Multi-label mode (``multilabel=True``): every image shows 1-3 objects of distinct classes, one
+per quadrant, and its tags are those classes. Training images (``trainval``) show seen classes
+only; ``test`` images show any classes, most of them at least one unseen class, so tag
+combinations and tags never seen in training both occur.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipeline.datasets.base import SPLIT_NAMES, ImageDataset
+from pipeline.datasets.base import ImageDataset
 from pipeline.errors import PipelineError
 
 FACTORS: dict[str, tuple[str, ...]] = {
@@ -31,6 +36,9 @@ RGB = {"red": (0.85, 0.12, 0.12), "green": (0.15, 0.65, 0.2), "blue": (0.15, 0.3
 N_UNSEEN = 12  # held-out combinations: test_unseen
 N_VAL = 9  # seen classes held out of train as validation classes
 TEST_SEEN_FRACTION = 0.2
+MULTILABEL_TEST_FRACTION = 0.3  # multi-label mode: share of images in ``test``
+MULTILABEL_OBJECTS = (1, 2, 3)  # objects per image ...
+MULTILABEL_OBJECT_P = (0.2, 0.4, 0.4)  # ... and how often
 GENERATOR_VERSION = 1  # bump when drawing changes, so old roots are regenerated
 META_NAME = "synthetic.json"
 SUPERSAMPLE = 4  # shape masks are drawn this much larger, then box-filtered (anti-aliasing)
@@ -83,16 +91,19 @@ def _shape_mask(shape: str, cx: float, cy: float, radius: float, theta: float, s
     return np.asarray(canvas.reduce(k), dtype=np.float64) / 255.0
 
 
-def _render(rng: np.random.Generator, colour: str, pattern: str, shape: str, size: int) -> np.ndarray:
-    """One [size, size, 3] uint8 image of the class, with random nuisance variation."""
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Tinted grey [size, size, 3] with a linear brightness gradient in a random direction."""
     yy, xx = np.mgrid[0:size, 0:size] + 0.5
-    # Background: tinted grey, a linear brightness gradient in a random direction, then noise.
     phi = rng.uniform(0, 2 * np.pi)
     ramp = (xx * np.cos(phi) + yy * np.sin(phi)) / size
-    background = rng.uniform(0.1, 0.7) + rng.uniform(-0.05, 0.05, 3) + rng.uniform(-0.15, 0.15) * ramp[..., None]
-    # Object: random outer radius, position (fully inside), rotation; pattern in its own frame.
-    radius = rng.uniform(0.25, 0.42) * size
-    cx, cy = rng.uniform(radius, size - radius, 2)
+    return rng.uniform(0.1, 0.7) + rng.uniform(-0.05, 0.05, 3) + rng.uniform(-0.15, 0.15) * ramp[..., None]
+
+
+def _paint(rng: np.random.Generator, image: np.ndarray, colour: str, pattern: str, shape: str,
+           cx: float, cy: float, radius: float) -> np.ndarray:
+    """``image`` with one object (random rotation, pattern phase and tint) composited at (cx, cy)."""
+    size = image.shape[0]
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
     theta = rng.uniform(0, 2 * np.pi)
     alpha = _shape_mask(shape, cx, cy, radius, theta, size)[..., None]
     period = radius / rng.uniform(2.0, 3.0)
@@ -106,8 +117,32 @@ def _render(rng: np.random.Generator, colour: str, pattern: str, shape: str, siz
         ink = np.hypot(u % 1 - 0.5, v % 1 - 0.5) > 0.3
     tint = np.clip(np.asarray(RGB[colour]) * rng.uniform(0.8, 1.1) + rng.uniform(-0.06, 0.06, 3), 0, 1)
     foreground = np.where(ink[..., None], tint, rng.uniform(0.85, 1.0))
-    image = background * (1 - alpha) + foreground * alpha + rng.normal(0, 0.03, (size, size, 3))
+    return image * (1 - alpha) + foreground * alpha
+
+
+def _finish(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """Pixel noise, then uint8."""
+    image = image + rng.normal(0, 0.03, image.shape)
     return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def _render(rng: np.random.Generator, colour: str, pattern: str, shape: str, size: int) -> np.ndarray:
+    """One [size, size, 3] uint8 image of the class, with random nuisance variation."""
+    image = _background(rng, size)
+    radius = rng.uniform(0.25, 0.42) * size  # the object lies fully inside the image
+    cx, cy = rng.uniform(radius, size - radius, 2)
+    return _finish(rng, _paint(rng, image, colour, pattern, shape, cx, cy, radius))
+
+
+def _render_scene(rng: np.random.Generator, objects: list[tuple[str, ...]], size: int) -> np.ndarray:
+    """One image showing ``objects`` (at most 4), each in its own quadrant, jittered in it."""
+    image = _background(rng, size)
+    half = size / 2
+    for (colour, pattern, shape), cell in zip(objects, rng.permutation(4)):
+        radius = rng.uniform(0.32, 0.45) * half
+        cx, cy = (cell % 2) * half + rng.uniform(radius, half - radius), (cell // 2) * half + rng.uniform(radius, half - radius)
+        image = _paint(rng, image, colour, pattern, shape, cx, cy, radius)
+    return _finish(rng, image)
 
 
 def _fix_hint(root: Path) -> str:
@@ -132,8 +167,10 @@ def _read_meta(root: Path) -> dict[str, Any]:
     return meta
 
 
-def generate_synthetic(root: Path, images_per_class: int = 24, image_size: int = 64, seed: int = 0) -> None:
-    """Write the dataset under ``root``: ``images/<class_folder>/<i>.png`` and ``synthetic.json``.
+def generate_synthetic(root: Path, images_per_class: int = 24, image_size: int = 64, seed: int = 0,
+                       multilabel: bool = False) -> None:
+    """Write the dataset under ``root``: ``images/<class_folder>/<i>.png`` (multi-label:
+    ``images/<i>.png``, ``images_per_class`` x 48 images in all) and ``synthetic.json``.
 
     A no-op when ``root`` already holds a complete dataset with the same parameters; otherwise
     its metadata and ``images/`` are removed and everything is regenerated. The metadata is
@@ -147,7 +184,7 @@ def generate_synthetic(root: Path, images_per_class: int = 24, image_size: int =
         raise PipelineError(f"seed must be non-negative (got {seed})")
     root = Path(root)
     params = {"images_per_class": images_per_class, "image_size": image_size, "seed": seed,
-              "generator_version": GENERATOR_VERSION}
+              "generator_version": GENERATOR_VERSION, **({"multilabel": True} if multilabel else {})}
     try:
         if _read_meta(root)["params"] == params:
             return
@@ -166,8 +203,37 @@ def generate_synthetic(root: Path, images_per_class: int = 24, image_size: int =
     val_classes = _hold_out(split_rng, seen, N_VAL)
     train_classes = [c for c in seen if c not in val_classes]
 
+    if multilabel:
+        images, splits = _draw_scenes(root, combos, seen, images_per_class * len(combos), image_size, seed)
+    else:
+        images, splits = _draw_classes(root, combos, classes, unseen, val_classes, images_per_class, image_size,
+                                       seed, split_rng)
+    meta = {
+        "params": params,
+        "factors": FACTORS,
+        "classes": classes,
+        "attribute_names": _attribute_names(),
+        "class_attributes": [[int(combo[k] == value) for k, values in enumerate(FACTORS.values()) for value in values]
+                             for combo in combos],
+        "seen_classes": [classes[c] for c in seen],
+        "unseen_classes": [classes[c] for c in unseen],
+        "train_classes": [classes[c] for c in train_classes],
+        "val_classes": [classes[c] for c in val_classes],
+        "images": images,
+        "splits": {name: sorted(rows) for name, rows in splits.items()},
+        "multilabel": multilabel,
+    }
+    tmp = meta_path.with_name(META_NAME + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, meta_path)
+
+
+def _draw_classes(root: Path, combos: list[tuple[str, ...]], classes: list[str], unseen: list[int],
+                  val_classes: list[int], images_per_class: int, image_size: int, seed: int,
+                  split_rng: np.random.Generator) -> tuple[list[dict[str, Any]], dict[str, list[int]]]:
+    """Single-label images, one class per folder, and the GBU-style splits."""
     images: list[dict[str, Any]] = []
-    splits: dict[str, list[int]] = {name: [] for name in SPLIT_NAMES}
+    splits: dict[str, list[int]] = {name: [] for name in ("trainval", "train", "val", "test_seen", "test_unseen")}
     n_test = max(1, round(TEST_SEEN_FRACTION * images_per_class))
     for c, combo in enumerate(combos):
         folder = root / "images" / classes[c].replace(" ", "_")
@@ -185,37 +251,57 @@ def generate_synthetic(root: Path, images_per_class: int = 24, image_size: int =
         trainval = [rows[i] for i in order[n_test:]]
         splits["trainval"] += trainval
         splits["val" if c in val_classes else "train"] += trainval
+    return images, splits
 
-    meta = {
-        "params": params,
-        "factors": FACTORS,
-        "classes": classes,
-        "attribute_names": _attribute_names(),
-        "class_attributes": [[int(combo[k] == value) for k, values in enumerate(FACTORS.values()) for value in values]
-                             for combo in combos],
-        "seen_classes": [classes[c] for c in seen],
-        "unseen_classes": [classes[c] for c in unseen],
-        "train_classes": [classes[c] for c in train_classes],
-        "val_classes": [classes[c] for c in val_classes],
-        "images": images,
-        "splits": {name: sorted(rows) for name, rows in splits.items()},
-    }
-    tmp = meta_path.with_name(META_NAME + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, meta_path)
+
+def _draw_scenes(root: Path, combos: list[tuple[str, ...]], seen: list[int], n_images: int, image_size: int,
+                 seed: int) -> tuple[list[dict[str, Any]], dict[str, list[int]]]:
+    """Multi-label images ``images/<i>.png`` with their tags, and the ``trainval`` / ``test`` splits."""
+    rng = np.random.default_rng([seed, 2])
+    n_test = round(MULTILABEL_TEST_FRACTION * n_images)
+    unseen = [c for c in range(len(combos)) if c not in seen]
+    (root / "images").mkdir(parents=True)
+    images: list[dict[str, Any]] = []
+    splits: dict[str, list[int]] = {"trainval": [], "test": []}
+    for i in range(n_images):
+        test = i >= n_images - n_test
+        n = int(rng.choice(MULTILABEL_OBJECTS, p=MULTILABEL_OBJECT_P))
+        if not test:
+            tags = rng.choice(seen, n, replace=False)
+        elif rng.uniform() < 2 / 3:  # at least one unseen object
+            first = rng.choice(unseen)
+            others = [c for c in range(len(combos)) if c != first]
+            tags = np.concatenate([[first], rng.choice(others, n - 1, replace=False)])
+        else:
+            tags = rng.choice(len(combos), n, replace=False)
+        pixels = _render_scene(np.random.default_rng([seed, 3, i]), [combos[c] for c in tags], image_size)
+        Image.fromarray(pixels).save(root / "images" / f"{i}.png")
+        images.append({"path": f"images/{i}.png", "tags": sorted(int(c) for c in tags)})
+        splits["test" if test else "trainval"].append(i)
+    return images, splits
 
 
 def load_synthetic(root: Path) -> ImageDataset:
     """The generated dataset at ``root`` (PipelineError naming the fix if absent or incomplete)."""
     root = Path(root)
     meta = _read_meta(root)
+    splits = {name: np.array(rows, dtype=np.int64) for name, rows in meta["splits"].items()}
+    if meta.get("multilabel"):
+        classes = list(meta["classes"])
+        tags = np.zeros((len(meta["images"]), len(classes)), dtype=bool)
+        for i, image in enumerate(meta["images"]):
+            tags[i, image["tags"]] = True
+        index = {c: i for i, c in enumerate(classes)}
+        return ImageDataset(name="synthetic", root=root, image_ids=[image["path"] for image in meta["images"]],
+                            labels=np.full(len(tags), -1, dtype=np.int64), classes=classes, splits=splits, tags=tags,
+                            unseen_tags=np.array(sorted(index[c] for c in meta["unseen_classes"]), dtype=np.int64))
     return ImageDataset(
         name="synthetic",
         root=root,
         image_ids=[image["path"] for image in meta["images"]],
         labels=np.array([image["label"] for image in meta["images"]], dtype=np.int64),
         classes=list(meta["classes"]),
-        splits={name: np.array(rows, dtype=np.int64) for name, rows in meta["splits"].items()},
+        splits=splits,
     )
 
 

@@ -8,6 +8,7 @@
 ``clip_prompt``    CLIP zero-shot with prompt-ensembled class names, no training
 ``drmn``           DRMN: dual attention over grid regions + attribute transformer (:mod:`pipeline.models.drmn`)
 ``msdn``           MSDN: attribute<->region attention sub-networks + mutual distillation (:mod:`pipeline.models.msdn`)
+``sdl``            SDL: multi-label tagging with K principal vectors per image (:mod:`pipeline.models.sdl`)
 =================  ====================================================================
 """
 from __future__ import annotations
@@ -22,9 +23,10 @@ from pipeline.models.drmn import DRMN
 from pipeline.models.eszsl import ESZSL
 from pipeline.models.gcn import GCNRegression, JointGCN
 from pipeline.models.msdn import MSDN
+from pipeline.models.sdl import SDL
 
 MODELS: dict[str, type[ZSLModel]] = {
-    m.name: m for m in (ESZSL, JointGCN, GCNRegression, CFZSL, CLIPPrompt, MSDN, DRMN)
+    m.name: m for m in (ESZSL, JointGCN, GCNRegression, CFZSL, CLIPPrompt, MSDN, DRMN, SDL)
 }
 
 

@@ -2,7 +2,9 @@
 
 A model maps image features to image embeddings [N, J] and class semantics to class embeddings
 [C, J]; an image's score for a class is the inner product of the two (models that score by
-cosine similarity return L2-normalised embeddings). Models train on seen classes only.
+cosine similarity return L2-normalised embeddings). Models that embed an image as a matrix of K
+vectors (SDL) return [N, K, J]; the score is then the maximum over the K inner products.
+Models train on seen classes only.
 """
 from __future__ import annotations
 
@@ -40,25 +42,37 @@ class Semantics:
 class Split:
     """Cached features of some images: ``features`` [N, D], global class ``labels`` [N],
     ``extra`` features of the same images from other backbones (e.g. ``"clip"`` [N, D2]), and
-    their spatial features ``grid``, streamed from the store (attention models)."""
+    their spatial features ``grid``, streamed from the store (attention models). Multi-label
+    data has ``tags`` [N, C] bool (global class indices) and labels all -1."""
 
     features: np.ndarray
     labels: np.ndarray
     extra: dict[str, np.ndarray] = field(default_factory=dict)
     grid: GridSource | None = None
+    tags: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, rows: np.ndarray) -> Split:
         return Split(self.features[rows], self.labels[rows], {k: v[rows] for k, v in self.extra.items()},
-                     self.grid.subset(rows) if self.grid is not None else None)
+                     self.grid.subset(rows) if self.grid is not None else None,
+                     self.tags[rows] if self.tags is not None else None)
 
     def concat(self, other: Split) -> Split:
         """The images of ``self`` followed by those of ``other``."""
         grid = self.grid.concat(other.grid) if self.grid is not None and other.grid is not None else None
+        tags = np.concatenate([self.tags, other.tags]) if self.tags is not None and other.tags is not None else None
         return Split(np.concatenate([self.features, other.features]), np.concatenate([self.labels, other.labels]),
-                     {k: np.concatenate([v, other.extra[k]]) for k, v in self.extra.items()}, grid)
+                     {k: np.concatenate([v, other.extra[k]]) for k, v in self.extra.items()}, grid, tags)
+
+    def targets(self, n_classes: int) -> np.ndarray:
+        """[N, C] bool: the tags, or the one-hot labels of single-label data."""
+        if self.tags is not None:
+            return self.tags
+        out = np.zeros((len(self), n_classes), dtype=bool)
+        out[np.arange(len(self)), self.labels] = True
+        return out
 
 
 class ZSLModel(ABC):
@@ -68,6 +82,7 @@ class ZSLModel(ABC):
     name: ClassVar[str]
     defaults: ClassVar[dict[str, Any]] = {}
     grid: ClassVar[dict[str, list[Any]]] = {}
+    multilabel: ClassVar[bool] = False  # trains on ``Split.tags`` (several classes per image)
 
     def __init__(self, **hparams: Any):
         unknown = set(hparams) - set(self.defaults)
@@ -83,7 +98,7 @@ class ZSLModel(ABC):
 
     @abstractmethod
     def image_embeddings(self, data: Split) -> np.ndarray:
-        """[N, J] float32 embeddings of the images of ``data``."""
+        """[N, J] (or [N, K, J]) float32 embeddings of the images of ``data``."""
 
     @abstractmethod
     def class_embeddings(self, semantics: Semantics) -> np.ndarray:

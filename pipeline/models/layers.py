@@ -67,6 +67,25 @@ def seen_targets(model: str, train: Split, seen: np.ndarray, semantics: Semantic
     return seen, position[labels]
 
 
+def seen_tags(model: str, train: Split, seen: np.ndarray, semantics: Semantics) -> tuple[np.ndarray, np.ndarray]:
+    """Checked ``seen`` and the training images' tags over it ([N, S] bool) for multi-label models.
+
+    Tags of other classes (unseen ones) are dropped: models never see them. Single-label data
+    gives one-hot rows (its labels must be seen classes, as for :func:`seen_targets`).
+    """
+    if train.tags is None:
+        seen, positions = seen_targets(model, train, seen, semantics)
+        return seen, np.eye(len(seen), dtype=bool)[positions]
+    seen = np.asarray(seen, dtype=np.int64).ravel()
+    n_classes = len(semantics.vectors)
+    if len(train) == 0 or len(seen) == 0 or len(np.unique(seen)) != len(seen):
+        raise PipelineError(f"{model}: need images and distinct seen tags ({len(train)} images, {len(seen)} tags)")
+    if seen.min() < 0 or seen.max() >= n_classes or train.tags.shape[1] != n_classes:
+        raise PipelineError(f"{model}: {train.tags.shape[1]} tags in the data, {n_classes} rows of semantics; "
+                            "rebuild the semantics file for this feature file")
+    return seen, train.tags[:, seen]
+
+
 class Standardize(nn.Module):
     """Per-dimension z-scoring with the training mean and std, kept as buffers (part of the state)."""
 
@@ -227,11 +246,13 @@ class TorchZSLModel(ZSLModel):
     @abstractmethod
     def train_net(self, train: Split, positions: np.ndarray, seen: np.ndarray, semantics: Semantics,
                   generator: torch.Generator) -> list[float]:
-        """Train ``self.net`` (already built, on ``self.device``); returns the per-epoch losses."""
+        """Train ``self.net`` (already built, on ``self.device``); returns the per-epoch losses.
+        ``positions``: each image's index in ``seen`` [N], or for multi-label models its tags over
+        ``seen`` [N, S] bool (:func:`seen_tags`)."""
 
     def fit(self, train: Split, seen: np.ndarray, semantics: Semantics, seed: int) -> dict[str, Any]:
         start = time.perf_counter()
-        seen, positions = seen_targets(self.name, train, seen, semantics)
+        seen, positions = (seen_tags if self.multilabel else seen_targets)(self.name, train, seen, semantics)
         sizes = self.input_sizes(train, semantics)
         generator = seed_everything(seed)
         self.sizes = sizes

@@ -21,11 +21,13 @@ from pipeline.models.base import Split
 
 @dataclass
 class GridBatch:
-    """One mini-batch on the device: grid [B, R, D], pooled features [B, D'], labels [B]."""
+    """One mini-batch on the device: grid [B, R, D], pooled features [B, D'], labels [B], and
+    ``rows`` [B] (CPU), the images' positions in the training split (to look up their tags)."""
 
     grid: torch.Tensor
     pooled: torch.Tensor
     labels: torch.Tensor
+    rows: torch.Tensor
 
 
 def autocast(device: torch.device) -> ContextManager:
@@ -40,20 +42,21 @@ def _require_grid(data: Split, model: str) -> None:
 
 def training_batches(train: Split, batch_size: int, seed: int, device: torch.device, model: str,
                      class_index: np.ndarray | None = None) -> Iterator[GridBatch]:
-    """One epoch of shuffled batches of ``train``; ``class_index`` maps global labels to model rows."""
+    """One epoch of shuffled batches of ``train``; ``class_index`` maps global labels to model rows
+    (multi-label data, labels -1, keeps them)."""
     _require_grid(train, model)
     assert train.grid is not None
-    labels = class_index[train.labels] if class_index is not None else train.labels
+    labels = class_index[train.labels] if class_index is not None and train.tags is None else train.labels
     for positions, grid in train.grid.batches(batch_size, shuffle=True, seed=seed):
         yield GridBatch(torch.from_numpy(grid).to(device, non_blocking=True),
                         torch.from_numpy(train.features[positions].astype(np.float32)).to(device),
-                        torch.from_numpy(labels[positions]).to(device))
+                        torch.from_numpy(labels[positions]).to(device), torch.from_numpy(positions))
 
 
 @torch.no_grad()
 def embed(data: Split, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], batch_size: int,
           device: torch.device, model: str) -> np.ndarray:
-    """``fn(grid, pooled) -> [B, J]`` over every image of ``data``, in ``data``'s order, float32."""
+    """``fn(grid, pooled) -> [B, ...]`` over every image of ``data``, in ``data``'s order, float32."""
     _require_grid(data, model)
     assert data.grid is not None
     out: np.ndarray | None = None
@@ -62,7 +65,7 @@ def embed(data: Split, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         with autocast(device):
             emb = fn(torch.from_numpy(grid).to(device), pooled).float().cpu().numpy()
         if out is None:
-            out = np.empty((len(data), emb.shape[1]), np.float32)
+            out = np.empty((len(data), *emb.shape[1:]), np.float32)
         out[positions] = emb
     if out is None:
         raise PipelineError(f"{model}: no images to embed")

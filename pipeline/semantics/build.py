@@ -6,7 +6,7 @@ Schema (classes in the feature store's order, C classes, A attributes, V graph n
     class_texts                     [C]      utf-8   cleaned names the text encoders read
     attributes/values               [C, A]   float32 class-attribute matrix
     attributes/names                [A]      utf-8
-    text/<encoder>/values           [C, E]   float32 class-name embeddings (clip, minilm, glove)
+    text/<encoder>/values           [C, E]   float32 class-name embeddings (clip, minilm, glove, vectors)
     attribute_text/values           [A, E]   float32 attribute-name embeddings
     graph/wnids, graph/names        [V]      utf-8   classes first (C of them), then ancestors
     graph/edges                     [Eg, 2]  int64   child -> parent hypernym edges
@@ -36,6 +36,7 @@ from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
 TEXT_ENCODERS = ("clip", "minilm", "glove")  # glove:PATH reads a GloVe-format file instead
+# vectors:PATH reads given class-name vectors (.npy/.pickle), stored as text/vectors
 _STR = h5py.string_dtype("utf-8")
 
 
@@ -47,7 +48,7 @@ class SemanticsConfig:
     attribute_key: str = "att"  # att | original_att (xlsa17 .mat)
     attribute_names: str | None = None  # CUB_attributes.txt, AWA2_predicates.txt, SUN_attributes.mat
     normalisation: str = "l2"  # l2 | none
-    text: tuple[str, ...] = ()  # encoders over class names: clip, minilm, glove, glove:PATH
+    text: tuple[str, ...] = ()  # encoders over class names: clip, minilm, glove, glove:PATH, vectors:PATH
     clip_model: str = "ViT-B-32"
     clip_pretrained: str = "openai"
     templates: str = "imagenet7"  # simple | imagenet7 | imagenet80
@@ -56,6 +57,7 @@ class SemanticsConfig:
     wnids: str | None = None  # JSON {class: wnid} (or DGP's awa2-split.json); None: classes are wnids
     graph_text: str = "glove"  # text encoder for graph node vectors
     data_root: str | None = None  # dataset root (attributes=synthetic)
+    vector_names: str | None = None  # names of the rows of vectors:PATH (.txt/.pickle/.json); None: class order
 
 
 def _file_digest(path: str | None) -> str | None:
@@ -85,12 +87,17 @@ def encode_texts(encoder: str, texts: list[str], cfg: SemanticsConfig) -> tuple[
         words = text.WordVectors.load(encoder.partition(":")[2] or text.GLOVE_NAME)
         vectors, oov = text.word_vector_embeddings(texts, words)
         return vectors, {**words.provenance, "oov": oov}
-    raise PipelineError(f"unknown text encoder {encoder!r}; use one of {TEXT_ENCODERS} or glove:PATH")
+    if encoder.startswith("vectors:"):
+        raise PipelineError(f"{encoder}: given vectors exist for class names only; use it in text, "
+                            f"not for other names (use one of {TEXT_ENCODERS} or glove:PATH there)")
+    raise PipelineError(f"unknown text encoder {encoder!r}; use one of {TEXT_ENCODERS}, glove:PATH or vectors:PATH")
 
 
 def _encoder_inputs(encoder: str, cfg: SemanticsConfig) -> list[Any]:
     if encoder == "clip":
         return [encoder, cfg.clip_model, cfg.clip_pretrained, _file_digest(cfg.clip_pretrained), cfg.templates]
+    if encoder.startswith("vectors:"):
+        return [encoder, _file_digest(encoder.partition(":")[2]), cfg.vector_names, _file_digest(cfg.vector_names)]
     return [encoder, _file_digest(encoder.partition(":")[2] or None)]
 
 
@@ -170,11 +177,15 @@ def build_semantics(features: Path, output: Path, cfg: SemanticsConfig) -> list[
                                        attributes.normalisation], make_attributes)
             for encoder in cfg.text:
                 def make_text(g: h5py.Group, encoder: str = encoder) -> None:
-                    vectors, meta = encode_texts(encoder, texts, cfg)
+                    if encoder.startswith("vectors:"):
+                        vectors, meta = _class_vectors(encoder, classes, cfg)
+                    else:
+                        vectors, meta = encode_texts(encoder, texts, cfg)
                     g["values"] = vectors
                     _attrs(g, meta)
 
-                b.group(f"text/{encoder.partition(':')[0]}", [texts, _encoder_inputs(encoder, cfg)], make_text)
+                inputs = [texts, _encoder_inputs(encoder, cfg)] + ([classes] if encoder.startswith("vectors:") else [])
+                b.group(f"text/{encoder.partition(':')[0]}", inputs, make_text)
             if cfg.attribute_vectors:
                 if attributes is None:
                     raise PipelineError("attribute_vectors needs attributes (their names); set attributes")
@@ -191,6 +202,16 @@ def build_semantics(features: Path, output: Path, cfg: SemanticsConfig) -> list[
             old.close()
     os.replace(partial, output)
     return built
+
+
+def _class_vectors(encoder: str, classes: list[str], cfg: SemanticsConfig) -> tuple[np.ndarray, dict[str, Any]]:
+    """``vectors:PATH``: the given class-name vectors [C, E], rows matched to ``classes``."""
+    from pipeline.semantics.text import class_name_vectors
+
+    path = encoder.partition(":")[2]
+    if not path:
+        raise PipelineError("vectors: needs a file, as vectors:PATH (.npy, .pickle or .pkl)")
+    return class_name_vectors(Path(path), classes, Path(cfg.vector_names) if cfg.vector_names else None)
 
 
 def _attribute_text(b: _Builder, names: list[str], cfg: SemanticsConfig) -> None:

@@ -14,7 +14,7 @@ from pipeline.errors import PipelineError
 def _decoded(attrs: h5py.AttributeManager) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in attrs.items():
-        if isinstance(value, str) and value[:1] in "[{":
+        if isinstance(value, str) and value[:1] and value[:1] in "[{":
             value = json.loads(value)
         out[key] = value.item() if isinstance(value, np.generic) else value
     return out

@@ -1,0 +1,168 @@
+"""Multi-label zero-shot training and evaluation: rank every tag, seen and unseen, for each image.
+
+Training (:func:`train_multilabel`; no test image is read):
+
+1. Validation from ``trainval`` only: ``val_fraction`` of the seen tags that occur there become
+   validation tags, and ``val_fraction`` of the images are held out; both drawn with the seed.
+2. Every combination of the model's grid is fitted on the other images with the other seen tags
+   (validation tags hidden, as unseen tags are at test) and scored by the mAP of the
+   validation tags on the held-out images: a zero-shot mAP on data the fit never saw.
+3. The best combination is refitted on all of ``trainval`` with every seen tag.
+
+Evaluation (:func:`evaluate_multilabel`) on ``test``, metrics in :mod:`pipeline.tag_metrics`:
+
+* ``zsl``: candidates are the unseen tags: mAP (and the mAP of a random ranking), P/R/F1@k;
+* ``gzsl``: candidates are all tags, seen and unseen: the same metrics;
+* ``plots/f1_at_k.{json,png}``: P, R and F1 of both settings for k = 1..10.
+
+Top-k tags come from :func:`pipeline.scoring.search` (FAISS for many tags and images), the
+per-tag rankings of mAP from the score matrix :func:`pipeline.scoring.scores`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+from pipeline.inputs import Inputs
+from pipeline.models import MODELS, make_model
+from pipeline.models.base import Split, ZSLModel, seed_everything
+from pipeline.scoring import scores, search
+from pipeline.tag_metrics import F1_KS, map_report, precision_recall_f1_at_k
+from pipeline.train import TrainConfig, combinations
+
+log = logging.getLogger(__name__)
+CURVE_KS = tuple(range(1, 11))  # k of the plotted P/R/F1@k curves
+
+
+@dataclass
+class TagValidation:
+    """Validation data carved from trainval: fit on ``train`` with ``train_tags``, score the
+    ``val_tags`` on ``holdout``."""
+
+    train: Split
+    holdout: Split
+    train_tags: np.ndarray
+    val_tags: np.ndarray
+
+
+def tag_validation_split(inputs: Inputs, fraction: float, seed: int) -> TagValidation:
+    """Validation tags and held-out images of ``trainval`` (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    trainval = inputs.splits["trainval"]
+    assert trainval.tags is not None and inputs.unseen_tags is not None
+    seen = np.setdiff1d(np.arange(len(inputs.classes)), inputs.unseen_tags)
+    present = seen[trainval.tags[:, seen].any(axis=0)]
+    n_val = max(1, round(fraction * len(present)))
+    if len(present) < 2 or len(trainval) < 2:
+        raise PipelineError(f"validation needs two seen tags with images and two images; trainval has "
+                            f"{len(present)} and {len(trainval)}")
+    val_tags = np.sort(rng.choice(present, n_val, replace=False))
+    holdout = np.zeros(len(trainval), bool)
+    holdout[rng.choice(len(trainval), max(1, round(fraction * len(trainval))), replace=False)] = True
+    return TagValidation(trainval.subset(np.flatnonzero(~holdout)), trainval.subset(np.flatnonzero(holdout)),
+                         np.setdiff1d(seen, val_tags), val_tags)
+
+
+def validation_map(model: ZSLModel, v: TagValidation, inputs: Inputs) -> float:
+    """mAP of the validation tags on the held-out images."""
+    assert v.holdout.tags is not None
+    full = scores(model.image_embeddings(v.holdout), model.class_embeddings(inputs.semantics)[v.val_tags])
+    return map_report(full, v.holdout.tags[:, v.val_tags], np.arange(len(v.val_tags)))["mAP"]
+
+
+def train_multilabel(inputs: Inputs, cfg: TrainConfig) -> dict[str, Any]:
+    """Select on validation, refit on trainval; returns the checkpoint dict (as :func:`pipeline.train.train`)."""
+    if cfg.model not in MODELS or not MODELS[cfg.model].multilabel:
+        raise PipelineError(f"model {cfg.model!r} learns one class per image; on multi-label data use model: sdl")
+    v = tag_validation_split(inputs, cfg.val_fraction, cfg.seed)
+    table = []
+    best: tuple[float, dict[str, Any]] | None = None
+    for hparams in combinations(cfg.model, cfg.hparams, cfg.select):
+        seed_everything(cfg.seed)
+        model = make_model(cfg.model, **hparams)
+        fit_log = model.fit(v.train, v.train_tags, inputs.semantics, cfg.seed)
+        val_map = validation_map(model, v, inputs)
+        table.append({"hparams": hparams, "val_mAP": val_map, "seconds": fit_log.get("seconds")})
+        log.info("%s %s: validation-tag mAP %.4f", cfg.model, hparams, val_map)
+        if best is None or val_map > best[0]:
+            best = (val_map, hparams)
+    assert best is not None
+    val_map, hparams = best
+
+    seed_everything(cfg.seed)
+    final = make_model(cfg.model, **hparams)
+    seen = np.setdiff1d(np.arange(len(inputs.classes)), inputs.unseen_tags)
+    start = time.perf_counter()
+    fit_log = final.fit(inputs.splits["trainval"], seen, inputs.semantics, cfg.seed)
+    log.info("%s refitted on trainval in %.1f s; validation-tag mAP %.4f", cfg.model, time.perf_counter() - start,
+             val_map)
+    return {
+        "model": cfg.model, "hparams": final.hparams, "state": final.state(), "multilabel": True,
+        "config": asdict(cfg), "classes": inputs.classes, "seen": seen.tolist(),
+        "unseen": np.asarray(inputs.unseen_tags).tolist(),
+        "validation": {"val_mAP": val_map, "train_tags": v.train_tags.tolist(), "val_tags": v.val_tags.tolist(),
+                       "table": table},
+        "fit": fit_log,
+    }
+
+
+def _tag_metrics(embeddings: np.ndarray, class_emb: np.ndarray, targets: np.ndarray, tags: np.ndarray,
+                 ks: tuple[int, ...]) -> tuple[dict[str, Any], dict[int, dict[str, float]]]:
+    """mAP over ``tags`` and P/R/F1@k (reported ``ks``, and the curve's k) with ``tags`` as candidates."""
+    report: dict[str, Any] = dict(map_report(scores(embeddings, class_emb), targets, tags))
+    restricted = np.zeros_like(targets)
+    restricted[:, tags] = targets[:, tags]
+    top = search(embeddings, class_emb, max(max(ks), max(CURVE_KS)), candidates=tags)[1]
+    curve = {k: precision_recall_f1_at_k(top, restricted, k) for k in sorted(set(ks) | set(CURVE_KS))}
+    for k in ks:
+        report.update(curve[k])
+    report["images"] = int(restricted.any(axis=1).sum())
+    return report, curve
+
+
+def evaluate_multilabel(model: ZSLModel, checkpoint: dict[str, Any], inputs: Inputs, plots: Path,
+                        ks: tuple[int, ...] = F1_KS) -> dict[str, Any]:
+    """ZSL and GZSL tag metrics of ``model`` on ``test``; writes ``plots/f1_at_k.{json,png}``."""
+    test = inputs.splits["test"]
+    assert test.tags is not None and inputs.unseen_tags is not None
+    if np.intersect1d(checkpoint["seen"], inputs.unseen_tags).size:
+        raise PipelineError("the model was trained on tags that are unseen here; retrain on this feature file")
+    embeddings = model.image_embeddings(test)
+    class_emb = model.class_embeddings(inputs.semantics)
+    metrics: dict[str, Any] = {"model": checkpoint["model"]}
+    curves = {}
+    for setting, tags in (("zsl", inputs.unseen_tags), ("gzsl", np.arange(len(inputs.classes)))):
+        metrics[setting], curves[setting] = _tag_metrics(embeddings, class_emb, test.tags, tags, ks)
+    plots.mkdir(parents=True, exist_ok=True)
+    rows = [{"setting": s, "k": k, **{m.split("@")[0]: v for m, v in values.items()}}
+            for s, curve in curves.items() for k, values in curve.items()]
+    (plots / "f1_at_k.json").write_text(json.dumps(rows, indent=1))
+    _plot_f1_at_k(curves, plots / "f1_at_k.png", checkpoint["model"])
+    return metrics
+
+
+def _plot_f1_at_k(curves: dict[str, dict[int, dict[str, float]]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for setting, curve in curves.items():
+        ks = sorted(curve)
+        for metric, style in (("P", "--"), ("R", ":"), ("F1", "-")):
+            ax.plot(ks, [curve[k][f"{metric}@{k}"] for k in ks], style, label=f"{setting} {metric}@k")
+    ax.set_xlabel("k (tags predicted per image)")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
