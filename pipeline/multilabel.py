@@ -113,10 +113,11 @@ def train_multilabel(inputs: Inputs, cfg: TrainConfig) -> dict[str, Any]:
     }
 
 
-def _tag_metrics(embeddings: np.ndarray, class_emb: np.ndarray, targets: np.ndarray, tags: np.ndarray,
-                 ks: tuple[int, ...]) -> tuple[dict[str, Any], dict[int, dict[str, float]]]:
-    """mAP over ``tags`` and P/R/F1@k (reported ``ks``, and the curve's k) with ``tags`` as candidates."""
-    report: dict[str, Any] = dict(map_report(scores(embeddings, class_emb), targets, tags))
+def _tag_metrics(embeddings: np.ndarray, class_emb: np.ndarray, full: np.ndarray, targets: np.ndarray,
+                 tags: np.ndarray, ks: tuple[int, ...]) -> tuple[dict[str, Any], dict[int, dict[str, float]]]:
+    """mAP over ``tags`` (from ``full``, the [N, C] scores of every tag) and P/R/F1@k (reported
+    ``ks``, and the curve's k) with ``tags`` as the candidates of the top-k search."""
+    report: dict[str, Any] = dict(map_report(full, targets, tags))
     restricted = np.zeros_like(targets)
     restricted[:, tags] = targets[:, tags]
     top = search(embeddings, class_emb, max(max(ks), max(CURVE_KS)), candidates=tags)[1]
@@ -136,10 +137,11 @@ def evaluate_multilabel(model: ZSLModel, checkpoint: dict[str, Any], inputs: Inp
         raise PipelineError("the model was trained on tags that are unseen here; retrain on this feature file")
     embeddings = model.image_embeddings(test)
     class_emb = model.class_embeddings(inputs.semantics)
+    full = scores(embeddings, class_emb)  # once: ZSL reads the unseen tags' columns
     metrics: dict[str, Any] = {"model": checkpoint["model"]}
     curves = {}
     for setting, tags in (("zsl", inputs.unseen_tags), ("gzsl", np.arange(len(inputs.classes)))):
-        metrics[setting], curves[setting] = _tag_metrics(embeddings, class_emb, test.tags, tags, ks)
+        metrics[setting], curves[setting] = _tag_metrics(embeddings, class_emb, full, test.tags, tags, ks)
     plots.mkdir(parents=True, exist_ok=True)
     rows = [{"setting": s, "k": k, **{m.split("@")[0]: v for m, v in values.items()}}
             for s, curve in curves.items() for k, values in curve.items()]

@@ -140,9 +140,10 @@ def scores(queries: np.ndarray, classes: np.ndarray, max_gib: float = 4.0) -> np
 
     Refuses (PipelineError) when the matrix would exceed ``max_gib`` GiB: use :func:`search`.
     """
-    n_vectors = np.shape(queries)[1] if np.ndim(queries) == 3 else 1
-    n = len(queries)
-    queries = np.reshape(queries, (n * n_vectors, -1)) if n_vectors > 1 or np.ndim(queries) == 3 else queries
+    n, n_vectors = len(queries), 1
+    if np.ndim(queries) == 3:
+        n_vectors = np.shape(queries)[1]
+        queries = np.reshape(queries, (n * n_vectors, np.shape(queries)[2]))
     queries, classes, _, _ = _checked(queries, classes, 1, None, None)
     gib = n * len(classes) * 4 / (1 << 30)
     if gib > max_gib:

@@ -73,10 +73,10 @@ def precision_recall_f1_at_k(topk: np.ndarray, targets: np.ndarray, k: int) -> d
     topk, targets = np.asarray(topk), np.asarray(targets, dtype=bool)
     if topk.ndim != 2 or len(topk) != len(targets):
         raise PipelineError(f"precision_recall_f1_at_k: top-k {topk.shape} and targets {targets.shape} disagree")
-    k_eff = min(k, topk.shape[1], int((topk[:1] >= 0).sum()) if len(topk) else k)
     rows = np.flatnonzero(targets.any(axis=1))
     if not len(rows):
         raise PipelineError("precision_recall_f1_at_k: no image has a positive tag")
+    k_eff = min(k, int((topk[rows[0]] >= 0).sum()))  # every row has the same number of candidates
     top = topk[rows, :k_eff]
     correct = np.take_along_axis(targets[rows], np.maximum(top, 0), axis=1) & (top >= 0)
     tp = int(correct.sum())
