@@ -75,34 +75,52 @@ def create_store(
     """Create an empty store for ``dataset`` (all rows pending); overwrites ``path``.
 
     ``grid_shape`` is (regions, channels) of the spatial features, or None for pooled only.
+    The file is built under a temporary name and renamed, so ``path`` never exists half-made.
     """
     if dtype not in DTYPES:
         raise PipelineError(f"dtype {dtype!r} not supported; use one of {DTYPES}")
-    n = len(dataset)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as f:
-        _allocated(f, "features", (n, feature_dim), dtype)
-        if grid_shape is not None:
-            _allocated(f, "grid", (n, *grid_shape), dtype)
-        ok = _allocated(f, "ok", (n,), "bool")
-        ok[...] = False
-        f["labels"] = dataset.labels.astype(np.int64)
-        f.create_dataset("image_ids", data=dataset.image_ids, dtype=_STR)
-        f.create_dataset("classes", data=dataset.classes, dtype=_STR)
-        for name, idx in dataset.splits.items():
-            f[f"splits/{name}"] = np.asarray(idx, dtype=np.int64)
-        if dataset.tags is not None:
-            f.create_dataset("tags", data=np.packbits(dataset.tags, axis=1, bitorder="little"),
-                             chunks=True, compression="gzip", compression_opts=1, shuffle=True)
-            f["unseen_tags"] = np.asarray(dataset.unseen_tags, dtype=np.int64)
-        for key, value in provenance.items():
-            f.attrs[key] = json.dumps(value) if isinstance(value, dict) else value
-        f.attrs["dataset"] = dataset.name
-        f.attrs["feature_dim"] = feature_dim
-        f.attrs["grid_shape"] = list(grid_shape) if grid_shape is not None else []
-        f.attrs["dtype"] = dtype
-        f.attrs["schema_version"] = SCHEMA_VERSION
-        f.attrs["complete"] = False
+    building = path.with_name(path.name + ".creating")
+    try:
+        with h5py.File(building, "w") as f:
+            _fill_empty_store(f, dataset, feature_dim, dtype, grid_shape, provenance)
+    except BaseException:
+        building.unlink(missing_ok=True)
+        raise
+    building.replace(path)
+
+
+def _fill_empty_store(
+    f: h5py.File,
+    dataset: ImageDataset,
+    feature_dim: int,
+    dtype: str,
+    grid_shape: tuple[int, int] | None,
+    provenance: Mapping[str, Any],
+) -> None:
+    n = len(dataset)
+    _allocated(f, "features", (n, feature_dim), dtype)
+    if grid_shape is not None:
+        _allocated(f, "grid", (n, *grid_shape), dtype)
+    ok = _allocated(f, "ok", (n,), "bool")
+    ok[...] = False
+    f["labels"] = dataset.labels.astype(np.int64)
+    f.create_dataset("image_ids", data=dataset.image_ids, dtype=_STR)
+    f.create_dataset("classes", data=dataset.classes, dtype=_STR)
+    for name, idx in dataset.splits.items():
+        f[f"splits/{name}"] = np.asarray(idx, dtype=np.int64)
+    if dataset.tags is not None:
+        f.create_dataset("tags", data=np.packbits(dataset.tags, axis=1, bitorder="little"),
+                         chunks=True, compression="gzip", compression_opts=1, shuffle=True)
+        f["unseen_tags"] = np.asarray(dataset.unseen_tags, dtype=np.int64)
+    for key, value in provenance.items():
+        f.attrs[key] = json.dumps(value) if isinstance(value, dict) else value
+    f.attrs["dataset"] = dataset.name
+    f.attrs["feature_dim"] = feature_dim
+    f.attrs["grid_shape"] = list(grid_shape) if grid_shape is not None else []
+    f.attrs["dtype"] = dtype
+    f.attrs["schema_version"] = SCHEMA_VERSION
+    f.attrs["complete"] = False
 
 
 class FeatureWriter:

@@ -26,6 +26,19 @@ def _store(path: Path, n: int = 10, grid: tuple[int, int] | None = (4, 3), dtype
                                                      "versions": {"torch": "2.13.0"}})
 
 
+def test_failed_creation_leaves_no_half_made_store(tmp_path: Path):
+    # A reader (or a resumed run) must never find a store that is still being created.
+    path = tmp_path / "s.h5.partial"
+    _store(path, n=4)
+    with FeatureWriter(path) as w:
+        w.write(np.arange(2), np.ones((2, 5)), np.ones((2, 4, 3)))
+    with pytest.raises(TypeError):
+        create_store(path, _dataset(4), 5, "float16", None, {"backbone": object()})
+    with FeatureStore(path) as store:
+        assert store.ok.tolist() == [True, True, False, False]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5.partial"]
+
+
 def test_schema_and_provenance(tmp_path: Path):
     path = tmp_path / "s.h5"
     _store(path)
