@@ -47,7 +47,7 @@ def cli(verbose: bool) -> None:
 @click.option("--grid/--no-grid", default=False, show_default=True, help="Also store spatial features.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float16", show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--workers", type=int, default=2, show_default=True, help="Image decoding processes.")
+@click.option("--workers", type=int, default=2, show_default=True, help="Image decoding workers (threads on CPU, processes on CUDA).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--output", type=click.Path(path_type=Path), required=True, help="HDF5 feature file to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output made with other settings.")

@@ -7,7 +7,7 @@ Prints one JSON object to stdout (logs and progress go to stderr):
 * ``forward_images_per_s``: ``DeviceBackbone`` over the same batches, decoded beforehand into
   memory, outputs copied to the CPU;
 * ``ratio`` = full / forward (target >= 0.9: the loader hides decoding);
-* ``loader_images_per_s`` and ``loader_first_batch_s``: the DataLoader alone, same settings;
+* ``loader_images_per_s`` and ``loader_first_batch_s``: ``image_batches`` alone, same settings;
 * peak memory of the first full run (main process, decoding workers, CUDA);
 * CPU seconds of each phase's fastest run, ``others`` being other processes' (a busy machine
   invalidates the figures).
@@ -36,7 +36,6 @@ import numpy as np
 import psutil
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -44,7 +43,7 @@ from pipeline.backbones import BACKBONES, Backbone, load_backbone  # noqa: E402
 from pipeline.datasets.base import ImageDataset  # noqa: E402
 from pipeline.datasets.folder import load_folder  # noqa: E402
 from pipeline.datasets.synthetic import FACTORS, generate_synthetic, load_synthetic  # noqa: E402
-from pipeline.extract import DeviceBackbone, ImageFiles, extract, resolve_device  # noqa: E402
+from pipeline.extract import DeviceBackbone, ImageFiles, extract, image_batches, resolve_device  # noqa: E402
 
 log = logging.getLogger("benchmarks.extract")
 MIB = 1 << 20
@@ -137,13 +136,6 @@ def make_dataset(source: str, n: int, out_dir: Path) -> ImageDataset:
     return _subset(load_folder(root, name="jpeg"), n, "jpeg")
 
 
-def _loader(data: ImageDataset, backbone: Backbone, batch_size: int, workers: int, pin: bool) -> DataLoader:
-    """The DataLoader ``extract()`` builds, over every image of ``data``."""
-    files = ImageFiles(data, np.arange(len(data)), backbone.preprocess)
-    return DataLoader(files, batch_size=batch_size, num_workers=workers, pin_memory=pin,
-                      prefetch_factor=4 if workers else None)
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -155,7 +147,8 @@ def time_loader(data: ImageDataset, backbone: Backbone, args: argparse.Namespace
     batches = []
     start = time.perf_counter()
     first = 0.0
-    for _, images, errors in _loader(data, backbone, args.batch_size, args.workers, device.type == "cuda"):
+    files = ImageFiles(data, np.arange(len(data)), backbone.preprocess)
+    for _, images, errors in image_batches(files, args.batch_size, args.workers, device):
         if any(errors):
             raise SystemExit(f"unreadable images: {[e for e in errors if e][:3]}")
         first = first or time.perf_counter() - start

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from pipeline.backbones import load_backbone
 from pipeline.datasets.base import ImageDataset
 from pipeline.datasets.synthetic import generate_synthetic, load_synthetic
 from pipeline.errors import PipelineError
-from pipeline.extract import extract
+from pipeline.extract import ImageFiles, extract, image_batches
 from pipeline.store import FeatureStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,6 +145,27 @@ def test_unreadable_images_are_recorded_and_excluded(tmp_path):
         assert np.isfinite(store.features()).all() and store.features().shape == (3, 512)
         assert store.splits["trainval"].tolist() == [0, 2]
         assert store.splits["test_seen"].tolist() == [5]
+
+
+def test_decoding_threads_give_the_same_batches_in_order_and_stop_when_closed(tmp_path):
+    data = _tiny_dataset(tmp_path / "img")
+    preprocess = load_backbone("resnet18", None, "none", 32).preprocess
+    files = ImageFiles(data, np.array([5, 4, 3, 2, 1, 0]), preprocess)
+    cpu = torch.device("cpu")
+    inline = list(image_batches(files, 4, 0, cpu))
+    threaded = list(image_batches(files, 4, 2, cpu))
+    assert [len(b[0]) for b in inline] == [4, 2]
+    for (rows, images, errors), (rows2, images2, errors2) in zip(inline, threaded, strict=True):
+        assert rows.tolist() == rows2.tolist() and errors == errors2
+        assert images.dtype == torch.uint8 and torch.equal(images, images2)
+    assert torch.cat([b[0] for b in threaded]).tolist() == [5, 4, 3, 2, 1, 0]
+    assert [bool(e) for b in threaded for e in b[2]] == [False, True, True, False, True, False]
+
+    many = ImageFiles(data, np.tile(np.arange(6), 50), preprocess)
+    batches = image_batches(many, 2, 2, cpu)
+    next(batches)
+    batches.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("decode")]
 
 
 def test_cli_exit_status_reports_failed_images(tmp_path):
