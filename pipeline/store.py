@@ -60,6 +60,7 @@ def _allocated(f: h5py.File, name: str, shape: tuple[int, ...], dtype: str) -> h
     plist.set_chunk(chunks)
     plist.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
     plist.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    plist.set_obj_track_times(False)  # no creation times: the same features give the same file bytes
     dsid = h5py.h5d.create(f.id, name.encode(), h5py.h5t.py_create(np.dtype(dtype)), space, dcpl=plist)
     return h5py.Dataset(dsid)
 
