@@ -38,7 +38,8 @@ def cli(verbose: bool) -> None:
 @click.option("--root", type=click.Path(path_type=Path), default=Path("data/synthetic"), show_default=True,
               help="Dataset folder (see README for each dataset's layout).")
 @click.option("--splits", type=click.Path(path_type=Path), default=None,
-              help="xlsa17 att_splits.mat (CUB, AWA2, SUN).")
+              help="imagenet-split.json (ImageNet), xlsa17 att_splits.mat (CUB, AWA2, SUN), cls_ids.pickle "
+                   "(COCO), unseen tag list (tags).")
 @click.option("--backbone", type=click.Choice(BACKBONES), default="efficientnet_lite0", show_default=True)
 @click.option("--model", default=None, help="open_clip architecture for --backbone clip [default: ViT-B-32].")
 @click.option("--pretrained", default="imagenet", show_default=True,

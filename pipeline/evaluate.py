@@ -2,7 +2,8 @@
 
 - CZSL: per-class mean top-1 accuracy on ``test_unseen`` with the unseen classes as candidates.
 - GZSL: U, S and H over all classes, with the γ chosen on validation at training time (and γ=0
-  for reference); the seen-unseen curve over γ, its area (AUSUC) and a PNG of it.
+  for reference); the seen-unseen curve over γ, its area (AUSUC) and a PNG of it. Only with
+  ``test_seen`` images (ImageNet without ``val/`` has none).
 - Hit@k (flat, per image) over the unseen classes, and over named candidate sets (e.g. ImageNet
   2-hops / 3-hops / all from ``imagenet-testsets.json``) with and without the training classes.
 
@@ -11,6 +12,7 @@ Multi-label data is evaluated by :func:`pipeline.multilabel.evaluate_multilabel`
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +20,20 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.inputs import Inputs
-from pipeline.metrics import (ausuc, curve_points, gzsl, hit_at_k, hit_at_k_over, per_class_accuracy,
-                              plot_seen_unseen_curve, seen_unseen_curve)
+from pipeline.metrics import (
+    ausuc,
+    curve_points,
+    gzsl,
+    hit_at_k,
+    hit_at_k_over,
+    per_class_accuracy,
+    plot_seen_unseen_curve,
+    seen_unseen_curve,
+)
 from pipeline.models.base import ZSLModel
 from pipeline.scoring import scores, search
+
+log = logging.getLogger(__name__)
 
 CURVE_POINTS = 200  # points of the plotted / DVC seen-unseen curve (AUSUC uses the exact curve)
 
@@ -42,7 +54,8 @@ def evaluate(model: ZSLModel, checkpoint: dict[str, Any], inputs: Inputs, plots:
              candidate_sets: dict[str, np.ndarray] | None = None, ks: tuple[int, ...] = (1, 2, 5, 10, 20),
              tag_ks: tuple[int, ...] = (3, 5)) -> dict[str, Any]:
     """All metrics of ``model`` on the test splits; writes ``plots/seen_unseen.{png,json}``
-    (multi-label data: P/R/F1 at ``tag_ks``, ``plots/f1_at_k.{png,json}``)."""
+    (no GZSL without ``test_seen`` images; multi-label data: P/R/F1 at ``tag_ks``,
+    ``plots/f1_at_k.{png,json}``)."""
     if inputs.multilabel:
         from pipeline.multilabel import evaluate_multilabel
 
@@ -67,19 +80,11 @@ def evaluate(model: ZSLModel, checkpoint: dict[str, Any], inputs: Inputs, plots:
     }
 
     test_labels = np.concatenate([test_seen.labels, test_unseen.labels])
-    candidates = np.union1d(seen, unseen)
-    test_emb = np.concatenate([model.image_embeddings(test_seen), unseen_emb])
-    full = scores(test_emb, class_emb[candidates])
-    labels = np.searchsorted(candidates, test_labels)
-    seen_pos, unseen_pos = np.searchsorted(candidates, seen), np.searchsorted(candidates, unseen)
-    gamma = checkpoint["gamma"]
-    metrics["gzsl"] = {**gzsl(full, labels, seen_pos, unseen_pos, gamma), "gamma": gamma}
-    metrics["gzsl_uncalibrated"] = gzsl(full, labels, seen_pos, unseen_pos, 0.0)
-    metrics["ausuc"] = ausuc(*seen_unseen_curve(full, labels, seen_pos, unseen_pos)[:2])  # the exact curve
-    s, u, gammas = seen_unseen_curve(full, labels, seen_pos, unseen_pos, n_points=CURVE_POINTS)
-    plots.mkdir(parents=True, exist_ok=True)
-    plot_seen_unseen_curve(s, u, plots / "seen_unseen.png", checkpoint["model"])
-    (plots / "seen_unseen.json").write_text(json.dumps(curve_points(s, u, gammas), indent=1))
+    test_emb = np.concatenate([model.image_embeddings(test_seen), unseen_emb]) if len(test_seen) else unseen_emb
+    if len(test_seen):
+        metrics.update(_gzsl_metrics(test_emb, test_labels, class_emb, seen, unseen, checkpoint, plots))
+    else:
+        log.info("no test_seen images: GZSL (U, S, H, AUSUC) is not evaluated")
 
     if candidate_sets:
         metrics["hit@k"] = {}
@@ -94,3 +99,22 @@ def evaluate(model: ZSLModel, checkpoint: dict[str, Any], inputs: Inputs, plots:
                 metrics["hit@k"][key] = hit_at_k_over(queries, class_emb, test_labels[rows], test_classes, seen,
                                                       include_train, ks)
     return metrics
+
+
+def _gzsl_metrics(test_emb: np.ndarray, test_labels: np.ndarray, class_emb: np.ndarray, seen: np.ndarray,
+                  unseen: np.ndarray, checkpoint: dict[str, Any], plots: Path) -> dict[str, Any]:
+    """GZSL U/S/H (calibrated with the checkpoint's γ, and γ=0), AUSUC; writes the seen-unseen curve."""
+    candidates = np.union1d(seen, unseen)
+    full = scores(test_emb, class_emb[candidates])
+    labels = np.searchsorted(candidates, test_labels)
+    seen_pos, unseen_pos = np.searchsorted(candidates, seen), np.searchsorted(candidates, unseen)
+    gamma = checkpoint["gamma"]
+    s, u, gammas = seen_unseen_curve(full, labels, seen_pos, unseen_pos, n_points=CURVE_POINTS)
+    plots.mkdir(parents=True, exist_ok=True)
+    plot_seen_unseen_curve(s, u, plots / "seen_unseen.png", checkpoint["model"])
+    (plots / "seen_unseen.json").write_text(json.dumps(curve_points(s, u, gammas), indent=1))
+    return {
+        "gzsl": {**gzsl(full, labels, seen_pos, unseen_pos, gamma), "gamma": gamma},
+        "gzsl_uncalibrated": gzsl(full, labels, seen_pos, unseen_pos, 0.0),
+        "ausuc": ausuc(*seen_unseen_curve(full, labels, seen_pos, unseen_pos)[:2]),  # the exact curve
+    }

@@ -6,19 +6,21 @@ from pathlib import Path
 from pipeline.datasets.base import ImageDataset
 from pipeline.errors import PipelineError
 
-DATASETS = ("synthetic", "folder", "cub", "awa2", "sun", "nus_wide", "coco", "tags")
+DATASETS = ("synthetic", "folder", "imagenet", "cub", "awa2", "sun", "nus_wide", "coco", "tags")
 
 
 def load_dataset(name: str, root: Path, splits_file: Path | None = None) -> ImageDataset:
     """The dataset ``name`` rooted at ``root``.
 
-    ``splits_file``: CUB/AWA2/SUN need the xlsa17 ``att_splits.mat``, COCO the 48/17
+    ``splits_file``: ImageNet needs ``imagenet-split.json`` (1K train / 21K test wnids),
+    CUB/AWA2/SUN the xlsa17 ``att_splits.mat``, COCO the 48/17
     ``cls_ids.pickle``, ``tags`` the unseen-tag list (``root`` is then the CSV/TSV table, or a
     folder holding ``tags.csv``); synthetic, folder and NUS-WIDE need none.
     """
     from pipeline.datasets.coco import load_coco
     from pipeline.datasets.folder import load_folder
     from pipeline.datasets.gbu import load_gbu
+    from pipeline.datasets.imagenet import load_imagenet
     from pipeline.datasets.nus_wide import load_nus_wide
     from pipeline.datasets.synthetic import load_synthetic
     from pipeline.datasets.tag_table import load_tag_table
@@ -28,6 +30,10 @@ def load_dataset(name: str, root: Path, splits_file: Path | None = None) -> Imag
         return load_synthetic(root)
     if key == "folder":
         return load_folder(root)
+    if key == "imagenet":
+        if splits_file is None:
+            raise PipelineError("imagenet: pass --splits /path/to/imagenet-split.json (1K train / 21K test wnids)")
+        return load_imagenet(root, splits_file)
     if key in ("cub", "awa2", "sun"):
         if splits_file is None:
             raise PipelineError(f"{name}: pass --splits /path/to/xlsa17/data/{name.upper()}/att_splits.mat")
