@@ -26,7 +26,6 @@ import math
 import resource
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +38,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.measure import MIB, PeakMemory, busy_cpu_s  # noqa: E402
 from pipeline.backbones import BACKBONES, Backbone, load_backbone  # noqa: E402
 from pipeline.datasets.base import ImageDataset  # noqa: E402
 from pipeline.datasets.folder import load_folder  # noqa: E402
@@ -46,44 +46,8 @@ from pipeline.datasets.synthetic import FACTORS, generate_synthetic, load_synthe
 from pipeline.extract import DeviceBackbone, ImageFiles, extract, image_batches, resolve_device  # noqa: E402
 
 log = logging.getLogger("benchmarks.extract")
-MIB = 1 << 20
 JPEG_SIZE = (500, 375)  # width, height: typical of CUB-200 photos
 JPEG_NOISE = 6.0  # grey levels of per-pixel noise, so upscaled images compress like photos
-
-
-class PeakMemory:
-    """Peak memory over a block, sampled in a thread: RSS of this process, USS (private
-    memory) of its children (decoding workers, forked, so shared pages count once), and the
-    peak of their sum."""
-
-    def __init__(self, interval_s: float = 0.25):
-        self.interval_s = interval_s
-        self.main = self.workers = self.total = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def __enter__(self) -> PeakMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _sample(self) -> None:
-        me = psutil.Process()
-        while True:
-            main = me.memory_info().rss
-            workers = 0
-            for child in me.children(recursive=True):
-                try:
-                    workers += child.memory_full_info().uss
-                except psutil.Error:  # exited between listing and reading
-                    pass
-            self.main, self.workers = max(self.main, main), max(self.workers, workers)
-            self.total = max(self.total, main + workers)
-            if self._stop.wait(self.interval_s):
-                return
 
 
 class CpuTime:
@@ -92,9 +56,7 @@ class CpuTime:
 
     @staticmethod
     def _now() -> tuple[resource.struct_rusage, resource.struct_rusage, float]:
-        cpu = psutil.cpu_times()
-        return (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN),
-                sum(cpu) - cpu.idle - getattr(cpu, "iowait", 0.0))
+        return resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN), busy_cpu_s()
 
     def __enter__(self) -> CpuTime:
         self._start = self._now()
@@ -253,7 +215,7 @@ def benchmark(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     extract(_subset(data, min(args.batch_size, len(data)), data.name), backbone, out_dir / "warmup.h5", **options)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    with PeakMemory() as memory:
+    with PeakMemory(children=True) as memory:
         full_runs = [timed(full, device)]
     memory_report = {
         "peak_rss_main_mib": round(memory.main / MIB, 1),

@@ -29,7 +29,6 @@ import platform
 import resource
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Callable
 from functools import partial
@@ -37,51 +36,16 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-import psutil
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.measure import PeakMemory, busy_cpu_s  # noqa: E402
 from pipeline.scoring import choose_backend, search  # noqa: E402
 
 log = logging.getLogger("benchmarks.score")
-MIB = 1 << 20
 BLOCK = 4096  # queries per block of the baselines: 4096 x 21K float32 = 328 MiB
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-class PeakRss:
-    """Peak RSS of this process over a block, sampled in a thread, minus the RSS at its start."""
-
-    def __init__(self, interval_s: float = 0.02):
-        self.interval_s, self.peak = interval_s, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def __enter__(self) -> PeakRss:
-        self.start = psutil.Process().memory_info().rss
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _sample(self) -> None:
-        me = psutil.Process()
-        while True:
-            self.peak = max(self.peak, me.memory_info().rss)
-            if self._stop.wait(self.interval_s):
-                return
-
-    @property
-    def extra_mib(self) -> float:
-        return round(max(0, self.peak - self.start) / MIB, 1)
-
-
-def busy_cpu_s() -> float:
-    cpu = psutil.cpu_times()
-    return sum(cpu) - cpu.idle - getattr(cpu, "iowait", 0.0)
 
 
 def numpy_topk(queries: np.ndarray, classes: np.ndarray, k: int) -> np.ndarray:
@@ -119,7 +83,7 @@ def time_methods(fns: dict[str, Callable[[], object]], repeats: int) -> dict:
     runs, cpu, others, peak = ({name: [] for name in fns} for _ in range(4))
     for _ in range(repeats):
         for name, fn in fns.items():
-            with PeakRss() as mem:
+            with PeakMemory(interval_s=0.02) as mem:
                 busy0, cpu0, t0 = busy_cpu_s(), time.process_time(), time.perf_counter()
                 fn()
                 runs[name].append(time.perf_counter() - t0)
