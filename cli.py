@@ -46,6 +46,8 @@ def cli(verbose: bool) -> None:
               help="Weights: a tag (imagenet, IMAGENET1K_V2, openai, laion2b_s34b_b79k, ...), a local file, or none.")
 @click.option("--image-size", type=int, default=None, help="Crop size in px [default: 224; CLIP: the model's].")
 @click.option("--grid/--no-grid", default=False, show_default=True, help="Also store spatial features.")
+@click.option("--mid-grid/--no-mid-grid", default=False, show_default=True,
+              help="With --grid, also store an earlier stage's spatial features (grid_mid: DRMN multi-level fusion).")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float16", show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True, help="Image decoding workers (threads on CPU, processes on CUDA).")

@@ -125,7 +125,7 @@ def forward_step(batches: list[torch.Tensor], backbone: Backbone, device: torch.
     run = DeviceBackbone(backbone, device)
 
     def step(images: torch.Tensor) -> None:
-        pooled, spatial = run(images)
+        pooled, spatial, _ = run(images)
         pooled.cpu()
         if grid:
             spatial.cpu()

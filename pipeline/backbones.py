@@ -2,8 +2,10 @@
 
 ``load_backbone(backbone, model, pretrained, image_size)`` returns a :class:`Backbone`, an
 ``nn.Module`` whose forward maps a normalised image batch [B, 3, S, S] to pooled features
-[B, D] and spatial features [B, R, D'] (R = h*w regions, row-major), plus the preprocessing
-that must be applied to the images. ``pretrained`` is a tag the library downloads on a
+[B, D], spatial features [B, R, D'] of the last stage (R = h*w regions, row-major) and
+spatial features [B, R, D''] of an earlier stage (``mid``: ResNet ``layer3``, the stride-16
+stage of EfficientNet-Lite0, both average-pooled to the last stage's h x w; CLIP ViT: the patch
+tokens after two thirds of the blocks), plus the preprocessing that must be applied to the images. ``pretrained`` is a tag the library downloads on a
 user's machine (``imagenet``/``IMAGENET1K_V2`` for torchvision, ``openai``/``laion2b_s34b_b79k``
 ... for open_clip), a local checkpoint path, or ``none`` for random weights (with a warning; seeded, so every run gets the same ones).
 """
@@ -38,64 +40,103 @@ class Preprocess:
     std: tuple[float, float, float]
 
 
+Features = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # pooled [B, D], grid [B, R, D'], mid [B, R, D'']
+
+
 class Backbone(nn.Module):
-    """A frozen feature extractor: ``forward(x) -> (pooled [B, D], grid [B, R, D'])``."""
+    """A frozen feature extractor: ``forward(x) -> (pooled [B, D], grid [B, R, D'], mid [B, R, D''])``."""
 
     def __init__(self, body: nn.Module, preprocess: Preprocess, provenance: dict[str, Any]):
         super().__init__()
         self.body = body.eval().requires_grad_(False)
         self.preprocess = preprocess
         with torch.no_grad():
-            pooled, grid = self.body(torch.zeros(1, 3, preprocess.image_size, preprocess.image_size))
+            pooled, grid, mid = self.body(torch.zeros(1, 3, preprocess.image_size, preprocess.image_size))
         self.feature_dim = pooled.shape[1]
         self.grid_shape = (grid.shape[1], grid.shape[2])
-        self.provenance = {**provenance, **asdict(preprocess), "feature_dim": self.feature_dim}
+        self.mid_grid_shape = (mid.shape[1], mid.shape[2])
+        self.provenance = {**provenance, **asdict(preprocess), "feature_dim": self.feature_dim,
+                           "mid_grid_source": body.mid_source}
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> Features:
         return self.body(x)
 
 
+def _regions(x: torch.Tensor) -> torch.Tensor:
+    """[B, D, h, w] -> [B, h*w, D], row-major."""
+    return x.flatten(2).transpose(1, 2)
+
+
+def _pooled_to(mid: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """An earlier stage's map [B, D'', H, W] average-pooled to the last stage's h x w, as regions."""
+    return _regions(nn.functional.adaptive_avg_pool2d(mid, last.shape[-2:]))
+
+
 class _ResNetBody(nn.Module):
+    mid_source = "layer3, average-pooled to the layer4 grid"
+
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> Features:
         n = self.net
         x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
-        x = n.layer4(n.layer3(n.layer2(n.layer1(x))))
-        return x.mean(dim=(2, 3)), x.flatten(2).transpose(1, 2)
+        mid = n.layer3(n.layer2(n.layer1(x)))
+        x = n.layer4(mid)
+        return x.mean(dim=(2, 3)), _regions(x), _pooled_to(mid, x)
 
 
-class _TimmBody(nn.Module):
-    def __init__(self, net: nn.Module):
+class _EfficientNetBody(nn.Module):
+    """timm EfficientNet: ``forward_features`` unrolled to keep the output of the stride-16 stage."""
+
+    mid_source = "the last stride-16 block stage, average-pooled to the final grid"
+
+    def __init__(self, net: nn.Module, mid_stage: int):
         super().__init__()
-        self.net = net
+        self.net, self.mid_stage = net, mid_stage
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.net.forward_features(x)
-        return x.mean(dim=(2, 3)), x.flatten(2).transpose(1, 2)
+    def forward(self, x: torch.Tensor) -> Features:
+        n = self.net
+        x = n.bn1(n.conv_stem(x))
+        mid = n.blocks[: self.mid_stage + 1](x)
+        x = n.bn2(n.conv_head(n.blocks[self.mid_stage + 1 :](mid)))
+        return x.mean(dim=(2, 3)), _regions(x), _pooled_to(mid, x)
 
 
 class _ClipViTBody(nn.Module):
+    mid_source = "patch tokens after two thirds of the transformer blocks"
+
     def __init__(self, visual: nn.Module):
         super().__init__()
         visual.output_tokens = True
         self.visual = visual
+        self.mid_block = len(visual.transformer.resblocks) * 2 // 3 - 1
+        self._mid: torch.Tensor | None = None
+        visual.transformer.resblocks[self.mid_block].register_forward_hook(self._keep_mid)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.visual(x)  # (image embedding, patch tokens)
+    def _keep_mid(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        self._mid = output
+
+    def forward(self, x: torch.Tensor) -> Features:
+        pooled, tokens = self.visual(x)  # image embedding, patch tokens [B, R, D]
+        mid = self._mid if self.visual.transformer.batch_first else self._mid.transpose(0, 1)
+        self._mid = None
+        return pooled, tokens, mid[:, -tokens.shape[1] :]  # the patch tokens: class token dropped
 
 
 class _ClipResNetBody(nn.Module):
+    mid_source = "layer3, average-pooled to the layer4 grid"
+
     def __init__(self, visual: nn.Module):
         super().__init__()
         self.visual = visual
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> Features:
         v = self.visual
-        x = v.layer4(v.layer3(v.layer2(v.layer1(v.stem(x)))))
-        return v.attnpool(x), x.flatten(2).transpose(1, 2)
+        mid = v.layer3(v.layer2(v.layer1(v.stem(x))))
+        x = v.layer4(mid)
+        return v.attnpool(x), _regions(x), _pooled_to(mid, x)
 
 
 def _seeded_init(build: Callable[[], nn.Module]) -> nn.Module:
@@ -194,8 +235,8 @@ def _efficientnet_lite0(pretrained: str, image_size: int) -> Backbone:
         _load_state(net, state, str(path))
         source = str(path) if pretrained != "imagenet" else f"{LITE0_PACKAGE}:imagenet"
     pre = Preprocess(image_size, round(image_size / 0.875), "bilinear", IMAGENET_MEAN, IMAGENET_STD)
-    return Backbone(_TimmBody(net), pre, {"backbone": "efficientnet_lite0", "model": "efficientnet_lite0",
-                                         "pretrained": source})
+    return Backbone(_EfficientNetBody(net, mid_stage=4), pre,
+                    {"backbone": "efficientnet_lite0", "model": "efficientnet_lite0", "pretrained": source})
 
 
 def create_clip_model(model: str, pretrained: str) -> nn.Module:

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 # Settings that must match for a partial file to be resumed or a finished one reused.
 _IDENTITY = ("dataset", "image_list_sha1", "backbone", "model", "pretrained", "image_size", "resize_size",
-             "interpolation", "mean", "std", "dtype", "grid_shape")
+             "interpolation", "mean", "std", "dtype", "grid_shape", "mid_grid_shape")
 
 
 @dataclass
@@ -192,14 +192,15 @@ class DeviceBackbone:
         self.std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1) * 255
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(pooled, grid, mid grid) of a uint8 batch, float32 on the device."""
         x = images.to(self.device, non_blocking=True).float().sub_(self.mean).div_(self.std)
         if self.cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         amp = torch.autocast("cuda", dtype=torch.float16) if self.cuda else nullcontext()
         with amp:
-            pooled, grid = self.model(x)
-        return pooled.float(), grid.float()
+            pooled, grid, mid = self.model(x)
+        return pooled.float(), grid.float(), mid.float()
 
 
 def _versions() -> dict[str, str]:
@@ -212,10 +213,11 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _provenance(dataset: ImageDataset, backbone: Backbone, dtype: str, grid: bool) -> dict[str, Any]:
+def _provenance(dataset: ImageDataset, backbone: Backbone, dtype: str, grid: bool, mid_grid: bool) -> dict[str, Any]:
     ids = hashlib.sha1("\n".join(dataset.image_ids).encode()).hexdigest()
     return {**backbone.provenance, "dataset": dataset.name, "image_list_sha1": ids, "dtype": dtype,
-            "grid_shape": list(backbone.grid_shape) if grid else [], "versions": _versions()}
+            "grid_shape": list(backbone.grid_shape) if grid else [],
+            "mid_grid_shape": list(backbone.mid_grid_shape) if mid_grid else [], "versions": _versions()}
 
 
 def _same_settings(path: Path, wanted: dict[str, Any]) -> tuple[bool, bool]:
@@ -239,13 +241,17 @@ def extract(
     *,
     dtype: str = "float16",
     grid: bool = False,
+    mid_grid: bool = False,
     batch_size: int = 64,
     workers: int = 2,
     device: str = "auto",
     overwrite: bool = False,
 ) -> ExtractResult:
-    """Extract pooled (and with ``grid``, spatial) features of every image of ``dataset``."""
-    wanted = _provenance(dataset, backbone, dtype, grid)
+    """Extract pooled features of every image of ``dataset``; with ``grid`` also the last stage's
+    spatial features, with ``mid_grid`` also an earlier stage's (``grid_mid``, for multi-level fusion)."""
+    if mid_grid and not grid:
+        raise PipelineError("mid_grid adds an earlier stage to the grid features: pass --grid as well")
+    wanted = _provenance(dataset, backbone, dtype, grid, mid_grid)
     partial = output.with_name(output.name + ".partial")
     if output.exists() and not overwrite:
         same, complete = _same_settings(output, wanted)
@@ -257,7 +263,8 @@ def extract(
         log.warning("%s was started with other settings; starting over", partial)
         partial.unlink()
     if not partial.exists():
-        create_store(partial, dataset, backbone.feature_dim, dtype, backbone.grid_shape if grid else None, wanted)
+        create_store(partial, dataset, backbone.feature_dim, dtype, backbone.grid_shape if grid else None, wanted,
+                     mid_grid_shape=backbone.mid_grid_shape if mid_grid else None)
 
     dev = resolve_device(device)
     run = DeviceBackbone(backbone, dev)
@@ -274,10 +281,11 @@ def extract(
                 good = torch.tensor([e == "" for e in errors])
                 result.failures.update({int(i): e for i, e in zip(idx.tolist(), errors) if e})
                 if good.any():
-                    pooled, spatial = run(images[good])
+                    pooled, spatial, mid = run(images[good])
                     rows = idx[good].numpy()
                     writer.write(rows, pooled.cpu().numpy().astype(dtype),
-                                 spatial.cpu().numpy().astype(dtype) if grid else None)
+                                 spatial.cpu().numpy().astype(dtype) if grid else None,
+                                 mid.cpu().numpy().astype(dtype) if mid_grid else None)
                     result.written += len(rows)
                 bar.update(len(idx))
                 if stop.is_set():

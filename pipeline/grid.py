@@ -22,27 +22,45 @@ _DONE = object()
 
 @dataclass(frozen=True)
 class GridSource:
-    """Rows ``rows`` (store row indices, in this source's order) of the ``grid`` of ``path``."""
+    """Rows ``rows`` (store row indices, in this source's order) of the grid data sets ``names`` of
+    ``path``: ``grid``, or with :meth:`with_mid` ``grid_mid`` and ``grid`` joined along channels."""
 
     path: Path
     rows: np.ndarray
+    names: tuple[str, ...] = ("grid",)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     @property
-    def shape(self) -> tuple[int, int]:
-        """(regions R, channels D) of one image."""
+    def level_dims(self) -> tuple[int, ...]:
+        """Channels of each data set of ``names``, in order."""
         with FeatureStore(self.path) as store:
-            return tuple(store.dataset("grid").shape[1:])  # type: ignore[return-value]
+            return tuple(store.dataset(name).shape[2] for name in self.names)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(regions R, channels D) of one image; D sums ``level_dims``."""
+        with FeatureStore(self.path) as store:
+            return store.dataset("grid").shape[1], sum(store.dataset(name).shape[2] for name in self.names)
+
+    @property
+    def has_mid(self) -> bool:
+        """Whether the store holds ``grid_mid`` (an earlier backbone stage on the same regions)."""
+        with FeatureStore(self.path) as store:
+            return store.has_mid_grid
+
+    def with_mid(self) -> GridSource:
+        """The same rows of ``grid_mid`` and ``grid``: batches are [B, R, D'' + D'], the earlier stage first."""
+        return GridSource(self.path, self.rows, ("grid_mid", "grid"))
 
     def subset(self, positions: np.ndarray) -> GridSource:
-        return GridSource(self.path, self.rows[positions])
+        return GridSource(self.path, self.rows[positions], self.names)
 
     def concat(self, other: GridSource) -> GridSource:
-        if other.path != self.path:
-            raise ValueError(f"cannot join grids of {self.path} and {other.path}")
-        return GridSource(self.path, np.concatenate([self.rows, other.rows]))
+        if other.path != self.path or other.names != self.names:
+            raise ValueError(f"cannot join grids {self.names} of {self.path} and {other.names} of {other.path}")
+        return GridSource(self.path, np.concatenate([self.rows, other.rows]), self.names)
 
     def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0, block_rows: int = 512,
                 prefetch: int = 2) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -54,7 +72,7 @@ class GridSource:
         """
         order = np.argsort(self.rows, kind="stable")
         sorted_rows = self.rows[order]
-        blocks, span = _blocks(sorted_rows, self.path, block_rows)
+        blocks = _blocks(sorted_rows, self.path, block_rows)
         rng = np.random.default_rng(seed)
         if shuffle:
             rng.shuffle(blocks)
@@ -65,7 +83,7 @@ class GridSource:
             try:
                 with FeatureStore(self.path) as store:
                     for lo, hi in blocks:
-                        block = next(store.iter_rows("grid", sorted_rows[lo:hi], batch_rows=span))
+                        block = _read(store, self.names, sorted_rows[lo:hi])
                         while not stop.is_set():
                             try:
                                 out.put((lo, hi, block), timeout=0.1)
@@ -84,7 +102,7 @@ class GridSource:
             while (item := out.get()) is not _DONE:
                 if isinstance(item, BaseException):
                     raise item
-                lo, hi, (got_rows, grid) = item
+                lo, hi, grid = item
                 positions = order[lo:hi]
                 within = rng.permutation(hi - lo) if shuffle else np.arange(hi - lo)
                 for start in range(0, hi - lo, batch_size):
@@ -95,12 +113,21 @@ class GridSource:
             reader.join()
 
 
-def _blocks(sorted_rows: np.ndarray, path: Path, block_rows: int) -> tuple[list[tuple[int, int]], int]:
-    """[lo, hi) ranges of ``sorted_rows`` each inside one chunk-aligned span of ~``block_rows`` rows,
-    and that span (a multiple of the chunk rows, so one ``iter_rows`` block is one span)."""
+def _read(store: FeatureStore, names: tuple[str, ...], rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` (ascending, inside one block) of the data sets ``names``, float32, joined along channels."""
+    parts = []
+    for name in names:
+        data = store.dataset(name)
+        parts.append(data[int(rows[0]) : int(rows[-1]) + 1][rows - rows[0]].astype(np.float32, copy=False))
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
+
+
+def _blocks(sorted_rows: np.ndarray, path: Path, block_rows: int) -> list[tuple[int, int]]:
+    """[lo, hi) ranges of ``sorted_rows`` each inside one span of ~``block_rows`` rows aligned to
+    the chunks of ``grid`` (a multiple of its chunk rows: whole chunks are read)."""
     with FeatureStore(path) as store:
         chunk = store.dataset("grid").chunks[0]
     span = chunk * max(1, block_rows // chunk)
     edges = np.flatnonzero(np.diff(sorted_rows // span)) + 1
     bounds = np.concatenate([[0], edges, [len(sorted_rows)]])
-    return [(int(lo), int(hi)) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo], span
+    return [(int(lo), int(hi)) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]

@@ -4,6 +4,8 @@ Schema (``schema_version`` 1), N images, C classes::
 
     features        [N, D]      float16|float32  pooled image features (NaN rows: failed images)
     grid            [N, R, D']  float16|float32  optional spatial features, R regions (h*w)
+    grid_mid        [N, R, D''] float16|float32  optional spatial features of an earlier backbone
+                                                 stage on the same R regions (multi-level fusion)
     labels          [N]         int64            class index into ``classes``, -1 if unknown
     image_ids       [N]         utf-8            image path relative to the dataset root
     classes         [C]         utf-8            class names (folder names, wnids, ...)
@@ -72,10 +74,12 @@ def create_store(
     dtype: str,
     grid_shape: tuple[int, int] | None,
     provenance: Mapping[str, Any],
+    mid_grid_shape: tuple[int, int] | None = None,
 ) -> None:
     """Create an empty store for ``dataset`` (all rows pending); overwrites ``path``.
 
-    ``grid_shape`` is (regions, channels) of the spatial features, or None for pooled only.
+    ``grid_shape`` is (regions, channels) of the spatial features, or None for pooled only;
+    ``mid_grid_shape`` that of an earlier stage's (``grid_mid``), or None.
     The file is built under a temporary name and renamed, so ``path`` never exists half-made.
     """
     if dtype not in DTYPES:
@@ -84,7 +88,7 @@ def create_store(
     building = path.with_name(path.name + ".creating")
     try:
         with h5py.File(building, "w") as f:
-            _fill_empty_store(f, dataset, feature_dim, dtype, grid_shape, provenance)
+            _fill_empty_store(f, dataset, feature_dim, dtype, grid_shape, provenance, mid_grid_shape)
     except BaseException:
         building.unlink(missing_ok=True)
         raise
@@ -98,11 +102,16 @@ def _fill_empty_store(
     dtype: str,
     grid_shape: tuple[int, int] | None,
     provenance: Mapping[str, Any],
+    mid_grid_shape: tuple[int, int] | None,
 ) -> None:
     n = len(dataset)
     _allocated(f, "features", (n, feature_dim), dtype)
     if grid_shape is not None:
         _allocated(f, "grid", (n, *grid_shape), dtype)
+    if mid_grid_shape is not None:
+        if grid_shape is None or mid_grid_shape[0] != grid_shape[0]:
+            raise PipelineError(f"grid_mid {mid_grid_shape} needs a grid of the same regions, got {grid_shape}")
+        _allocated(f, "grid_mid", (n, *mid_grid_shape), dtype)
     ok = _allocated(f, "ok", (n,), "bool")
     ok[...] = False
     f["labels"] = dataset.labels.astype(np.int64)
@@ -119,6 +128,7 @@ def _fill_empty_store(
     f.attrs["dataset"] = dataset.name
     f.attrs["feature_dim"] = feature_dim
     f.attrs["grid_shape"] = list(grid_shape) if grid_shape is not None else []
+    f.attrs["mid_grid_shape"] = list(mid_grid_shape) if mid_grid_shape is not None else []
     f.attrs["dtype"] = dtype
     f.attrs["schema_version"] = SCHEMA_VERSION
     f.attrs["complete"] = False
@@ -144,18 +154,21 @@ class FeatureWriter:
         """Indices of rows not yet written, ascending."""
         return np.flatnonzero(~self._f["ok"][:])
 
-    def write(self, indices: np.ndarray, features: np.ndarray, grid: np.ndarray | None = None) -> None:
-        """Write rows ``indices`` and mark them finished."""
+    def write(self, indices: np.ndarray, features: np.ndarray, grid: np.ndarray | None = None,
+              mid: np.ndarray | None = None) -> None:
+        """Write rows ``indices`` (features, and ``grid`` / ``grid_mid`` rows) and mark them finished."""
         if not np.isfinite(features).all():
             raise PipelineError(f"{self.path}: non-finite features for rows {indices[:5]}; check the backbone's input")
         order = np.argsort(indices)
         if not np.array_equal(order, np.arange(len(order))):
             indices, features = indices[order], features[order]
             grid = grid[order] if grid is not None else None
+            mid = mid[order] if mid is not None else None
         sel = _selection(indices)
         self._f["features"][sel] = features
-        if grid is not None:
-            self._f["grid"][sel] = grid
+        for name, rows in (("grid", grid), ("grid_mid", mid)):
+            if rows is not None:
+                self._f[name][sel] = rows
         self._f.flush()
         self._f["ok"][sel] = True
         self._f.flush()
@@ -164,7 +177,7 @@ class FeatureWriter:
         """Record unreadable images (rows filled with NaN, removed from splits) and mark complete."""
         idx = np.array(sorted(failures), dtype=np.int64)
         f = self._f
-        for name in ("features", "grid"):
+        for name in ("features", "grid", "grid_mid"):
             if name in f and len(idx):
                 f[name][idx] = np.nan
         if "failures" in f:
@@ -279,6 +292,11 @@ class FeatureStore:
         return "grid" in self._f
 
     @property
+    def has_mid_grid(self) -> bool:
+        """Whether the store holds ``grid_mid``, an earlier stage's grid (``extract --mid-grid``)."""
+        return "grid_mid" in self._f
+
+    @property
     def splits(self) -> dict[str, np.ndarray]:
         group = self._f.get("splits", {})
         return {name: group[name][:] for name in SPLIT_NAMES if name in group}
@@ -293,7 +311,8 @@ class FeatureStore:
     def dataset(self, name: str) -> h5py.Dataset:
         """The raw h5py data set ``name`` (``features`` or ``grid``), for custom slicing."""
         if name not in self._f:
-            raise PipelineError(f"{self.path}: no {name!r} data set; extract with --grid to store spatial features")
+            flags = "--grid --mid-grid" if name == "grid_mid" else "--grid"
+            raise PipelineError(f"{self.path}: no {name!r} data set; extract with {flags} to store spatial features")
         return self._f[name]
 
     def features(self, indices: np.ndarray | None = None) -> np.ndarray:
@@ -330,7 +349,7 @@ class FeatureStore:
     def describe(self) -> str:
         """Human-readable schema, split counts, provenance and completeness (``cli.py info``)."""
         lines = [f"{self.path}", f"  complete: {self.complete}"]
-        for name in ("features", "grid", "labels", "tags", "image_ids", "classes", "ok"):
+        for name in ("features", "grid", "grid_mid", "labels", "tags", "image_ids", "classes", "ok"):
             if name in self._f:
                 d = self._f[name]
                 lines.append(f"  {name:10s} {str(d.shape):22s} {d.dtype}")

@@ -28,12 +28,15 @@ def test_resnet_from_local_checkpoint_matches_torchvision(tmp_path: Path):
     torch.save({"state_dict": net.state_dict()}, tmp_path / "r50.pth")
     backbone = load_backbone("resnet50", None, str(tmp_path / "r50.pth"), 96)
     x = torch.rand(2, 3, 96, 96)
-    pooled, grid = backbone(x)
+    pooled, grid, mid = backbone(x)
     with torch.no_grad():
         want = torch.nn.Sequential(*list(net.children())[:-1])(x).flatten(1)
+        layer3 = torch.nn.Sequential(*list(net.children())[:-3])(x)  # [2, 1024, 6, 6]
     torch.testing.assert_close(pooled, want, rtol=1e-4, atol=1e-4)
-    assert grid.shape == (2, 9, 2048)
+    assert grid.shape == (2, 9, 2048) and mid.shape == (2, 9, 1024) and backbone.mid_grid_shape == (9, 1024)
     torch.testing.assert_close(grid.mean(1), pooled, rtol=1e-4, atol=1e-4)
+    # region 0 of the mid grid: the mean of layer3's top-left 2x2 block (6x6 pooled to 3x3)
+    torch.testing.assert_close(mid[:, 0], layer3[:, :, :2, :2].mean(dim=(2, 3)), rtol=1e-4, atol=1e-4)
     assert backbone.provenance["pretrained"] == str(tmp_path / "r50.pth")
     assert backbone.provenance["resize_size"] == round(96 / 0.875)
 
@@ -57,10 +60,12 @@ def test_clip_from_local_checkpoint_gives_image_embeddings(tmp_path: Path):
     torch.save(model.state_dict(), tmp_path / "clip.pt")
     backbone = load_backbone("clip", "ViT-B-32", str(tmp_path / "clip.pt"), None)
     x = torch.rand(2, 3, 224, 224)
-    pooled, tokens = backbone(x)
+    pooled, tokens, mid = backbone(x)
     with torch.no_grad():
         torch.testing.assert_close(pooled, model.encode_image(x), rtol=1e-4, atol=1e-4)
-    assert pooled.shape == (2, 512) and tokens.shape == (2, 49, 768)
+        eighth = model.visual.forward_intermediates(x, indices=[7], intermediates_only=True, output_fmt="NLC")
+    assert pooled.shape == (2, 512) and tokens.shape == (2, 49, 768) and mid.shape == (2, 49, 768)
+    torch.testing.assert_close(mid, eighth["image_intermediates"][0], rtol=1e-4, atol=1e-4)
     pre = backbone.preprocess
     assert pre.interpolation == "bicubic" and pre.resize_size == 224
     assert pre.mean == pytest.approx(open_clip.OPENAI_DATASET_MEAN)
@@ -69,7 +74,7 @@ def test_clip_from_local_checkpoint_gives_image_embeddings(tmp_path: Path):
 def test_clip_random_weights_and_wrong_image_size():
     with pytest.warns(UserWarning, match="RANDOM"):
         backbone = load_backbone("clip", "RN50", "none", None)
-    assert backbone.feature_dim == 1024 and backbone.grid_shape == (49, 2048)
+    assert backbone.feature_dim == 1024 and backbone.grid_shape == (49, 2048) and backbone.mid_grid_shape == (49, 1024)
     with pytest.raises(PipelineError, match="takes 224 px"), pytest.warns(UserWarning, match="RANDOM"):
         load_backbone("clip", "ViT-B-32", "none", 448)
     with pytest.raises(PipelineError, match="not a file nor a known tag"):
@@ -85,7 +90,11 @@ def test_packaged_efficientnet_lite0_weights_are_loaded():
     torch.testing.assert_close(net.conv_stem.weight, package["_conv_stem.weight"])
     torch.testing.assert_close(net.blocks[6][0].conv_pwl.weight, package["_blocks.15._project_conv.weight"])
     torch.testing.assert_close(net.classifier.weight, package["_fc.weight"])
-    assert backbone.feature_dim == 1280 and backbone.grid_shape == (49, 1280)
+    assert backbone.feature_dim == 1280 and backbone.grid_shape == (49, 1280) and backbone.mid_grid_shape == (49, 112)
+    x = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        _, grid, _ = backbone(x)
+        torch.testing.assert_close(grid, net.forward_features(x).flatten(2).transpose(1, 2))
 
 
 def test_offline_tag_is_a_clear_error_that_names_the_local_file_option():

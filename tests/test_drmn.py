@@ -1,4 +1,5 @@
-"""DRMN on a small real grid feature store: shapes, attention normalisation, learning, ablations, state."""
+"""DRMN on a small real grid feature store: shapes, attention normalisation, multi-level fusion,
+learning, ablations, state."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,7 +16,7 @@ from pipeline.models.base import Semantics, Split
 from pipeline.models.drmn import DRMN, DRMNNet, LevelFusion
 from pipeline.store import FeatureWriter, create_store
 
-C, A, R, D, E = 12, 10, 16, 32, 8
+C, A, R, D, E, D_MID = 12, 10, 16, 32, 8, 12
 UNSEEN = np.array([9, 10, 11])
 SEEN = np.arange(9)
 FAST = {"epochs": 12, "lr": 3e-3, "batch_size": 32, "hidden": 32, "heads": 2, "layers": 1, "dropout": 0.0,
@@ -32,27 +33,30 @@ def _attributes(rng: np.random.Generator) -> np.ndarray:
     return np.stack(rows)
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def _store(folder: Path, signal_in: str) -> dict:
+    """A store with ``grid`` and ``grid_mid``; each image's attributes are drawn (each as its pattern,
+    in one random region) into the stage ``signal_in`` ("grid" or "grid_mid"), the other is noise."""
     rng = np.random.default_rng(0)
     attrs = _attributes(rng)
-    patterns = rng.normal(0, 1, (A, D)).astype(np.float32) * 2.0
     per_train, per_test = 30, 20
     labels = np.concatenate([np.repeat(SEEN, per_train), np.repeat(UNSEEN, per_test)])
     n = len(labels)
-    grid = rng.normal(0, 0.7, (n, R, D)).astype(np.float32)
-    for i, c in enumerate(labels):  # each present attribute drawn as its pattern in one random region
+    stages = {"grid": rng.normal(0, 0.7, (n, R, D)).astype(np.float32),
+              "grid_mid": rng.normal(0, 0.7, (n, R, D_MID)).astype(np.float32)}
+    drawn = stages[signal_in]
+    patterns = rng.normal(0, 1, (A, drawn.shape[2])).astype(np.float32) * 2.0
+    for i, c in enumerate(labels):
         for a in np.flatnonzero(attrs[c]):
-            grid[i, rng.integers(R)] += patterns[a]
-    pooled = grid.mean(axis=1)
+            drawn[i, rng.integers(R)] += patterns[a]
+    pooled = stages["grid"].mean(axis=1)
     train_rows = np.arange(len(SEEN) * per_train)
     test_rows = np.arange(len(train_rows), n)
-    path = tmp_path_factory.mktemp("drmn") / "store.h5"
+    path = folder / "store.h5"
     dataset = ImageDataset("toy", Path("/nowhere"), [f"{i}.jpg" for i in range(n)], labels,
                            [f"c{i}" for i in range(C)], {"trainval": train_rows, "test_unseen": test_rows})
-    create_store(path, dataset, D, "float32", (R, D), {})
+    create_store(path, dataset, D, "float32", (R, D), {}, mid_grid_shape=(R, D_MID))
     with FeatureWriter(path) as w:
-        w.write(np.arange(n), pooled, grid)
+        w.write(np.arange(n), pooled, stages["grid"], stages["grid_mid"])
         w.finalize({})
 
     def split(rows: np.ndarray) -> Split:
@@ -60,6 +64,11 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
     semantics = Semantics(vectors=attrs, attribute_vectors=rng.normal(0, 1, (A, E)).astype(np.float32))
     return {"train": split(train_rows), "test": split(test_rows), "semantics": semantics}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return _store(tmp_path_factory.mktemp("drmn"), signal_in="grid")
 
 
 def _fit(data: dict, seed: int = 0, **hp) -> DRMN:
@@ -80,7 +89,7 @@ def trained(data: dict) -> DRMN:
 
 def test_shapes_and_attention(trained: DRMN, data: dict):
     net: DRMNNet = trained.trained()  # type: ignore[assignment]
-    grid = torch.randn(5, R, D)
+    grid = torch.randn(5, R, D_MID + D)  # both stages, joined along channels
     features, attention = net.attend(grid)
     assert features.shape == (5, A, D) and attention.shape == (5, A, R)
     torch.testing.assert_close(attention.sum(-1), torch.ones(5, A))
@@ -95,10 +104,22 @@ def test_shapes_and_attention(trained: DRMN, data: dict):
 
 
 def test_level_fusion():
-    fusion = LevelFusion(2)
-    a, b = torch.randn(3, R, D), torch.randn(3, R, D)
-    torch.testing.assert_close(fusion([a, b]), (a + b) / 2)  # equal weights at init
-    assert LevelFusion(1)(a) is a
+    fusion = LevelFusion((D_MID, D))
+    early, last = torch.randn(3, R, D_MID), torch.randn(3, R, D)
+    joined = torch.cat([early, last], dim=-1)
+    torch.testing.assert_close(fusion(joined), (fusion.project[0](early) + last) / 2)  # equal weights at init
+    assert LevelFusion((D,))(last) is last
+
+
+def test_fuses_the_earlier_stage_when_the_store_has_it(trained: DRMN, tmp_path: Path):
+    net: DRMNNet = trained.trained()  # type: ignore[assignment]
+    assert trained.sizes[4:] == [D_MID] and net.fusion.level_dims == (D_MID, D)
+    assert not torch.equal(net.fusion.logits.detach(), torch.zeros(2))  # the mix was learnt
+    early = _store(tmp_path, signal_in="grid_mid")  # the attributes show in the earlier stage only
+    fused, single = _fit(early, global_weight=0.0), _fit(early, global_weight=0.0, multi_level=False)
+    assert single.sizes[4:] == [] and single.trained().fusion.level_dims == (D,)
+    with_mid, without = _unseen_accuracy(fused, early), _unseen_accuracy(single, early)
+    assert with_mid > without + 0.2 and without < 0.5, (with_mid, without)  # chance: 1/3
 
 
 def test_learns_unseen_classes(trained: DRMN, data: dict):
@@ -124,7 +145,8 @@ def test_global_weight_changes_output_without_retraining(trained: DRMN, data: di
     np.testing.assert_allclose(out[0.3], 0.7 * out[0.0] + 0.3 * out[1.0], atol=1e-5)
 
 
-@pytest.mark.parametrize("ablation", [{"channel_attention": False}, {"layers": 0}, {"attr_weight": 1.0}])
+@pytest.mark.parametrize("ablation", [{"channel_attention": False}, {"layers": 0}, {"attr_weight": 1.0},
+                                      {"multi_level": False}])
 def test_ablations_run_and_change_output(trained: DRMN, data: dict, ablation: dict):
     model = _fit(data, epochs=2, **ablation)
     base = _fit(data, epochs=2)
@@ -161,6 +183,19 @@ def test_needs_grid(data: dict):
     train = Split(data["train"].features, data["train"].labels)
     with pytest.raises(PipelineError, match="--grid"):
         make_model("drmn", **FAST).fit(train, SEEN, data["semantics"], 0)
+
+
+def test_model_fusing_grid_mid_refuses_a_store_without_it(trained: DRMN, data: dict, tmp_path: Path):
+    test = data["test"]
+    path = tmp_path / "single_level.h5"
+    dataset = ImageDataset("toy", Path("/nowhere"), [f"{i}.jpg" for i in range(len(test))], test.labels,
+                           [f"c{i}" for i in range(C)], {"test_unseen": np.arange(len(test))})
+    create_store(path, dataset, D, "float32", (R, D), {})
+    with FeatureWriter(path) as w:
+        w.write(np.arange(len(test)), test.features, np.zeros((len(test), R, D), np.float32))
+    other = Split(test.features, test.labels, grid=GridSource(path, np.arange(len(test))))
+    with pytest.raises(PipelineError, match="lacks; extract with --grid --mid-grid"):
+        trained.image_embeddings(other)
 
 
 def test_hyperparameters():

@@ -195,3 +195,24 @@ def test_finished_file_is_reused_and_other_settings_refused(synthetic_root, tmp_
     assert replaced.written == len(data)
     with FeatureStore(out) as store:
         assert store.dataset("features").dtype == np.float32
+
+
+def test_mid_grid_stores_an_earlier_stage_on_the_same_regions(synthetic_root, tmp_path):
+    data = load_synthetic(synthetic_root)
+    net = load_backbone("resnet18", None, "none", 64)
+    out = tmp_path / "f.h5"
+    with pytest.raises(PipelineError, match="pass --grid as well"):
+        extract(data, net, out, workers=0, mid_grid=True)
+    extract(data, net, out, workers=0, grid=True)
+    with pytest.raises(PipelineError, match="--overwrite"):  # another setting: not reused
+        extract(data, net, out, workers=0, grid=True, mid_grid=True)
+    extract(data, net, out, workers=0, grid=True, mid_grid=True, overwrite=True)
+    with FeatureStore(out) as store:
+        assert store.has_mid_grid and store.dataset("grid_mid").shape == (len(data), 4, 256)
+        assert store.provenance["mid_grid_shape"] == [4, 256]
+        image = ImageFiles(data, np.array([0]), net.preprocess)[0][1][None].float() / 255
+        mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (net.preprocess.mean, net.preprocess.std))
+        with torch.no_grad():
+            _, grid, mid = net((image - mean) / std)
+        np.testing.assert_allclose(store.dataset("grid_mid")[0], mid[0].numpy(), atol=2e-2, rtol=1e-2)
+        np.testing.assert_allclose(store.dataset("grid")[0], grid[0].numpy(), atol=2e-2, rtol=1e-2)

@@ -4,10 +4,10 @@ The image side has two branches, both ending in the attribute space [A]:
 
 * **Attribute branch** (region features ``grid`` [B, R, D]):
 
-  1. *Multi-level feature fusion* (:class:`LevelFusion`): the grids of several backbone stages
-     (same R, same D) are mixed with learnt softmax weights. Our feature store holds one grid level,
-     so the model is built with one level and the fusion is the identity; pass a list of levels to
-     :meth:`DRMNNet.attribute_branch` when a store provides several.
+  1. *Multi-level feature fusion* (:class:`LevelFusion`): when the store holds ``grid_mid`` (an
+     earlier backbone stage on the same R regions, ``extract --mid-grid``), it is projected to the
+     last stage's D channels by a linear map and mixed with ``grid`` by learnt softmax weights.
+     ``multi_level=False`` (or a store without ``grid_mid``) uses ``grid`` alone.
   2. *Attribute-guided channel attention*: every attribute ``a`` gets channel weights
      ``c_a = sigmoid(MLP(e_a))`` in (0, 1)^D from its name embedding ``e_a``. They gate the D channels
      before the spatial attention (the attention reads ``grid ⊙ c_a``) and after it (the attended
@@ -35,14 +35,16 @@ normalisation, so the inner product with a class embedding is the weighted sum o
 cosines: ``global_weight`` 0 is the attribute branch alone, 1 the global branch alone. It does not
 affect training, and the validation grid picks it.
 
-Ablations: ``channel_attention=False`` (no channel gating, plain spatial attention), ``layers=0`` (no
-transformer: the attended features are scored directly), ``global_weight`` 0 or 1.
+Ablations: ``multi_level=False`` (the last stage's grid only), ``channel_attention=False`` (no channel
+gating, plain spatial attention), ``layers=0`` (no transformer: the attended features are scored
+directly), ``global_weight`` 0 or 1.
 
 Training streams ``train.grid`` in shuffled mini-batches (:func:`pipeline.models.streaming.training_batches`),
 never loading the whole grid; on CUDA it runs under fp16 autocast with a gradient scaler.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -58,34 +60,39 @@ from pipeline.models.streaming import GridBatch, embed, train_on_grid
 
 
 class LevelFusion(nn.Module):
-    """Multi-level feature fusion: softmax-weighted sum of ``n_levels`` grids [B, R, D] (same R, D).
+    """Multi-level feature fusion of backbone stages joined along channels, [B, R, D_1 + ... + D_L].
 
-    A single tensor (one level) passes through unchanged.
+    Every stage but the last is projected to the last one's D_L channels by a linear map; the L
+    grids are summed with learnt softmax weights (equal at the start). One level passes through.
     """
 
-    def __init__(self, n_levels: int = 1):
+    def __init__(self, level_dims: tuple[int, ...]):
         super().__init__()
-        self.logits = nn.Parameter(torch.zeros(n_levels))
+        self.level_dims = tuple(int(d) for d in level_dims)
+        self.project = nn.ModuleList(nn.Linear(d, self.level_dims[-1]) for d in self.level_dims[:-1])
+        self.logits = nn.Parameter(torch.zeros(len(self.level_dims)))
 
-    def forward(self, levels: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
-        if isinstance(levels, torch.Tensor):
-            return levels
-        if len(levels) != len(self.logits):
-            raise PipelineError(f"drmn: {len(levels)} grid levels given but the model fuses {len(self.logits)}")
+    def forward(self, grid: torch.Tensor) -> torch.Tensor:
+        if len(self.level_dims) == 1:
+            return grid
+        *earlier, last = torch.split(grid, self.level_dims, dim=-1)
+        levels = [project(level) for project, level in zip(self.project, earlier)] + [last]
         weights = torch.softmax(self.logits, dim=0)
         return sum(w * level for w, level in zip(weights, levels))  # type: ignore[return-value]
 
 
 class DRMNNet(nn.Module):
     """The DRMN module for grid channels ``grid_dim``, pooled channels ``pooled_dim``, ``n_attributes``
-    attributes with ``embed_dim``-d name embeddings (kept in the buffer ``attribute_vectors``)."""
+    attributes with ``embed_dim``-d name embeddings (kept in the buffer ``attribute_vectors``);
+    ``mid_dims``: channels of earlier stages fused with the grid (joined before it along channels)."""
 
-    def __init__(self, grid_dim: int, pooled_dim: int, n_attributes: int, embed_dim: int, h: dict[str, Any]):
+    def __init__(self, grid_dim: int, pooled_dim: int, n_attributes: int, embed_dim: int, h: dict[str, Any],
+                 mid_dims: tuple[int, ...] = ()):
         super().__init__()
         hidden = int(h["hidden"])
         self.channel_attention = bool(h["channel_attention"])
         self.register_buffer("attribute_vectors", torch.zeros(n_attributes, embed_dim))
-        self.fusion = LevelFusion(1)
+        self.fusion = LevelFusion((*mid_dims, grid_dim))
         self.norm = nn.LayerNorm(grid_dim)
         # attribute-guided channel attention: e_a -> (0, 1)^D
         self.channel = nn.Sequential(nn.Linear(embed_dim, hidden), nn.ReLU(), nn.Linear(hidden, grid_dim))
@@ -112,8 +119,9 @@ class DRMNNet(nn.Module):
         gates = torch.sigmoid(self.channel(self.attribute_vectors))
         return gates if self.channel_attention else torch.ones_like(gates)
 
-    def attend(self, grid: torch.Tensor | list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Dual attention block: (attribute features [B, A, D], spatial attention [B, A, R])."""
+    def attend(self, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dual attention block on the (joined) grid levels: (attribute features [B, A, D], spatial
+        attention [B, A, R])."""
         g = self.norm(self.fusion(grid))  # [B, R, D]
         gates = self.channel_weights()  # [A, D]
         q = self.query(self.attribute_vectors)  # [A, H]
@@ -130,7 +138,7 @@ class DRMNNet(nn.Module):
             tokens = layer(tokens)
         return self.score(self.out_norm(tokens)).squeeze(-1)
 
-    def attribute_branch(self, grid: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    def attribute_branch(self, grid: torch.Tensor) -> torch.Tensor:
         return self.interact(self.attend(grid)[0])
 
     def global_branch(self, pooled: torch.Tensor) -> torch.Tensor:
@@ -149,14 +157,15 @@ class DRMN(TorchZSLModel):
     Hyperparameters: ``epochs``, ``lr``, ``batch_size``, ``weight_decay`` (AdamW); ``heads``, ``layers``
     (transformer), ``hidden`` (token width and global-MLP hidden size), ``dropout``; ``scale`` (cosine
     logit scale); ``global_weight`` (inference mix, 0 = attribute branch only, 1 = global only);
-    ``attr_weight`` (attribute regression term); ``channel_attention`` (ablation switch); ``device``.
+    ``attr_weight`` (attribute regression term); ``multi_level`` and ``channel_attention`` (ablation
+    switches); ``device``.
     """
 
     name = "drmn"
     defaults = {
         "epochs": 20, "lr": 5e-4, "batch_size": 64, "weight_decay": 1e-4,
         "heads": 4, "layers": 1, "hidden": 256, "dropout": 0.1, "scale": 20.0,
-        "global_weight": 0.3, "attr_weight": 0.0, "channel_attention": True, "device": "auto",
+        "global_weight": 0.3, "attr_weight": 0.0, "multi_level": True, "channel_attention": True, "device": "auto",
     }
     grid = {"global_weight": [0.0, 0.3, 0.6]}
 
@@ -176,10 +185,21 @@ class DRMN(TorchZSLModel):
         if self.hparams["hidden"] % self.hparams["heads"]:
             raise PipelineError(f"drmn: hidden ({self.hparams['hidden']}) must be a multiple of heads "
                                 f"({self.hparams['heads']})")
-        return [train.grid.shape[1], train.features.shape[1], n_attributes, semantics.attribute_vectors.shape[1]]
+        mid = list(train.grid.with_mid().level_dims[:1]) if self.hparams["multi_level"] and train.grid.has_mid else []
+        return [train.grid.shape[1], train.features.shape[1], n_attributes, semantics.attribute_vectors.shape[1], *mid]
 
     def build(self, sizes: list[int]) -> nn.Module:
-        return DRMNNet(sizes[0], sizes[1], sizes[2], sizes[3], self.hparams)
+        return DRMNNet(sizes[0], sizes[1], sizes[2], sizes[3], self.hparams, tuple(sizes[4:]))
+
+    def _levels(self, data: Split) -> Split:
+        """``data`` with the grid levels the model was built for (``grid_mid`` joined before ``grid``)."""
+        assert data.grid is not None
+        if len(self.sizes) == 4:
+            return data
+        if not data.grid.has_mid:
+            raise PipelineError(f"drmn: the model fuses grid_mid, which {data.grid.path} lacks; extract with "
+                                "--grid --mid-grid, or train with multi_level=false")
+        return dataclasses.replace(data, grid=data.grid.with_mid())
 
     def train_net(self, train: Split, positions: np.ndarray, seen: np.ndarray, semantics: Semantics,
                   generator: torch.Generator) -> list[float]:
@@ -204,7 +224,7 @@ class DRMN(TorchZSLModel):
                                                                                      b.labels)
 
         return train_on_grid(
-            net, train, batch_loss, epochs=h["epochs"], batch_size=h["batch_size"], lr=h["lr"], weight_decay=h["weight_decay"],
+            net, self._levels(train), batch_loss, epochs=h["epochs"], batch_size=h["batch_size"], lr=h["lr"], weight_decay=h["weight_decay"],
             generator=generator, device=self.device, model=self.name, class_index=class_index)
 
     def image_embeddings(self, data: Split) -> np.ndarray:
@@ -212,6 +232,7 @@ class DRMN(TorchZSLModel):
         if data.grid is not None and data.grid.shape[1] != self.sizes[0]:
             raise PipelineError(f"drmn: grid features are {data.grid.shape[1]}-d but the model was fitted on "
                                 f"{self.sizes[0]}-d ones (another backbone?)")
+        data = self._levels(data) if data.grid is not None else data
         if data.features.shape[1] != self.sizes[1]:
             raise PipelineError(f"drmn: features are {data.features.shape[1]}-d but the model was fitted on "
                                 f"{self.sizes[1]}-d ones (another backbone?)")
