@@ -6,6 +6,9 @@ Conventions shared by every function:
 * classes are global indices: columns of a score matrix ``scores`` [N, C] (from
   :func:`pipeline.scoring.scores`) and values of ``labels`` [N]; ``seen`` and ``unseen`` are
   arrays of such indices;
+* GZSL (:func:`gzsl`, :func:`seen_unseen_curve`, :func:`select_gamma`) depends on each image's
+  best seen and best unseen class only: pass the matrix, or :class:`BestScores` found by search
+  (:meth:`BestScores.search`) when the matrix is too large (ImageNet: 21K classes);
 * a prediction is the highest-scoring candidate class, ties going to the lower class index
   (``np.argmax``);
 * accuracies are per-class means (Xian et al., GBU protocol): each class with at least one
@@ -15,6 +18,7 @@ Conventions shared by every function:
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +26,40 @@ import numpy as np
 from pipeline.errors import PipelineError
 
 HIT_KS = (1, 2, 5, 10, 20)
+
+
+@dataclass(frozen=True)
+class BestScores:
+    """Per image [N]: the best seen class and its score, the best unseen class and its score
+    (float64; ties to the lower class index), all that GZSL needs of a score matrix."""
+
+    seen: np.ndarray
+    seen_score: np.ndarray
+    unseen: np.ndarray
+    unseen_score: np.ndarray
+
+    @classmethod
+    def of(cls, scores: np.ndarray, seen: np.ndarray, unseen: np.ndarray) -> BestScores:
+        """From a score matrix [N, C]; ``seen`` and ``unseen`` sorted class indices."""
+        return cls(*_best(scores, seen), *_best(scores, unseen))
+
+    @classmethod
+    def search(cls, queries: np.ndarray, classes: np.ndarray, seen: np.ndarray, unseen: np.ndarray,
+               **search_args) -> BestScores:
+        """By nearest-class search of image embeddings ``queries`` [N, J] among class embeddings
+        ``classes`` [C, J] (top-1 of the seen, then of the unseen classes): no N x C matrix."""
+        from pipeline.scoring import search
+
+        if np.intersect1d(seen, unseen).size:
+            raise PipelineError("gzsl: a class is both seen and unseen")
+        best = []
+        for candidates in (np.unique(seen), np.unique(unseen)):
+            score, index = search(queries, classes, 1, candidates=candidates, **search_args)
+            best += [index[:, 0], score[:, 0].astype(np.float64)]
+        return cls(*best)
+
+    def __len__(self) -> int:
+        return len(self.seen)
 
 
 def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, classes: np.ndarray | None = None) -> float:
@@ -55,7 +93,8 @@ def czsl_accuracy(scores: np.ndarray, labels: np.ndarray, unseen: np.ndarray) ->
     return per_class_accuracy(pred, labels, unseen)
 
 
-def gzsl(scores: np.ndarray, labels: np.ndarray, seen: np.ndarray, unseen: np.ndarray, gamma: float = 0.0) -> dict:
+def gzsl(scores: np.ndarray | BestScores, labels: np.ndarray, seen: np.ndarray, unseen: np.ndarray,
+         gamma: float = 0.0) -> dict:
     """Generalised ZSL: ``{"U", "S", "H"}``, predictions over all seen and unseen classes.
 
     U is the per-class accuracy on the test images of unseen classes, S on those of seen
@@ -63,10 +102,10 @@ def gzsl(scores: np.ndarray, labels: np.ndarray, seen: np.ndarray, unseen: np.nd
     (Chao et al. 2016): ``gamma`` is subtracted from the scores of seen classes before the
     argmax; choose it with :func:`select_gamma` on validation data. Needs test images of both.
     """
-    scores, labels, seen, unseen = _gzsl_inputs(scores, labels, seen, unseen)
-    candidates = np.union1d(seen, unseen)
-    calibrated = scores[:, candidates].astype(np.float64) - gamma * np.isin(candidates, seen)
-    pred = candidates[np.argmax(calibrated, axis=1)]
+    best, labels, seen, unseen = _gzsl_inputs(scores, labels, seen, unseen)
+    calibrated = best.seen_score - gamma
+    seen_wins = (calibrated > best.unseen_score) | ((calibrated == best.unseen_score) & (best.seen < best.unseen))
+    pred = np.where(seen_wins, best.seen, best.unseen)
     is_unseen = np.isin(labels, unseen)
     u = per_class_accuracy(pred[is_unseen], labels[is_unseen], unseen)
     s = per_class_accuracy(pred[~is_unseen], labels[~is_unseen], seen)
@@ -79,7 +118,7 @@ def harmonic_mean(u: float, s: float) -> float:
 
 
 def seen_unseen_curve(
-    scores: np.ndarray, labels: np.ndarray, seen: np.ndarray, unseen: np.ndarray,
+    scores: np.ndarray | BestScores, labels: np.ndarray, seen: np.ndarray, unseen: np.ndarray,
     n_points: int | None = None, gammas: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Seen-unseen accuracy curve (Chao et al. 2016): S and U of :func:`gzsl` as gamma sweeps.
@@ -92,9 +131,8 @@ def seen_unseen_curve(
     keeps that many of them (evenly spaced in rank, both ends kept) for plotting; ``gammas``
     evaluates given values instead. Returns (S, U, gammas), float64 arrays of equal length.
     """
-    scores, labels, seen, unseen = _gzsl_inputs(scores, labels, seen, unseen)
-    best_seen, best_unseen = _best(scores, seen), _best(scores, unseen)
-    d = best_seen[1] - best_unseen[1]
+    best, labels, seen, unseen = _gzsl_inputs(scores, labels, seen, unseen)
+    d = best.seen_score - best.unseen_score
     if gammas is None:
         gammas = _breakpoints(d)
         if n_points is not None and n_points < len(gammas):
@@ -103,7 +141,7 @@ def seen_unseen_curve(
 
     # a gamma predicts "seen" for exactly the images after a prefix of this order:
     # by d, and at equal d the images whose best unseen class has the lower index first
-    unseen_first = best_unseen[0] < best_seen[0]
+    unseen_first = best.unseen < best.seen
     order = np.lexsort((~unseen_first, d))
     d_sorted, unseen_first = d[order], unseen_first[order]
     n_unseen_first = np.concatenate([[0], np.cumsum(unseen_first)])
@@ -114,15 +152,15 @@ def seen_unseen_curve(
     # per-class accuracy is a weighted count of correct images: weight 1 / (n_class * n_classes)
     is_unseen = np.isin(labels, unseen)
     weight = _class_weights(labels, is_unseen) + _class_weights(labels, ~is_unseen)
-    u_gain = np.concatenate([[0], np.cumsum((weight * (is_unseen & (best_unseen[0] == labels)))[order])])
-    s_gain = np.concatenate([[0], np.cumsum((weight * (~is_unseen & (best_seen[0] == labels)))[order])])
+    u_gain = np.concatenate([[0], np.cumsum((weight * (is_unseen & (best.unseen == labels)))[order])])
+    s_gain = np.concatenate([[0], np.cumsum((weight * (~is_unseen & (best.seen == labels)))[order])])
     u = u_gain[n_predicted_unseen]
     s = s_gain[-1] - s_gain[n_predicted_unseen]
     return s, u, gammas
 
 
 def select_gamma(
-    scores_val: np.ndarray, labels_val: np.ndarray, seen: np.ndarray, unseen: np.ndarray,
+    scores_val: np.ndarray | BestScores, labels_val: np.ndarray, seen: np.ndarray, unseen: np.ndarray,
     gammas: np.ndarray | None = None,
 ) -> tuple[float, float]:
     """The calibration gamma maximising H on VALIDATION data, and that H.
@@ -262,17 +300,26 @@ def _check_scores(scores: np.ndarray, labels: np.ndarray) -> None:
         raise PipelineError("scores hold NaN or inf; drop the images of failed rows (ok=False) first")
 
 
-def _gzsl_inputs(scores, labels, seen, unseen):
-    scores, labels = np.asarray(scores), np.asarray(labels)
+def _gzsl_inputs(scores, labels, seen, unseen) -> tuple[BestScores, np.ndarray, np.ndarray, np.ndarray]:
+    labels = np.asarray(labels)
     seen, unseen = np.unique(seen), np.unique(unseen)
-    _check_scores(scores, labels)
     if np.intersect1d(seen, unseen).size:
         raise PipelineError("gzsl: a class is both seen and unseen")
-    if max(seen.max(initial=-1), unseen.max(initial=-1)) >= scores.shape[1]:
-        raise PipelineError(f"gzsl: class indices beyond the {scores.shape[1]} score columns")
+    if isinstance(scores, BestScores):
+        best = scores
+        if len(best) != len(labels) or labels.ndim != 1:
+            raise PipelineError(f"gzsl: best scores of {len(best)} images but labels {labels.shape}")
+        if not (np.isfinite(best.seen_score).all() and np.isfinite(best.unseen_score).all()):
+            raise PipelineError("scores hold NaN or inf; drop the images of failed rows (ok=False) first")
+    else:
+        scores = np.asarray(scores)
+        _check_scores(scores, labels)
+        if max(seen.max(initial=-1), unseen.max(initial=-1)) >= scores.shape[1]:
+            raise PipelineError(f"gzsl: class indices beyond the {scores.shape[1]} score columns")
+        best = BestScores.of(scores, seen, unseen)
     is_unseen, is_seen = np.isin(labels, unseen), np.isin(labels, seen)
     if not (is_unseen | is_seen).all():
         raise PipelineError("gzsl: some labels are neither seen nor unseen classes")
     if not is_unseen.any() or not is_seen.any():
         raise PipelineError("gzsl: needs test images of both seen and unseen classes (test_seen and test_unseen)")
-    return scores, labels, seen, unseen
+    return best, labels, seen, unseen

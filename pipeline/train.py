@@ -26,10 +26,10 @@ import torch
 
 from pipeline.errors import PipelineError
 from pipeline.inputs import Inputs
-from pipeline.metrics import per_class_accuracy, select_gamma
+from pipeline.metrics import BestScores, per_class_accuracy, select_gamma
 from pipeline.models import make_model
 from pipeline.models.base import Semantics, Split, ZSLModel, seed_everything
-from pipeline.scoring import scores, search
+from pipeline.scoring import search
 
 log = logging.getLogger(__name__)
 
@@ -113,13 +113,10 @@ def train(inputs: Inputs, cfg: TrainConfig) -> dict[str, Any]:
     assert best is not None
     val_acc, hparams, model = best
 
-    both = np.concatenate([v.train_classes, v.val_classes])
     held = v.seen_holdout.concat(v.val)
-    full = scores(model.image_embeddings(held), model.class_embeddings(inputs.semantics)[both])
-    position = np.full(len(inputs.classes), -1)
-    position[both] = np.arange(len(both))
-    gamma, val_h = select_gamma(full, position[held.labels], np.arange(len(v.train_classes)),
-                                np.arange(len(v.train_classes), len(both)))
+    best_scores = BestScores.search(model.image_embeddings(held), model.class_embeddings(inputs.semantics),
+                                    v.train_classes, v.val_classes)
+    gamma, val_h = select_gamma(best_scores, held.labels, v.train_classes, v.val_classes)
 
     seed_everything(cfg.seed)
     final = make_model(cfg.model, **hparams)

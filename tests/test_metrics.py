@@ -8,6 +8,7 @@ import pytest
 
 from pipeline.errors import PipelineError
 from pipeline.metrics import (
+    BestScores,
     ausuc,
     curve_points,
     czsl_accuracy,
@@ -140,6 +141,25 @@ def test_curve_at_a_tie_gives_the_lower_class_index_like_argmax():
     assert gzsl(scores[:, ::-1], reversed_labels, [0, 1], [2], gamma=0.25) == {"U": 1.0, "S": 1.0, "H": 1.0}
     s, u, _ = seen_unseen_curve(scores[:, ::-1], reversed_labels, [0, 1], [2], gammas=[0.25])
     assert (s[0], u[0]) == (1.0, 1.0)
+
+
+@pytest.mark.parametrize("backend", ["faiss", "numpy"])
+def test_gzsl_from_search_equals_gzsl_from_the_score_matrix(backend):
+    # small integer embeddings: exact scores with many ties, the case where tie rules matter
+    rng = np.random.default_rng(1)
+    queries = rng.integers(-2, 3, size=(400, 6)).astype(np.float32)
+    classes = rng.integers(-2, 3, size=(15, 6)).astype(np.float32)
+    labels = rng.integers(0, 15, size=400)
+    seen, unseen = np.array([0, 2, 3, 5, 7, 8, 11, 13]), np.array([1, 4, 6, 9, 10, 12, 14])
+    best = BestScores.search(queries, classes, seen, unseen, backend=backend)
+    matrix = queries @ classes.T
+    for gamma in (-1.0, 0.0, 1.0, 2.5):
+        assert gzsl(best, labels, seen, unseen, gamma) == gzsl(matrix, labels, seen, unseen, gamma)
+    for a, b in zip(seen_unseen_curve(best, labels, seen, unseen), seen_unseen_curve(matrix, labels, seen, unseen)):
+        np.testing.assert_array_equal(a, b)
+    assert select_gamma(best, labels, seen, unseen) == select_gamma(matrix, labels, seen, unseen)
+    with pytest.raises(PipelineError, match="best scores of 400 images"):
+        gzsl(best, labels[:10], seen, unseen)
 
 
 def test_select_gamma_picks_the_gamma_of_the_best_harmonic_mean():
