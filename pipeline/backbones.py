@@ -22,7 +22,6 @@ from torch import nn
 
 from pipeline.errors import PipelineError
 
-
 BACKBONES = ("resnet18", "resnet50", "resnet101", "clip", "efficientnet_lite0")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
