@@ -115,10 +115,7 @@ class GridSource:
 
 def _read(store: FeatureStore, names: tuple[str, ...], rows: np.ndarray) -> np.ndarray:
     """Rows ``rows`` (ascending, inside one block) of the data sets ``names``, float32, joined along channels."""
-    parts = []
-    for name in names:
-        data = store.dataset(name)
-        parts.append(data[int(rows[0]) : int(rows[-1]) + 1][rows - rows[0]].astype(np.float32, copy=False))
+    parts = [store.read_rows(name, rows) for name in names]
     return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
 
 

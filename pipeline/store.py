@@ -342,9 +342,13 @@ class FeatureStore:
             lo, hi = np.searchsorted(rows, [start, start + step])
             if lo == hi:
                 continue
-            sel = rows[lo:hi]
-            block = data[int(sel[0]) : int(sel[-1]) + 1]
-            yield sel, block[sel - sel[0]].astype(np.float32, copy=False)
+            yield rows[lo:hi], self.read_rows(name, rows[lo:hi])
+
+    def read_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` (ascending) of ``name`` as float32, by one read of the range they span;
+        keep the range small (:meth:`iter_rows` streams large selections)."""
+        block = self.dataset(name)[int(rows[0]) : int(rows[-1]) + 1]
+        return block[rows - rows[0]].astype(np.float32, copy=False)
 
     def describe(self) -> str:
         """Human-readable schema, split counts, provenance and completeness (``cli.py info``)."""
