@@ -31,6 +31,7 @@ class _Group(click.Group):
 def cli(verbose: bool) -> None:
     """Zero-shot recognition on cached backbone features."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its probes for absent SIMD builds
 
 
 @cli.command()
@@ -135,7 +136,7 @@ def _hparam(text: str) -> tuple[str, object]:
 
 @cli.command()
 @click.option("--model", "model_name", required=True,
-              help="eszsl, joint_gcn, gcn_regression, cfzsl, clip_prompt, msdn, drmn, sdl (multi-label).")
+              help="eszsl, joint_gcn, gcn_regression, conse, cfzsl, clip_prompt, msdn, drmn, sdl (multi-label).")
 @click.option("--features", type=click.Path(path_type=Path), default=Path("features/image_features.h5"),
               show_default=True)
 @click.option("--semantics", type=click.Path(path_type=Path), default=Path("features/semantics.h5"), show_default=True)

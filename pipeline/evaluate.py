@@ -72,12 +72,12 @@ def evaluate(model: ZSLModel, checkpoint: dict[str, Any], inputs: Inputs, plots:
     test_unseen, test_seen = inputs.splits["test_unseen"], inputs.splits["test_seen"]
     unseen_emb = model.image_embeddings(test_unseen)
 
-    k = min(max(ks), len(unseen))
-    _, top = search(unseen_emb, class_emb, k, candidates=unseen)
+    score, top = search(unseen_emb, class_emb, min(max(ks) + 1, len(unseen)), candidates=unseen)
     metrics: dict[str, Any] = {
         "model": checkpoint["model"],
         "czsl": {"acc": per_class_accuracy(top[:, 0], test_unseen.labels), "chance": 1 / len(unseen),
-                 **hit_at_k(top, test_unseen.labels, tuple(x for x in ks if x <= k))},
+                 **hit_at_k(top, test_unseen.labels, tuple(x for x in ks if x <= len(unseen)), scores=score)},
+        "ties": "acc: argmax (lower class index); hit@k: pessimistic (classes scoring >= the true class count ahead)",
     }
 
     test_labels = np.concatenate([test_seen.labels, test_unseen.labels])

@@ -264,7 +264,7 @@ def extract(
         partial.unlink()
     if not partial.exists():
         create_store(partial, dataset, backbone.feature_dim, dtype, backbone.grid_shape if grid else None, wanted,
-                     mid_grid_shape=backbone.mid_grid_shape if mid_grid else None)
+                     mid_grid_shape=backbone.mid_grid_shape if mid_grid else None, head=backbone.head)
 
     dev = resolve_device(device)
     run = DeviceBackbone(backbone, dev)

@@ -10,7 +10,7 @@ from pipeline.errors import PipelineError
 from pipeline.grid import GridSource
 from pipeline.models.base import Graph, Semantics, Split
 from pipeline.semantics.file import SemanticsFile
-from pipeline.store import FeatureStore
+from pipeline.store import FeatureStore, Head
 
 
 @dataclass
@@ -41,7 +41,7 @@ def _read_split(store: FeatureStore, rows: np.ndarray, extra: dict[str, FeatureS
                  tags[rows] if tags is not None else None)
 
 
-def _semantics(path: Path, source: str, classes: list[str]) -> Semantics:
+def _semantics(path: Path, source: str, classes: list[str], head: Head | None) -> Semantics:
     with SemanticsFile(path) as sem:
         if sem.classes != classes:
             raise PipelineError(f"{path}: its {len(sem.classes)} classes differ from the feature file's "
@@ -57,10 +57,20 @@ def _semantics(path: Path, source: str, classes: list[str]) -> Semantics:
         graph = None
         if sem.has("graph"):  # else graph models fall back to a class k-NN graph
             g = sem.graph()
-            graph = Graph(g["adjacency"], g["node_vectors"], g["n_classes"])
+            graph = Graph(g["edges"], g["node_vectors"], g["n_classes"], g["node_text"])
     if not np.isfinite(vectors).all():
         raise PipelineError(f"{path}: {source} holds NaN or inf")
-    return Semantics(vectors, text, graph, attribute_vectors)
+    return Semantics(vectors, text, graph, attribute_vectors, _classifiers(head, classes), source)
+
+
+def _classifiers(head: Head | None, classes: list[str]) -> np.ndarray | None:
+    """[C, D + 1] the head's (weight, bias) row of each class, NaN rows where it has none."""
+    if head is None:
+        return None
+    rows = head.rows_of(classes)
+    out = np.full((len(classes), head.weight.shape[1] + 1), np.nan, dtype=np.float32)
+    out[rows >= 0] = np.hstack([head.weight, head.bias[:, None]])[rows[rows >= 0]]
+    return out
 
 
 def load_inputs(features: Path, semantics: Path, source: str = "attributes",
@@ -81,9 +91,9 @@ def load_inputs(features: Path, semantics: Path, source: str = "attributes",
         finally:
             for other in others.values():
                 other.close()
-        classes, unseen_tags = store.classes, store.unseen_tags
+        classes, unseen_tags, head = store.classes, store.unseen_tags, store.head
     needed = {"trainval", "test"} if unseen_tags is not None else {"trainval", "test_seen", "test_unseen"}
     if needed - set(splits):
         raise PipelineError(f"{features}: no {sorted(needed - set(splits))} split; zero-shot training needs "
                             + ("the trainval / test splits" if unseen_tags is not None else "the GBU-style splits"))
-    return Inputs(classes, splits, _semantics(semantics, source, classes), unseen_tags)
+    return Inputs(classes, splits, _semantics(semantics, source, classes, head), unseen_tags)

@@ -10,7 +10,8 @@ Conventions shared by every function:
   best seen and best unseen class only: pass the matrix, or :class:`BestScores` found by search
   (:meth:`BestScores.search`) when the matrix is too large (ImageNet: 21K classes);
 * a prediction is the highest-scoring candidate class, ties going to the lower class index
-  (``np.argmax``);
+  (``np.argmax``); Hit@k given the scores ranks pessimistically (DGP's rule: every class scoring
+  at least the true class's score counts as ahead of it);
 * accuracies are per-class means (Xian et al., GBU protocol): each class with at least one
   test image weighs the same; classes without test images are skipped;
 * accuracies are fractions in [0, 1], returned as Python floats.
@@ -224,11 +225,15 @@ def plot_seen_unseen_curve(s: np.ndarray, u: np.ndarray, path: str | Path, title
     return path
 
 
-def hit_at_k(topk: np.ndarray, labels: np.ndarray, ks=HIT_KS, per_class: bool = False) -> dict[str, float]:
+def hit_at_k(topk: np.ndarray, labels: np.ndarray, ks=HIT_KS, per_class: bool = False,
+             scores: np.ndarray | None = None) -> dict[str, float]:
     """``{"hit@k": ...}``: the fraction of images whose label is among their first k classes.
 
     ``topk`` [N, K] holds class indices best first (:func:`pipeline.scoring.search`), K >=
-    max(ks). Flat (default): averaged over images, as GCNZ and DGP report on ImageNet;
+    max(ks). With ``scores`` [N, K], their scores, ranks are pessimistic under ties (DGP's
+    ``evaluate_imagenet.py``): the true class's rank counts every listed class scoring at least as
+    much, so K must exceed max(ks) (or list every candidate); without, ties follow ``topk``'s
+    order. Flat (default): averaged over images, as GCNZ and DGP report on ImageNet;
     ``per_class``: averaged per class, then over classes.
     """
     topk, labels = np.asarray(topk), np.asarray(labels)
@@ -238,7 +243,14 @@ def hit_at_k(topk: np.ndarray, labels: np.ndarray, ks=HIT_KS, per_class: bool = 
         raise PipelineError(f"hit_at_k: hit@{max(ks)} needs {max(ks)} classes per image, got {topk.shape[1]}")
     if len(labels) == 0:
         raise PipelineError("hit_at_k: no test images")
-    rank = np.where(topk == labels[:, None], np.arange(topk.shape[1]), topk.shape[1]).min(axis=1)
+    found = topk == labels[:, None]
+    rank = np.where(found, np.arange(topk.shape[1]), topk.shape[1]).min(axis=1)
+    if scores is not None:
+        scores = np.asarray(scores)
+        if scores.shape != topk.shape:
+            raise PipelineError(f"hit_at_k: scores {scores.shape} must match top-k {topk.shape}")
+        true = scores[np.arange(len(labels)), np.minimum(rank, topk.shape[1] - 1)]
+        rank = np.where(rank < topk.shape[1], (scores >= true[:, None]).sum(axis=1) - 1, rank)
     return {f"hit@{k}": (_per_class_mean(rank < k, labels) if per_class else float(np.mean(rank < k))) for k in ks}
 
 
@@ -260,8 +272,8 @@ def hit_at_k_over(
     if not np.isin(labels, test_classes).all():
         raise PipelineError("hit_at_k_over: some labels are not among the candidate test classes")
     pool = np.union1d(test_classes, train_classes) if include_train else test_classes
-    topk = search(queries, classes, max(ks), candidates=pool, **search_args)[1]
-    return hit_at_k(topk, labels, ks, per_class)
+    scores, topk = search(queries, classes, min(max(ks) + 1, len(pool)), candidates=pool, **search_args)
+    return hit_at_k(topk, labels, ks, per_class, scores)
 
 
 def _per_class_mean(correct: np.ndarray, labels: np.ndarray, classes: np.ndarray | None = None) -> float:

@@ -14,6 +14,9 @@ Schema (``schema_version`` 1), N images, C classes::
                                                  test_seen, test_unseen); failed rows excluded
     failures/index  [F]         int64            rows whose image could not be read ...
     failures/reason [F]         utf-8            ... and why
+    head/weight     [K, D]      float32          optional: the backbone's own classifier on the pooled
+    head/bias       [K]         float32          features (ImageNet-1K weights: K = 1000) ...
+    head/classes    [K]         utf-8            ... and what each output means (wnids)
 
 Multi-label stores (NUS-WIDE, COCO, tag tables) also hold, with ``labels`` all -1 and the
 splits ``trainval`` and ``test``::
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,11 +79,13 @@ def create_store(
     grid_shape: tuple[int, int] | None,
     provenance: Mapping[str, Any],
     mid_grid_shape: tuple[int, int] | None = None,
+    head: Head | None = None,
 ) -> None:
     """Create an empty store for ``dataset`` (all rows pending); overwrites ``path``.
 
     ``grid_shape`` is (regions, channels) of the spatial features, or None for pooled only;
-    ``mid_grid_shape`` that of an earlier stage's (``grid_mid``), or None.
+    ``mid_grid_shape`` that of an earlier stage's (``grid_mid``), or None; ``head`` the backbone's
+    classifier on the pooled features, or None.
     The file is built under a temporary name and renamed, so ``path`` never exists half-made.
     """
     if dtype not in DTYPES:
@@ -89,6 +95,12 @@ def create_store(
     try:
         with h5py.File(building, "w") as f:
             _fill_empty_store(f, dataset, feature_dim, dtype, grid_shape, provenance, mid_grid_shape)
+            if head is not None:
+                if head.weight.shape != (len(head.classes), feature_dim) or head.bias.shape != (len(head.classes),):
+                    raise PipelineError(f"classifier head {head.weight.shape} does not fit {feature_dim}-d features")
+                f["head/weight"] = np.asarray(head.weight, np.float32)
+                f["head/bias"] = np.asarray(head.bias, np.float32)
+                f.create_dataset("head/classes", data=head.classes, dtype=_STR)
     except BaseException:
         building.unlink(missing_ok=True)
         raise
@@ -132,6 +144,28 @@ def _fill_empty_store(
     f.attrs["dtype"] = dtype
     f.attrs["schema_version"] = SCHEMA_VERSION
     f.attrs["complete"] = False
+
+
+@dataclass(frozen=True)
+class Head:
+    """A backbone's own classifier on its pooled features: ``logits = features @ weight.T + bias``.
+
+    ``classes`` names what each of the K outputs means (wnids for ImageNet-1K weights, in the
+    ILSVRC-2012 order, i.e. sorted wnids).
+    """
+
+    weight: np.ndarray  # [K, D] float32
+    bias: np.ndarray  # [K] float32
+    classes: list[str]
+
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        """[N, K] float32 logits of pooled features [N, D]."""
+        return np.asarray(features, np.float32) @ self.weight.T + self.bias
+
+    def rows_of(self, classes: list[str]) -> np.ndarray:
+        """[C] the head output of each of ``classes`` (-1 where the head has none)."""
+        index = {c: i for i, c in enumerate(self.classes)}
+        return np.array([index.get(c, -1) for c in classes], dtype=np.int64)
 
 
 class FeatureWriter:
@@ -288,6 +322,14 @@ class FeatureStore:
         return self._f["unseen_tags"][:] if "unseen_tags" in self._f else None
 
     @property
+    def head(self) -> Head | None:
+        """The backbone's own classifier on the pooled features, when extraction recorded one."""
+        if "head" not in self._f:
+            return None
+        return Head(self._f["head/weight"][:], self._f["head/bias"][:],
+                    [c.decode() for c in self._f["head/classes"][:]])
+
+    @property
     def has_grid(self) -> bool:
         return "grid" in self._f
 
@@ -353,7 +395,7 @@ class FeatureStore:
     def describe(self) -> str:
         """Human-readable schema, split counts, provenance and completeness (``cli.py info``)."""
         lines = [f"{self.path}", f"  complete: {self.complete}"]
-        for name in ("features", "grid", "grid_mid", "labels", "tags", "image_ids", "classes", "ok"):
+        for name in ("features", "grid", "grid_mid", "labels", "tags", "image_ids", "classes", "ok", "head/weight"):
             if name in self._f:
                 d = self._f[name]
                 lines.append(f"  {name:10s} {str(d.shape):22s} {d.dtype}")

@@ -58,7 +58,13 @@ class Validation:
 
 
 def validation_split(inputs: Inputs, fraction: float, seed: int) -> Validation:
-    """Class-disjoint train/val from trainval, and a per-class image holdout of the train classes."""
+    """Class-disjoint train/val from trainval, and an image holdout of the train classes.
+
+    Each train class with two images or more gives ``fraction`` of them (at least one) to the
+    holdout. When no class has two (one image per class), the single image of ``fraction`` of the
+    train classes is held out instead: those classes stay train classes, known to the models by
+    their semantics (and classifier rows, when the store has them) but by no image.
+    """
     rng = np.random.default_rng(seed)
     trainval = inputs.splits["trainval"]
     if "train" in inputs.splits and "val" in inputs.splits:
@@ -69,13 +75,21 @@ def validation_split(inputs: Inputs, fraction: float, seed: int) -> Validation:
         val_classes = rng.choice(classes, n_val, replace=False)
         in_val = np.isin(trainval.labels, val_classes)
         train, val = trainval.subset(np.flatnonzero(~in_val)), trainval.subset(np.flatnonzero(in_val))
+    train_classes = np.unique(train.labels)
     holdout = np.zeros(len(train), bool)
-    for c in np.unique(train.labels):
+    for c in train_classes:
         rows = np.flatnonzero(train.labels == c)
         if len(rows) > 1:
             holdout[rng.choice(rows, max(1, round(fraction * len(rows))), replace=False)] = True
+    if not holdout.any() and len(train_classes) > 1:
+        picked = rng.choice(train_classes, max(1, round(fraction * len(train_classes))), replace=False)
+        holdout = np.isin(train.labels, picked)
+        log.warning("one image per train class: held out the only image of %d of the %d train classes for "
+                    "calibration; they are fitted without images", len(picked), len(train_classes))
+    log.info("validation: %d train classes (%d images fitted, %d held out), %d val classes (%d images)",
+             len(train_classes), int((~holdout).sum()), int(holdout.sum()), len(np.unique(val.labels)), len(val))
     return Validation(train.subset(np.flatnonzero(~holdout)), train.subset(np.flatnonzero(holdout)), val,
-                      np.unique(train.labels), np.unique(val.labels))
+                      train_classes, np.unique(val.labels))
 
 
 def czsl_on(model: ZSLModel, data: Split, semantics: Semantics, candidates: np.ndarray) -> float:

@@ -216,6 +216,23 @@ def test_hit_at_k_counts_the_label_among_the_first_k():
         hit_at_k(topk, HIT_LABELS, ks=(1, 5))
 
 
+def test_hit_at_k_with_scores_ranks_ties_pessimistically_as_dgp():
+    # image 0: its class 2 ties with class 3 for first place; image 1: class 4 is second, tied with class 5
+    topk = np.array([[3, 2, 4], [2, 4, 5]])
+    scores = np.array([[0.5, 0.5, 0.1], [0.9, 0.4, 0.4]])
+    labels = np.array([2, 4])
+    assert hit_at_k(topk, labels, ks=(1, 2)) == {"hit@1": 0.0, "hit@2": 1.0}  # list order: class 2 second
+    # DGP: rank = number of classes scoring >= the true class: image 0 -> 2, image 1 -> 3
+    assert hit_at_k(topk, labels, ks=(1, 2), scores=scores) == {"hit@1": 0.0, "hit@2": 0.5}
+    tied_first = np.array([[2, 3, 4]])  # the true class listed first but tied: still not a hit@1
+    assert hit_at_k(tied_first, np.array([2]), ks=(1,), scores=np.array([[0.5, 0.5, 0.1]])) == {"hit@1": 0.0}
+    # a crafted embedding tie through the search: two identical class embeddings
+    classes = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    queries = np.array([[1.0, 0.1], [0.1, 1.0]])
+    got = hit_at_k_over(queries, classes, np.array([0, 2]), np.arange(3), np.empty(0, np.int64), False, ks=(1, 2))
+    assert got == {"hit@1": 0.5, "hit@2": 1.0}
+
+
 def test_hit_at_k_over_candidates_with_and_without_training_classes():
     classes, test, train = np.eye(6), np.arange(2, 6), np.array([0, 1])
     without = hit_at_k_over(HIT_SCORES, classes, HIT_LABELS, test, train, include_train=False, ks=(1, 2, 3))

@@ -7,15 +7,13 @@ import itertools
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 import torch
 
 from pipeline.errors import PipelineError
 from pipeline.models import MODELS, make_model
-from pipeline.models.base import Graph, Semantics, Split
+from pipeline.models.base import Graph, Semantics, Split, normalized_adjacency
 from pipeline.models.eszsl import ESZSL
 from pipeline.models.layers import GCN, GraphConv, class_graph, knn_graph, sparse_tensor
-from pipeline.semantics.wordnet import normalized_adjacency
 
 TRAINABLE = ["eszsl", "joint_gcn", "gcn_regression", "cfzsl"]
 N_CLASSES, N_SEEN, PER_CLASS = 20, 15, 30
@@ -74,7 +72,7 @@ def scores(model, problem: Problem) -> np.ndarray:
 
 
 def test_registry_names_every_model_and_rejects_unknown_names():
-    assert set(MODELS) == {"eszsl", "joint_gcn", "gcn_regression", "cfzsl", "clip_prompt", "msdn", "drmn", "sdl"}
+    assert set(MODELS) == {"eszsl", "joint_gcn", "gcn_regression", "conse", "cfzsl", "clip_prompt", "msdn", "drmn", "sdl"}
     assert all(cls.name == name for name, cls in MODELS.items())
     with pytest.raises(PipelineError, match="unknown model 'svm'.*eszsl"):
         make_model("svm")
@@ -94,7 +92,8 @@ def test_grids_are_small_and_name_known_hyperparameters(name):
 # --- ESZSL --------------------------------------------------------------------------------------------------
 
 
-def test_eszsl_is_its_closed_form_and_scores_are_x_v_s():
+@pytest.mark.parametrize("coding", ["zero_one", "plus_minus_one"])
+def test_eszsl_is_its_closed_form_and_scores_are_x_v_s(coding):
     rng = np.random.default_rng(0)
     n, d, a, n_classes = 80, 12, 6, 7
     seen = np.array([0, 2, 3, 5])
@@ -103,13 +102,14 @@ def test_eszsl_is_its_closed_form_and_scores_are_x_v_s():
     s_all = rng.normal(size=(n_classes, a)).astype(np.float32)
     gamma, lam = 3.0, 0.5
 
-    y = -np.ones((n, len(seen)))
-    y[np.arange(n), np.searchsorted(seen, labels)] = 1.0  # the paper's {-1, +1} labels
+    # the authors' code: {0, 1} (default); the paper's text: {-1, +1}
+    y = np.zeros((n, len(seen))) if coding == "zero_one" else -np.ones((n, len(seen)))
+    y[np.arange(n), np.searchsorted(seen, labels)] = 1.0
     x64, s64 = x.astype(np.float64), s_all[seen].astype(np.float64)
     expected = np.linalg.inv(x64.T @ x64 + gamma * np.eye(d)) @ x64.T @ y @ s64 @ np.linalg.inv(
         s64.T @ s64 + lam * np.eye(a))
 
-    model = ESZSL(gamma=gamma, lam=lam)
+    model = ESZSL(gamma=gamma, lam=lam, labels=coding)
     log = model.fit(Split(x, labels), seen, Semantics(s_all), seed=0)
     assert log["loss"] == [] and log["seconds"] >= 0
     np.testing.assert_allclose(model.state()["V"], expected, rtol=1e-4, atol=1e-6)
@@ -132,8 +132,37 @@ def test_unseen_class_accuracy_is_well_above_chance(name, problem, fitted):
     assert problem.czsl_accuracy(model) >= 2.5 * chance
     assert log["seconds"] < 30
     assert all(np.isfinite(log["loss"]))
-    if name != "eszsl":
+    if name in ("joint_gcn", "gcn_regression"):  # DGP's loss after the closed-form output layer
+        assert len(log["loss"]) == 1 and log["loss"][0] < 0.5 and log["supervision"] == "ridge"
+        exact = make_model(name, ridge=1e-6)  # the closed form interpolates the 15 anchors
+        assert exact.fit(problem.train, problem.seen, problem.semantics, seed=0)["loss"][0] < 1e-3
+    elif name != "eszsl":
         assert len(log["loss"]) == model.hparams["epochs"] and log["loss"][-1] < log["loss"][0]
+
+
+@pytest.mark.parametrize("name", ["joint_gcn", "gcn_regression"])
+def test_gcn_models_regress_the_backbone_classifier_rows_of_seen_classes_only(name, problem):
+    rng = np.random.default_rng(4)
+    rows = rng.normal(size=(N_CLASSES, problem.train.features.shape[1] + 1)).astype(np.float32)
+    with_head = Semantics(problem.semantics.vectors, classifiers=rows)
+    model = make_model(name, ridge=1e-5)
+    log = model.fit(problem.train, problem.seen, with_head, seed=0)
+    assert log["supervision"] == "head"
+    predicted = model.class_embeddings(with_head)[problem.seen]
+    if name == "gcn_regression":  # the predicted classifiers of seen classes are close to their (unit) rows
+        unit = rows[problem.seen] / np.linalg.norm(rows[problem.seen], axis=1, keepdims=True)
+        assert np.min(np.sum(predicted * unit, axis=1)) > 0.95
+    poisoned = rows.copy()
+    poisoned[problem.unseen] = 1e6  # rows of unseen classes are never read
+    again = make_model(name, ridge=1e-5)
+    again.fit(problem.train, problem.seen, Semantics(problem.semantics.vectors, classifiers=poisoned), seed=0)
+    np.testing.assert_allclose(again.class_embeddings(with_head), model.class_embeddings(with_head), atol=1e-6)
+    missing = rows.copy()
+    missing[problem.seen[0]] = np.nan  # a seen class the head does not cover: ridge anchors, or an error if forced
+    fallback = Semantics(problem.semantics.vectors, classifiers=missing)
+    assert make_model(name).fit(problem.train, problem.seen, fallback, seed=0)["supervision"] == "ridge"
+    with pytest.raises(PipelineError, match="supervision=head.*no classifier row for 1 of the 15 seen"):
+        make_model(name, supervision="head").fit(problem.train, problem.seen, fallback, seed=0)
 
 
 @pytest.mark.parametrize("name", ["joint_gcn", "gcn_regression", "cfzsl"])
@@ -181,14 +210,20 @@ def test_cosine_models_return_unit_embeddings(problem, fitted):
 # --- graphs -------------------------------------------------------------------------------------------------
 
 
-def test_gcn_layer_shapes_and_aggregation():
-    adjacency = normalized_adjacency(5, np.array([[0, 1], [1, 2], [3, 4]]))
+def test_gcn_layer_propagates_then_adds_the_bias_as_dgp():
+    adjacency = normalized_adjacency(5, np.array([[0, 1], [1, 2], [3, 4]]), kind="dgp")
     a = sparse_tensor(adjacency, torch.device("cpu"))
     nodes = torch.randn(5, 7)
-    assert GCN(7, 11, 3, dropout=0.5).eval()(nodes, a).shape == (5, 3)
+    gcn = GCN(7, 11, 3, dropout=0.5).eval()
+    assert gcn(nodes, a).shape == (5, 3)
     layer = GraphConv(7, 4, dropout=0.0)
-    expected = torch.as_tensor(adjacency.toarray()) @ layer.linear(nodes)
-    torch.testing.assert_close(layer(nodes, a), expected)
+    with torch.no_grad():
+        layer.bias.fill_(0.25)
+        expected = torch.as_tensor(adjacency.toarray()) @ (nodes @ layer.weight) + 0.25  # A (X W) + b
+        torch.testing.assert_close(layer(nodes, a), expected)
+        hidden = torch.as_tensor(adjacency.toarray()) @ torch.nn.functional.leaky_relu(gcn.layer1(nodes, a), 0.2)
+        torch.testing.assert_close(gcn.hidden(nodes, a), hidden)
+        torch.testing.assert_close(gcn(nodes, a), hidden @ gcn.layer2.weight + gcn.layer2.bias)
 
 
 def test_knn_graph_links_most_similar_classes_symmetrically():
@@ -196,18 +231,18 @@ def test_knn_graph_links_most_similar_classes_symmetrically():
     graph = knn_graph(vectors, k=1)
     assert graph.n_classes == 5 and graph.node_vectors is not None
     np.testing.assert_array_equal(graph.node_vectors, vectors)
-    linked = graph.adjacency.toarray() > 0
+    linked = graph.adjacency("symmetric").toarray() > 0
     assert (linked == linked.T).all() and linked.diagonal().all()
     assert linked[0, 1] and linked[2, 3] and not linked[0, 2]
-    np.testing.assert_allclose(graph.adjacency.toarray(), normalized_adjacency(5, np.argwhere(np.triu(linked, 1)))
-                               .toarray())
+    np.testing.assert_allclose(graph.adjacency("dgp").toarray(),
+                               normalized_adjacency(5, np.argwhere(np.triu(linked, 1)), kind="dgp").toarray())
 
 
 def hand_graph(semantics: Semantics) -> Graph:
     """Classes 0..19 plus two parent nodes: 0..9 under node 20, 10..19 under node 21, 20 ~ 21; 8-d node vectors."""
     edges = [[c, 20 if c < 10 else 21] for c in range(N_CLASSES)] + [[20, 21]]
     vectors = np.random.default_rng(3).normal(size=(N_CLASSES + 2, 8)).astype(np.float32)
-    return Graph(normalized_adjacency(N_CLASSES + 2, np.array(edges)), vectors, N_CLASSES)
+    return Graph(np.array(edges), vectors, N_CLASSES)
 
 
 @pytest.mark.parametrize("name", ["joint_gcn", "gcn_regression"])
@@ -216,22 +251,51 @@ def test_gcn_models_use_the_given_graph_else_a_knn_graph(name, problem, fitted):
     assert class_graph(name, with_graph, k=3) is with_graph.graph
     model = make_model(name, epochs=3)
     model.fit(problem.train, problem.seen, with_graph, seed=0)
-    node_dim = model.sizes[0] if name == "gcn_regression" else model.sizes[1]
-    assert node_dim == 8  # the hand graph's node vectors, not the 16 attributes
+    assert model.sizes[0] == 8  # the hand graph's node vectors, not the 16 attributes
     embeddings = model.class_embeddings(with_graph)
     assert embeddings.shape[0] == N_CLASSES and np.isfinite(embeddings).all()
-    rewired = Semantics(with_graph.vectors, graph=Graph(sp.identity(N_CLASSES + 2, format="csr", dtype=np.float32),
-                                                        with_graph.graph.node_vectors, N_CLASSES))
+    rewired = Semantics(with_graph.vectors, graph=Graph(np.zeros((0, 2), np.int64), with_graph.graph.node_vectors,
+                                                        N_CLASSES))
     assert not np.allclose(model.class_embeddings(rewired), embeddings)  # the adjacency is what it reads
 
     knn = fitted[name][0]  # fitted without a graph: the k-NN graph over the 16-d attributes
-    assert (knn.sizes[0] if name == "gcn_regression" else knn.sizes[1]) == 16
+    assert knn.sizes[0] == 16
     assert problem.semantics.graph is None
+
+
+def test_graph_node_vectors_must_come_from_the_chosen_text_encoder(problem):
+    graph = hand_graph(problem.semantics)
+    glove_graph = Graph(graph.edges, graph.node_vectors, N_CLASSES, node_encoder="glove")
+    asked = Semantics(problem.semantics.vectors, graph=glove_graph, source="text:minilm")
+    with pytest.raises(PipelineError, match="node vectors come from glove.*text:minilm.*--graph-text minilm"):
+        make_model("gcn_regression").fit(problem.train, problem.seen, asked, seed=0)
+    same = Semantics(problem.semantics.vectors, graph=glove_graph, source="text:glove")
+    make_model("gcn_regression").fit(problem.train, problem.seen, same, seed=0)
+
+
+def test_conse_mixes_the_vectors_of_the_top_seen_classes_by_probability(problem):
+    rng = np.random.default_rng(2)
+    d = problem.train.features.shape[1]
+    rows = np.full((N_CLASSES, d + 1), np.nan, np.float32)
+    rows[problem.seen] = rng.normal(size=(N_SEEN, d + 1))
+    semantics = Semantics(problem.semantics.vectors, classifiers=rows)
+    model = make_model("conse", top=3)
+    assert model.fit(problem.train, problem.seen, semantics, seed=0)["supervision"] == "head"
+    x = problem.test.features[:2]
+    logits = np.hstack([x, np.ones((2, 1))]) @ rows[problem.seen].T
+    for i in range(2):
+        top = np.argsort(-logits[i])[:3]
+        p = np.exp(logits[i] - logits[i].max())
+        p /= p.sum()  # the softmax over all seen classes; the top three weigh in proportion
+        vectors = problem.semantics.vectors[problem.seen[top]]
+        mix = (p[top, None] * vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).sum(0)
+        np.testing.assert_allclose(model.image_embeddings(Split(x, problem.test.labels[:2]))[i],
+                                   mix / np.linalg.norm(mix), rtol=1e-4, atol=1e-5)
 
 
 def test_a_graph_for_other_classes_is_refused(problem):
     graph = hand_graph(problem.semantics)
-    wrong = Semantics(problem.semantics.vectors, graph=Graph(graph.adjacency, graph.node_vectors, N_CLASSES - 1))
+    wrong = Semantics(problem.semantics.vectors, graph=Graph(graph.edges, graph.node_vectors, N_CLASSES - 1))
     with pytest.raises(PipelineError, match="class nodes"):
         make_model("joint_gcn", epochs=1).fit(problem.train, problem.seen, wrong, seed=0)
 

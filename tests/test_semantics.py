@@ -16,6 +16,7 @@ from pipeline.errors import PipelineError
 from pipeline.semantics.attributes import align, normalise, read_attribute_names, read_attributes
 from pipeline.semantics.build import SemanticsConfig, build_semantics
 from pipeline.semantics.file import SemanticsFile
+from pipeline.semantics.text import WordVectors
 from pipeline.store import create_store
 
 
@@ -127,10 +128,14 @@ def test_wordnet_graph_for_awa2_classes_mapped_to_synsets(shared_data, tmp_path)
         g = sem.graph()
         assert g["n_classes"] == 50 and g["wnids"][:50] == split["train"] + split["test"]
         assert "n00001740" in g["wnids"]  # entity
-        adjacency = g["adjacency"]
-        assert adjacency.shape == (len(g["wnids"]),) * 2
-        assert abs(adjacency - adjacency.T).max() < 1e-6
-        assert g["node_vectors"].shape == (len(g["wnids"]), 50)
+        assert g["node_vectors"].shape == (len(g["wnids"]), 50) and g["node_text"] == "glove"
+        assert sem.provenance("graph")["node_encoder"]["nodes_without_vector"] < 10  # all lemmas, as DGP
+        # a node's vector is the mean over its lemmas GloVe knows of each lemma's mean word vector:
+        # giant panda, panda, panda bear, coon bear, Ailuropoda melanoleuca (only melanoleuca is known)
+        words = WordVectors.load()
+        lemmas = [["giant", "panda"], ["panda"], ["panda", "bear"], ["coon", "bear"], ["melanoleuca"]]
+        expected = np.mean([np.mean([words[w] for w in lemma], axis=0) for lemma in lemmas], axis=0)
+        np.testing.assert_allclose(g["node_vectors"][g["wnids"].index("n02510455")], expected, rtol=1e-5, atol=1e-6)
         assert sem.class_texts[classes.index("killer+whale")] == "killer whale"
     with pytest.raises(PipelineError, match="no wnid for 1 classes"):
         build_semantics(_feature_file(tmp_path / "g.h5", classes + ["unicorn"]), tmp_path / "x.h5", cfg)

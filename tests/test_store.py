@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from cli import cli
 from pipeline.datasets.base import ImageDataset
 from pipeline.errors import PipelineError
-from pipeline.store import FeatureStore, FeatureWriter, create_store
+from pipeline.store import FeatureStore, FeatureWriter, Head, create_store
 
 
 def _dataset(n: int) -> ImageDataset:
@@ -71,6 +71,25 @@ def test_schema_and_provenance(tmp_path: Path):
         assert p["feature_dim"] == 5 and p["grid_shape"] == [4, 3] and p["dtype"] == "float16"
         assert s.classes == ["a", "b", "c"] and s.labels.tolist() == (np.arange(10) % 3).tolist()
         np.testing.assert_array_equal(s.features(s.splits["test_unseen"])[:, 0], [5, 15, 25, 35, 45])
+
+
+def test_classifier_head_is_stored_with_what_each_output_means(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    head = Head(rng.normal(size=(4, 5)).astype(np.float32), rng.normal(size=4).astype(np.float32),
+                ["n1", "b", "n3", "a"])
+    create_store(tmp_path / "h.h5", _dataset(6), 5, "float32", None, {}, head=head)
+    with FeatureStore(tmp_path / "h.h5") as store:
+        got = store.head
+    assert got is not None and got.classes == head.classes
+    np.testing.assert_array_equal(got.weight, head.weight)
+    x = rng.normal(size=(3, 5)).astype(np.float32)
+    np.testing.assert_allclose(got.logits(x), x @ head.weight.T + head.bias, rtol=1e-6)
+    assert got.rows_of(["a", "b", "c"]).tolist() == [3, 1, -1]  # the store's classes a, b, c
+    with pytest.raises(PipelineError, match="does not fit 6-d features"):
+        create_store(tmp_path / "bad.h5", _dataset(6), 6, "float32", None, {}, head=head)
+    _store(tmp_path / "none.h5")
+    with FeatureStore(tmp_path / "none.h5") as store:
+        assert store.head is None
 
 
 def test_rows_written_out_of_order_and_pending(tmp_path: Path):

@@ -60,7 +60,20 @@ def test_selection_never_reads_the_test_splits(cached):
     assert len(clean["validation"]["table"]) > 1
 
 
-@pytest.mark.parametrize("model", ["eszsl", "joint_gcn", "gcn_regression"])
+@pytest.mark.parametrize("model", ["eszsl", "joint_gcn", "gcn_regression", "conse"])
+def test_one_image_per_seen_class_trains_and_holds_out_what_it_can(cached, model, caplog):
+    inputs = load_inputs(*cached)
+    trainval = inputs.splits["trainval"]
+    first = np.array([np.flatnonzero(trainval.labels == c)[0] for c in np.unique(trainval.labels)])
+    few = dataclasses.replace(inputs, splits={k: v for k, v in inputs.splits.items() if k not in ("train", "val")}
+                              | {"trainval": trainval.subset(first)})
+    with caplog.at_level("INFO"):
+        checkpoint = train(few, TrainConfig(model))
+    assert "held out the only image of" in caplog.text
+    assert len(checkpoint["seen"]) == len(first) and np.isfinite(checkpoint["gamma"])
+
+
+@pytest.mark.parametrize("model", ["eszsl", "joint_gcn", "gcn_regression", "conse"])
 def test_unseen_classes_are_recognised_far_above_chance(cached, tmp_path, model):
     inputs = load_inputs(*cached)
     checkpoint = train(inputs, TrainConfig(model))

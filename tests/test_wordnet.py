@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import PipelineError
+from pipeline.models.base import normalized_adjacency
 from pipeline.semantics.wordnet import (
     ENTITY,
     KnowledgeGraph,
@@ -19,7 +20,6 @@ from pipeline.semantics.wordnet import (
     class_lemma,
     induced_graph,
     lexnames_text,
-    normalized_adjacency,
     synset_of,
     wnid_of,
     wordnet,
@@ -183,7 +183,7 @@ def test_ancestor_edges_on_the_zebra_chain() -> None:
 
 def test_ancestor_edges_take_the_shortest_path() -> None:
     # 0 -> 1 -> 2 -> 3 and a shortcut 0 -> 3; 4 is isolated
-    graph = KnowledgeGraph(wnids=list("abcde"), names=list("abcde"),
+    graph = KnowledgeGraph(wnids=list("abcde"), names=list("abcde"), lemmas=[[c] for c in "abcde"],
                            edges=np.array([[0, 1], [1, 2], [2, 3], [0, 3]]), n_classes=1)
     edges, distance = ancestor_edges(graph)
     assert dict(zip(map(tuple, edges.tolist()), distance.tolist(), strict=True)) == {
@@ -207,6 +207,17 @@ def test_normalized_adjacency_by_hand(self_loops: bool) -> None:
     assert self_loops or got[4].nnz == 0
 
 
+def test_dgp_adjacency_averages_each_node_with_its_neighbours() -> None:
+    # DGP: edges made undirected plus self-loops, then normt_spm(method='in'): D^-1 (A + I)
+    edges = np.array([[0, 1], [1, 2], [2, 3]])
+    expected = np.array([[1, 1, 0, 0], [1, 1, 1, 0], [0, 1, 1, 1], [0, 0, 1, 1]]) / np.array([[2], [3], [3], [2]])
+    got = normalized_adjacency(4, edges, kind="dgp")
+    np.testing.assert_allclose(got.toarray(), expected, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(got.sum(axis=1)).ravel(), 1.0, rtol=1e-6)  # rows are means
+
+
 def test_normalized_adjacency_rejects_bad_edges() -> None:
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(PipelineError, match="outside"):
         normalized_adjacency(3, np.array([[0, 3]]))
+    with pytest.raises(PipelineError, match="adjacency 'mean' unknown"):
+        normalized_adjacency(3, np.array([[0, 1]]), kind="mean")

@@ -16,16 +16,56 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from pipeline.errors import PipelineError
 from pipeline.grid import GridSource
+
+
+ADJACENCIES = ("dgp", "symmetric")
+
+
+def normalized_adjacency(n_nodes: int, edges: np.ndarray, kind: str = "symmetric",
+                         self_loops: bool = True) -> sp.csr_matrix:
+    """The normalised undirected adjacency of ``edges`` [E, 2] as float32 CSR, ``A`` 0/1, each link once.
+
+    ``kind`` ``symmetric``: ``D^-1/2 (A + I) D^-1/2`` (Kipf & Welling, GCNZ); ``dgp``: ``D^-1 (A + I)``,
+    each row averaging the node and its neighbours (DGP's ``normt_spm(method='in')``). Without
+    ``self_loops`` the identity is left out; isolated nodes then get all-zero rows.
+    """
+    if kind not in ADJACENCIES:
+        raise PipelineError(f"adjacency {kind!r} unknown; use one of {ADJACENCIES}")
+    edges = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
+    if edges.size and (edges.min() < 0 or edges.max() >= n_nodes):
+        raise PipelineError(f"graph edges index nodes outside 0..{n_nodes - 1}")
+    rows, cols = np.concatenate([edges[:, 0], edges[:, 1]]), np.concatenate([edges[:, 1], edges[:, 0]])
+    if self_loops:
+        rows, cols = np.concatenate([rows, np.arange(n_nodes)]), np.concatenate([cols, np.arange(n_nodes)])
+    a = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(n_nodes, n_nodes))
+    a.sum_duplicates()
+    a.data[:] = 1
+    degree = np.asarray(a.sum(axis=1)).ravel()
+    if kind == "dgp":
+        inverse = np.zeros(n_nodes, dtype=np.float32)
+        inverse[degree > 0] = 1.0 / degree[degree > 0]
+        a.data *= inverse[np.repeat(np.arange(n_nodes), np.diff(a.indptr))]
+        return a
+    scale = np.zeros(n_nodes, dtype=np.float32)
+    scale[degree > 0] = degree[degree > 0] ** -0.5
+    a.data *= scale[np.repeat(np.arange(n_nodes), np.diff(a.indptr))] * scale[a.indices]
+    return a
 
 
 @dataclass
 class Graph:
     """A class graph: nodes 0..n_classes-1 are the classes (feature-file order), then other nodes."""
 
-    adjacency: sp.csr_matrix  # [V, V] symmetric normalised D^-1/2 (A+I) D^-1/2
+    edges: np.ndarray  # [E, 2] int64 node pairs (child -> parent for WordNet), read as undirected links
     node_vectors: np.ndarray  # [V, E] input vectors of the nodes (word vectors of their names)
     n_classes: int
+    node_encoder: str | None = None  # what embedded the node names (e.g. "glove"); None: given vectors
+
+    def adjacency(self, kind: str) -> sp.csr_matrix:
+        """[V, V] normalised adjacency with self-loops (:func:`normalized_adjacency`)."""
+        return normalized_adjacency(len(self.node_vectors), self.edges, kind)
 
 
 @dataclass
@@ -36,6 +76,10 @@ class Semantics:
     text: dict[str, np.ndarray] = field(default_factory=dict)  # every class-name embedding, e.g. "clip" [C, E]
     graph: Graph | None = None
     attribute_vectors: np.ndarray | None = None  # [A, E] word vectors of the attribute names (attention models)
+    # [C, D + 1]: the backbone's own classifier row of each class (weight, then bias), NaN where its head
+    # has no output for the class; None when the feature store records no head. Models read seen rows only.
+    classifiers: np.ndarray | None = None
+    source: str | None = None  # what ``vectors`` are: attributes | text:<encoder>
 
 
 @dataclass
@@ -87,8 +131,6 @@ class ZSLModel(ABC):
     def __init__(self, **hparams: Any):
         unknown = set(hparams) - set(self.defaults)
         if unknown:
-            from pipeline.errors import PipelineError
-
             raise PipelineError(f"{self.name}: unknown hyperparameters {sorted(unknown)}; known: {sorted(self.defaults)}")
         self.hparams = {**self.defaults, **hparams}
 

@@ -9,6 +9,7 @@ import scipy.linalg
 
 from pipeline.errors import PipelineError
 from pipeline.models.base import Semantics, Split, ZSLModel
+from pipeline.models.classifiers import SUPERVISION, with_bias_input
 from pipeline.models.layers import seen_targets
 
 
@@ -31,35 +32,68 @@ def eszsl_solution(features: np.ndarray, targets: np.ndarray, signatures: np.nda
 class ESZSL(ZSLModel):
     """Bilinear compatibility ``score(x, c) = x V s_cᵀ`` with V in closed form (no iterations).
 
-    Y is the paper's {−1, +1} label matrix: +1 for an image's class, −1 for the other seen classes.
+    Y codes labels as the authors' MATLAB code does (``labels: zero_one``): 1 for an image's class, 0 for
+    the other seen classes; ``labels: plus_minus_one`` is the paper's text, {−1, +1}, which adds a
+    per-class bias growing with ``lam`` when the semantic vectors are not centred.
     ``image_embeddings`` = X V [N, A], ``class_embeddings`` = the semantic vectors S [C, A] as given, so
     the inner product is ``x V sᵀ``. ``gamma`` regularises the image side, ``lam`` the semantic side;
     features and semantic vectors are used as they come (the semantics stage L2-normalises attributes).
     ``fit`` logs no losses (``"loss": []``).
+
+    The first factor, ``(Xᵀ X + γ I)⁻¹ Xᵀ Y``, is a ridge regression from features to the seen labels:
+    a linear classifier per seen class. When the feature store records the backbone's own classifier
+    and it covers the seen classes (``supervision: auto`` or ``head``), its rows ``[w, b]`` take that
+    place, ``V = W_headᵀ S (Sᵀ S + λ I)⁻¹`` on ``[x, 1]`` (``gamma`` is then unused): the ImageNet
+    protocol of GCNZ / DGP, which trusts the classifier trained on the seen classes' full data.
+    ``supervision: ridge`` keeps the original closed form.
     """
 
     name = "eszsl"
-    defaults = {"gamma": 1.0, "lam": 1.0}
+    defaults = {"gamma": 1.0, "lam": 1.0, "labels": "zero_one", "supervision": "auto"}
     grid = {"gamma": [0.1, 1.0, 10.0, 100.0, 1000.0], "lam": [0.1, 1.0, 10.0, 100.0, 1000.0]}
 
     def __init__(self, **hparams: Any):
         super().__init__(**hparams)
         if self.hparams["gamma"] < 0 or self.hparams["lam"] < 0:
             raise PipelineError(f"eszsl: gamma and lam must be >= 0, got {self.hparams}")
+        if self.hparams["labels"] not in ("zero_one", "plus_minus_one"):
+            raise PipelineError(f"eszsl: labels {self.hparams['labels']!r} unknown; use zero_one or plus_minus_one")
+        if self.hparams["supervision"] not in SUPERVISION:
+            raise PipelineError(f"eszsl: supervision {self.hparams['supervision']!r} unknown; use one of {SUPERVISION}")
         self.V: np.ndarray | None = None
 
     def fit(self, train: Split, seen: np.ndarray, semantics: Semantics, seed: int) -> dict[str, Any]:
         start = time.perf_counter()
         seen, positions = seen_targets(self.name, train, seen, semantics)
-        y = -np.ones((len(positions), len(seen)))
-        y[np.arange(len(positions)), positions] = 1.0
+        head = self._head_rows(seen, semantics, train.features.shape[1])
+        signatures = np.asarray(semantics.vectors[seen], dtype=np.float64)
+        lam = self.hparams["lam"]
         try:
-            v = eszsl_solution(train.features, y, semantics.vectors[seen], self.hparams["gamma"], self.hparams["lam"])
+            if head is not None:
+                right = scipy.linalg.solve(signatures.T @ signatures + lam * np.eye(signatures.shape[1]),
+                                           signatures.T @ head, assume_a="pos")  # (Sᵀ S + λ I)⁻¹ Sᵀ W
+                v = right.T
+            else:
+                y = np.full((len(positions), len(seen)), 0.0 if self.hparams["labels"] == "zero_one" else -1.0)
+                y[np.arange(len(positions)), positions] = 1.0
+                v = eszsl_solution(train.features, y, signatures, self.hparams["gamma"], lam)
         except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
             raise PipelineError(f"eszsl: the system is singular at gamma={self.hparams['gamma']}, "
-                                f"lam={self.hparams['lam']}; use gamma, lam > 0") from None
+                                f"lam={lam}; use gamma, lam > 0") from None
         self.V = v.astype(np.float32)
-        return {"loss": [], "seconds": time.perf_counter() - start}
+        return {"loss": [], "seconds": time.perf_counter() - start,
+                "supervision": "head" if head is not None else "ridge"}
+
+    def _head_rows(self, seen: np.ndarray, semantics: Semantics, dim: int) -> np.ndarray | None:
+        """[S, D + 1] float64 classifier rows of the seen classes when they are to be used, else None."""
+        rows = semantics.classifiers[seen] if semantics.classifiers is not None else None
+        usable = rows is not None and bool(np.isfinite(rows).all()) and rows.shape[1] == dim + 1
+        if self.hparams["supervision"] == "head" and not usable:
+            raise PipelineError("eszsl: supervision=head but the feature store has no classifier row (of matching "
+                                "size) for every seen class; use supervision=ridge or auto")
+        if self.hparams["supervision"] == "ridge" or not usable:
+            return None
+        return np.asarray(rows, dtype=np.float64)
 
     def _v(self) -> np.ndarray:
         if self.V is None:
@@ -68,10 +102,11 @@ class ESZSL(ZSLModel):
 
     def image_embeddings(self, data: Split) -> np.ndarray:
         v = self._v()
-        if data.features.shape[1] != v.shape[0]:
+        if data.features.shape[1] not in (v.shape[0], v.shape[0] - 1):
             raise PipelineError(f"eszsl: features are {data.features.shape[1]}-d but the model was fitted on "
                                 f"{v.shape[0]}-d features")
-        return np.asarray(data.features, dtype=np.float32) @ v
+        x = np.asarray(data.features, dtype=np.float32)
+        return (with_bias_input(x) if x.shape[1] + 1 == v.shape[0] else x) @ v
 
     def class_embeddings(self, semantics: Semantics) -> np.ndarray:
         v = self._v()

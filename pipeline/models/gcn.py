@@ -1,214 +1,231 @@
 """Graph-convolutional zero-shot models over a class graph (WordNet, or a k-NN graph of the class vectors).
 
-* ``joint_gcn``: an image MLP and a class GCN trained into one joint space (large-scale ZSL framework).
-* ``gcn_regression``: a GCN regressing each class's linear classifier (GCNZ, Wang et al. 2018; DGP).
+* ``gcn_regression``: GCNZ / DGP (Wang et al. 2018; Kampffmeyer et al. 2019): a GCN predicts every
+  class's linear classifier from the word vectors of the graph's nodes, regressing the classifiers of
+  the seen classes; an image is scored by the predicted classifiers.
+* ``joint_gcn``: the same class GCN into a joint space shared with the images, scored by cosine,
+  with a separation loss that keeps every class away from the seen classes' embeddings there.
 
-Both read ``semantics.graph`` when present: the adjacency (``D^-1/2 (A+I) D^-1/2``) and the node
-vectors (word vectors of the node names, L2-normalised here), rows 0..C-1 being the classes. Without a
-graph (e.g. the built-in synthetic dataset, which has no WordNet mapping) they build one from
-``semantics.vectors``: each class linked to its ``k`` most cosine-similar classes, symmetrised, with
-the class vectors as node vectors (:func:`pipeline.models.layers.knn_graph`). The GCN sees every node,
-unseen classes included (their names or attributes, never their images), as GCNZ does.
+**Anchors** (what the GCN regresses, one per seen class): the seen classes' linear classifiers
+``[weight, bias]``, L2-normalised as GCNZ does: the backbone's own classifier rows when the feature
+store records its head (the ImageNet protocol of GCNZ and DGP), else ridge fits on the cached
+features (:mod:`pipeline.models.classifiers`; ``supervision`` forces either).
+
+**Fit** (:func:`fit_gcn`): DGP's 2-layer GCN (LeakyReLU 0.2, dropout before each layer, Xavier
+init, bias after propagation) over ``D^-1 (A + I)`` (``adjacency: dgp``, DGP's) or
+``D^-1/2 (A + I) D^-1/2``. Its output layer is first solved in closed form (ridge regression of the
+anchors on the propagated first layer of the seen nodes, dropout off), then ``epochs`` of Adam on
+DGP's loss ``Σ ‖normalise(out_i) − anchor_i‖² / 2S`` refine both layers. The output layer emits
+coordinates in an orthonormal basis of the anchors' span (at most S dimensions instead of D + 1):
+outside that span a prediction only adds distance to every anchor, so the basis loses nothing the
+loss rewards, and each epoch costs a fraction of DGP's.
+
+Without a graph (e.g. the built-in synthetic dataset, which has no WordNet mapping) both build one
+from ``semantics.vectors`` (:func:`pipeline.models.layers.knn_graph`). The GCN sees every node,
+unseen classes included (their names, never their images or classifier rows), as GCNZ does.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
-import scipy.linalg
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import PipelineError
-from pipeline.models.base import Graph, Semantics, Split
-from pipeline.models.layers import (
-    GCN,
-    Standardize,
-    TorchZSLModel,
-    class_graph,
-    cosine_logits,
-    l2_normalize,
-    log_scale,
-    mlp,
-    sparse_tensor,
-    train_epochs,
-)
+from pipeline.models.base import ADJACENCIES, Semantics, Split
+from pipeline.models.classifiers import seen_classifiers, with_bias_input
+from pipeline.models.layers import GCN, TorchZSLModel, class_graph, l2_normalize, sparse_tensor
 
-
-def _check_features(model: str, data: Split, expected: int) -> None:
-    if data.features.ndim != 2 or data.features.shape[1] != expected:
-        raise PipelineError(f"{model}: features are {'x'.join(map(str, data.features.shape[1:]))}-d but the model was fitted on "
-                            f"{expected}-d features (another backbone?)")
+log = logging.getLogger(__name__)
 
 
 class _GraphInputs:
     """The class graph of some semantics as tensors: normalised node vectors and sparse adjacency."""
 
-    def __init__(self, graph: Graph, device: torch.device):
+    def __init__(self, model: str, semantics: Semantics, h: dict[str, Any], device: torch.device):
+        if h["adjacency"] not in ADJACENCIES:
+            raise PipelineError(f"{model}: adjacency {h['adjacency']!r} unknown; use one of {ADJACENCIES}")
+        graph = class_graph(model, semantics, h["k"])
         self.nodes = torch.as_tensor(l2_normalize(graph.node_vectors), device=device)
-        self.adjacency = sparse_tensor(graph.adjacency, device)
+        self.adjacency = sparse_tensor(graph.adjacency(h["adjacency"]), device)
         self.n_classes = graph.n_classes
 
 
-class _JointNet(nn.Module):
-    def __init__(self, feature_dim: int, node_dim: int, h: dict[str, Any]):
+class _AnchoredGCN(nn.Module):
+    """A :class:`GCN` whose outputs are coordinates in ``basis`` [r, D'] (orthonormal rows): the class
+    embedding of node v is ``normalise(gcn(v)) @ basis``, a unit vector in the anchors' span."""
+
+    def __init__(self, node_dim: int, out_dim: int, rank: int, h: dict[str, Any]):
         super().__init__()
-        self.standardize = Standardize(feature_dim)
-        self.image = mlp(feature_dim, h["image_hidden"], h["joint_dim"], h["image_dropout"])
-        self.gcn = GCN(node_dim, h["gcn_hidden"], h["joint_dim"], h["dropout"])
-        self.log_scale = nn.Parameter(torch.tensor(log_scale(h["temperature"])), requires_grad=h["learn_temperature"])
+        self.gcn = GCN(node_dim, h["hidden"], rank, h["dropout"])
+        self.register_buffer("basis", torch.zeros(rank, out_dim))
 
-    def images(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.image(self.standardize(x)), dim=-1)
-
-    def classes(self, g: _GraphInputs) -> torch.Tensor:
-        return F.normalize(self.gcn(g.nodes, g.adjacency)[:g.n_classes], dim=-1)
+    def coordinates(self, g: _GraphInputs) -> torch.Tensor:
+        """[V, r] unit-norm embeddings of every node in basis coordinates."""
+        return F.normalize(self.gcn(g.nodes, g.adjacency), dim=-1)
 
 
-class JointGCN(TorchZSLModel):
-    """Image MLP + class GCN into a shared ``joint_dim`` space; score = cosine (unit-norm embeddings).
+def _closed_form_output_layer(net: _AnchoredGCN, g: _GraphInputs, seen: torch.Tensor, targets: torch.Tensor,
+                              ridge: float) -> None:
+    """Set the GCN's output layer to the ridge solution mapping the seen nodes' propagated first layer
+    onto ``targets`` [S, r] (dropout off): ``W2 = Zcᵀ (Zc Zcᵀ + α I)⁻¹ (T − T̄)``, ``b2 = T̄ − Z̄ W2``, Zc the
+    centred rows, α = ``ridge`` · mean of diag(Zc Zcᵀ). An S x S system, whatever the hidden width."""
+    net.eval()
+    with torch.no_grad():
+        z = net.gcn.hidden(g.nodes, g.adjacency)[seen].double()
+        t = targets.double()
+        z_mean, t_mean = z.mean(0), t.mean(0)
+        zc = z - z_mean
+        gram = zc @ zc.T
+        alpha = ridge * gram.diagonal().mean().clamp_min(1e-12)
+        dual = torch.linalg.solve(gram + alpha * torch.eye(len(gram), dtype=gram.dtype, device=gram.device), t - t_mean)
+        w2 = zc.T @ dual
+        net.gcn.layer2.weight.copy_(w2.float())
+        net.gcn.layer2.bias.copy_((t_mean - z_mean @ w2).float())
+    net.train()
 
-    Image branch: standardised features (training mean/std) -> MLP (``image_hidden`` 0: one linear
-    layer, a perceptron). Class branch: 2-layer GCN (LeakyReLU 0.2, dropout) over the class graph;
-    rows 0..C-1 of its output are the class embeddings. Loss per mini-batch of images (the GCN runs
-    full-graph each step):
 
-    * cross-entropy over the seen classes of ``cos(image, class) / temperature`` (the temperature is
-      learnt from its initial value when ``learn_temperature``), plus
-    * ``sep_weight`` × separation: the mean over ordered pairs of distinct seen classes of
-      ``relu(cos(c_i, c_j) − margin)²``, which keeps the class embeddings at most ``margin`` cosine
-      apart and stops the GCN from collapsing neighbouring classes together.
-    """
+def fit_gcn(net: _AnchoredGCN, g: _GraphInputs, seen: np.ndarray, anchor_rows: np.ndarray, h: dict[str, Any],
+            extra_loss: Any = None) -> list[float]:
+    """Fit ``net`` to the unit-norm ``anchor_rows`` [S, D'] of the ``seen`` nodes (module docstring):
+    basis, closed-form output layer, then ``h["epochs"]`` Adam steps of DGP's loss (plus
+    ``extra_loss(coordinates [V, r])`` when given). Returns DGP's loss after each stage (eval mode)."""
+    device = net.basis.device
+    q, _ = torch.linalg.qr(torch.as_tensor(anchor_rows, dtype=torch.float64, device=device).T)  # [D', r]
+    net.basis.copy_(q.T.float())
+    targets = torch.as_tensor(anchor_rows, device=device) @ net.basis.T  # [S, r], still unit norm
+    seen_rows = torch.as_tensor(seen, device=device)
 
-    name = "joint_gcn"
-    defaults = {
-        "epochs": 20, "lr": 1e-3, "batch_size": 256, "weight_decay": 1e-4,
-        "joint_dim": 256, "image_hidden": 512, "gcn_hidden": 512, "image_dropout": 0.2, "dropout": 0.5,
-        "temperature": 0.05, "learn_temperature": False, "margin": 0.2, "sep_weight": 1.0,
-        "k": 3, "device": "auto",
-    }
-    grid = {"temperature": [0.05, 0.1], "weight_decay": [1e-4, 1e-2]}
+    def dgp_loss(coordinates: torch.Tensor) -> torch.Tensor:
+        return (coordinates[seen_rows] - targets).pow(2).sum() / (2 * len(seen_rows))
+
+    def eval_loss() -> float:
+        net.eval()
+        with torch.no_grad():
+            value = dgp_loss(net.coordinates(g)).item()
+        net.train()
+        return value
+
+    _closed_form_output_layer(net, g, seen_rows, targets, h["ridge"])
+    losses = [eval_loss()]
+    if h["epochs"] > 0:
+        optimizer = torch.optim.Adam(net.parameters(), lr=h["lr"], weight_decay=h["weight_decay"])
+        for _ in range(h["epochs"]):
+            coordinates = net.coordinates(g)
+            loss = dgp_loss(coordinates)
+            if extra_loss is not None:
+                loss = loss + extra_loss(coordinates)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        losses.append(eval_loss())
+    return losses
+
+
+class _AnchoredModel(TorchZSLModel):
+    """What both GCN models share: anchors, the anchored GCN, and the class embeddings it predicts."""
 
     def input_sizes(self, train: Split, semantics: Semantics) -> list[int]:
         graph = class_graph(self.name, semantics, self.hparams["k"])
-        return [train.features.shape[1], graph.node_vectors.shape[1]]
+        return [graph.node_vectors.shape[1], train.features.shape[1] + 1, 0]  # rank filled in by train_net
 
     def build(self, sizes: list[int]) -> nn.Module:
-        return _JointNet(sizes[0], sizes[1], self.hparams)
+        return _AnchoredGCN(sizes[0], sizes[1], max(sizes[2], 1), self.hparams)
+
+    def fit(self, train: Split, seen: np.ndarray, semantics: Semantics, seed: int) -> dict[str, Any]:
+        result = super().fit(train, seen, semantics, seed)
+        return {**result, "supervision": self.supervision}
 
     def train_net(self, train: Split, positions: np.ndarray, seen: np.ndarray, semantics: Semantics,
                   generator: torch.Generator) -> list[float]:
-        net: _JointNet = self.trained()  # type: ignore[assignment]
         h = self.hparams
-        graph = _GraphInputs(class_graph(self.name, semantics, h["k"]), self.device)
-        x = self.tensor(train.features)
-        y = torch.as_tensor(positions, device=self.device)
-        seen_rows = torch.as_tensor(seen, device=self.device)
-        net.standardize.set_from(x)
-        off_diagonal = ~torch.eye(len(seen), dtype=torch.bool, device=self.device)
+        rows, self.supervision = seen_classifiers(self.name, train, positions, seen, semantics, h["supervision"],
+                                                  h["feature_ridge"])
+        rows = l2_normalize(rows)
+        self.sizes[2] = min(len(rows), rows.shape[1])  # the anchors' span: rebuild at that rank
+        self.net = self.build(self.sizes).to(self.device).train()
+        g = _GraphInputs(self.name, semantics, h, self.device)
+        log.info("%s: %d anchors from %s supervision, graph of %d nodes", self.name, len(rows), self.supervision,
+                 len(g.nodes))
+        return fit_gcn(self.net, g, seen, rows, h, self.extra_loss(seen, g.n_classes))  # type: ignore[arg-type]
 
-        def step(rows: torch.Tensor) -> torch.Tensor:
-            rows = rows.to(self.device)
-            classes = net.classes(graph)[seen_rows]
-            loss = F.cross_entropy(cosine_logits(net.images(x[rows]), classes, net.log_scale.exp()), y[rows])
-            if h["sep_weight"] > 0 and len(seen) > 1:
-                overlap = F.relu((classes @ classes.T)[off_diagonal] - h["margin"])
-                loss = loss + h["sep_weight"] * overlap.pow(2).mean()
-            return loss
+    def extra_loss(self, seen: np.ndarray, n_classes: int) -> Any:
+        """A term added to DGP's loss during the Adam epochs (None: none)."""
+        return None
 
-        return train_epochs(net.parameters(), len(y), step, epochs=h["epochs"], batch_size=h["batch_size"],
-                            lr=h["lr"], weight_decay=h["weight_decay"], generator=generator, name=self.name)
-
-    def image_embeddings(self, data: Split) -> np.ndarray:
-        net: _JointNet = self.trained()  # type: ignore[assignment]
-        _check_features(self.name, data, self.sizes[0])
-        return self.embed_rows(net.images, data.features)
+    def _check_features(self, data: Split) -> np.ndarray:
+        self.trained()
+        if data.features.ndim != 2 or data.features.shape[1] != self.sizes[1] - 1:
+            raise PipelineError(f"{self.name}: features are {'x'.join(map(str, data.features.shape[1:]))}-d but the "
+                                f"model was fitted on {self.sizes[1] - 1}-d features (another backbone?)")
+        return with_bias_input(data.features)
 
     @torch.no_grad()
-    def class_embeddings(self, semantics: Semantics) -> np.ndarray:
-        net: _JointNet = self.trained()  # type: ignore[assignment]
-        graph = class_graph(self.name, semantics, self.hparams["k"])
-        if graph.node_vectors.shape[1] != self.sizes[1]:
-            raise PipelineError(f"{self.name}: node vectors are {graph.node_vectors.shape[1]}-d but the model was "
-                                f"fitted on {self.sizes[1]}-d ones")
-        return net.classes(_GraphInputs(graph, self.device)).float().cpu().numpy()
+    def _coordinates(self, semantics: Semantics) -> torch.Tensor:
+        net: _AnchoredGCN = self.trained()  # type: ignore[assignment]
+        g = _GraphInputs(self.name, semantics, self.hparams, self.device)
+        if g.nodes.shape[1] != self.sizes[0]:
+            raise PipelineError(f"{self.name}: node vectors are {g.nodes.shape[1]}-d but the model was "
+                                f"fitted on {self.sizes[0]}-d ones")
+        return net.coordinates(g)[:g.n_classes]
 
 
-def ridge_classifiers(features: np.ndarray, positions: np.ndarray, n_seen: int, ridge: float,
-                      bias: bool) -> np.ndarray:
-    """One-vs-rest ridge classifiers [n_seen, D(+1)] of the seen classes, in closed form.
-
-    ``W = (X̃ᵀ X̃ + α I)⁻¹ X̃ᵀ Y`` with X̃ the features (plus a column of ones when ``bias``), Y the
-    0/1 one-hot labels and ``α = ridge · trace(X̃ᵀ X̃) / dim`` (scale-free: ``ridge`` is relative to the
-    mean feature energy). The bias is regularised like the weights.
-    """
-    x = torch.as_tensor(np.asarray(features), dtype=torch.float32)
-    if bias:
-        x = torch.cat([x, torch.ones(len(x), 1)], dim=1)
-    gram = (x.T @ x).double()
-    y = torch.zeros(len(x), n_seen, dtype=torch.float32)
-    y[torch.arange(len(x)), torch.as_tensor(positions)] = 1.0
-    alpha = ridge * gram.diagonal().mean().item()
-    system = gram + alpha * torch.eye(len(gram), dtype=torch.float64)
-    w = scipy.linalg.solve(system.numpy(), (x.T @ y).double().numpy(), assume_a="pos")
-    return w.T.astype(np.float32)
+_SHARED_DEFAULTS = {
+    "hidden": 2048, "dropout": 0.5, "adjacency": "dgp", "lr": 1e-3, "weight_decay": 5e-4, "ridge": 0.1,
+    "supervision": "auto", "feature_ridge": 1.0, "k": 3, "device": "auto",
+}
 
 
-class GCNRegression(TorchZSLModel):
-    """A GCN predicting each class's linear classifier from the class graph (GCNZ / DGP style).
-
-    Targets: one-vs-rest ridge classifiers of the seen classes fitted in closed form on the training
-    features (:func:`ridge_classifiers`; ``bias`` adds an intercept), each L2-normalised as GCNZ does.
-    The 2-layer GCN maps the node vectors to [V, D(+1)]; loss = mean over seen classes of
-    ``‖normalise(prediction) − target‖²`` (= 2 − 2·cosine: MSE and cosine losses coincide on unit
-    vectors), trained full-graph, one AdamW step per epoch. At test ``class_embeddings`` are the
-    L2-normalised predictions for all classes and ``image_embeddings`` the raw features (with a
-    trailing 1 when ``bias``): the score is the predicted classifier's output.
-    """
+class GCNRegression(_AnchoredModel):
+    """GCNZ / DGP: the GCN predicts each class's classifier ``[w, b]`` (unit norm); an image's score for a
+    class is ``[x, 1] · prediction``, as DGP's ``evaluate_imagenet.py`` scores. Defaults are DGP's
+    (hidden 2048, dropout 0.5, row-normalised adjacency, Adam lr 1e-3, weight decay 5e-4) except the
+    schedule: closed-form output layer, then ``epochs`` (DGP: 3000 from a random start)."""
 
     name = "gcn_regression"
-    defaults = {
-        "epochs": 300, "lr": 1e-3, "weight_decay": 5e-4, "gcn_hidden": 1024, "dropout": 0.5,
-        "ridge": 1.0, "bias": True, "k": 3, "device": "auto",
-    }
-    grid = {"ridge": [0.1, 1.0], "weight_decay": [5e-4, 5e-3]}
-
-    def input_sizes(self, train: Split, semantics: Semantics) -> list[int]:
-        graph = class_graph(self.name, semantics, self.hparams["k"])
-        return [graph.node_vectors.shape[1], train.features.shape[1] + int(self.hparams["bias"])]
-
-    def build(self, sizes: list[int]) -> nn.Module:
-        return GCN(sizes[0], self.hparams["gcn_hidden"], sizes[1], self.hparams["dropout"])
-
-    def train_net(self, train: Split, positions: np.ndarray, seen: np.ndarray, semantics: Semantics,
-                  generator: torch.Generator) -> list[float]:
-        gcn: GCN = self.trained()  # type: ignore[assignment]
-        h = self.hparams
-        graph = _GraphInputs(class_graph(self.name, semantics, h["k"]), self.device)
-        targets = self.tensor(l2_normalize(ridge_classifiers(train.features, positions, len(seen), h["ridge"],
-                                                             h["bias"])))
-        seen_rows = torch.as_tensor(seen, device=self.device)
-
-        def step(_: torch.Tensor) -> torch.Tensor:
-            predicted = F.normalize(gcn(graph.nodes, graph.adjacency)[seen_rows], dim=-1)
-            return (predicted - targets).pow(2).sum(dim=1).mean()
-
-        return train_epochs(gcn.parameters(), 1, step, epochs=h["epochs"], batch_size=1, lr=h["lr"],
-                            weight_decay=h["weight_decay"], generator=generator, name=self.name)
+    defaults = {**_SHARED_DEFAULTS, "epochs": 0}
+    grid = {"ridge": [0.01, 0.1, 1.0]}
 
     def image_embeddings(self, data: Split) -> np.ndarray:
-        self.trained()
-        _check_features(self.name, data, self.sizes[1] - int(self.hparams["bias"]))
-        x = np.asarray(data.features, dtype=np.float32)
-        return np.hstack([x, np.ones((len(x), 1), np.float32)]) if self.hparams["bias"] else x.copy()
+        return self._check_features(data)
 
-    @torch.no_grad()
     def class_embeddings(self, semantics: Semantics) -> np.ndarray:
-        gcn: GCN = self.trained()  # type: ignore[assignment]
-        graph = class_graph(self.name, semantics, self.hparams["k"])
-        if graph.node_vectors.shape[1] != self.sizes[0]:
-            raise PipelineError(f"{self.name}: node vectors are {graph.node_vectors.shape[1]}-d but the model was "
-                                f"fitted on {self.sizes[0]}-d ones")
-        g = _GraphInputs(graph, self.device)
-        return F.normalize(gcn(g.nodes, g.adjacency)[:g.n_classes], dim=-1).float().cpu().numpy()
+        net: _AnchoredGCN = self.trained()  # type: ignore[assignment]
+        return (self._coordinates(semantics) @ net.basis).float().cpu().numpy()
+
+
+class JointGCN(_AnchoredModel):
+    """Joint space + GCN: the joint space is the span of the seen classes' anchors (r ≤ S dimensions).
+    Images enter it by the anchors' own linear map (``[x, 1]`` projected onto the anchor basis), classes
+    by the GCN; both are L2-normalised, so the score is a cosine. During the Adam epochs
+    ``sep_weight`` × separation joins DGP's loss: the mean over (class, other seen class) pairs of
+    ``relu(cos − margin)²``, which keeps every class, unseen ones included, from collapsing onto a
+    seen class's embedding."""
+
+    name = "joint_gcn"
+    defaults = {**_SHARED_DEFAULTS, "epochs": 0, "margin": 0.5, "sep_weight": 1.0}
+    grid = {"ridge": [0.01, 0.1, 1.0]}
+
+    def extra_loss(self, seen: np.ndarray, n_classes: int) -> Any:
+        h = self.hparams
+        if h["sep_weight"] <= 0:
+            return None
+        seen_rows = torch.as_tensor(seen, device=self.device)
+
+        def separation(coordinates: torch.Tensor) -> torch.Tensor:
+            cosine = coordinates[:n_classes] @ coordinates[seen_rows].T  # [C, S]
+            cosine[seen_rows, torch.arange(len(seen_rows), device=cosine.device)] = -1.0  # not against itself
+            return h["sep_weight"] * F.relu(cosine - h["margin"]).pow(2).mean()
+
+        return separation
+
+    def image_embeddings(self, data: Split) -> np.ndarray:
+        net: _AnchoredGCN = self.trained()  # type: ignore[assignment]
+        x = torch.as_tensor(self._check_features(data), device=self.device)
+        return F.normalize(x @ net.basis.T, dim=-1).cpu().numpy()
+
+    def class_embeddings(self, semantics: Semantics) -> np.ndarray:
+        return self._coordinates(semantics).float().cpu().numpy()

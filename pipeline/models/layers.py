@@ -111,22 +111,23 @@ def mlp(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Sequential
 
 
 class GraphConv(nn.Module):
-    """One GCN layer (Kipf & Welling): ``A · (dropout(H) W + b)`` with ``A`` the normalised adjacency."""
+    """One graph convolution as DGP writes it: ``A · (dropout(H) W) + b``, ``W`` Xavier-uniform, ``b`` zero,
+    ``A`` a normalised adjacency (the bias is added after propagation)."""
 
     def __init__(self, in_dim: int, out_dim: int, dropout: float):
         super().__init__()
         self.dropout = nn.Dropout(dropout)
-        self.linear = nn.Linear(in_dim, out_dim)
+        self.weight = nn.Parameter(nn.init.xavier_uniform_(torch.empty(in_dim, out_dim)))
+        self.bias = nn.Parameter(torch.zeros(out_dim))
 
     def forward(self, h: torch.Tensor, adjacency: torch.Tensor) -> torch.Tensor:
-        return torch.sparse.mm(adjacency, self.linear(self.dropout(h)))
+        return torch.sparse.mm(adjacency, self.dropout(h) @ self.weight) + self.bias
 
 
 class GCN(nn.Module):
-    """Two graph convolutions with LeakyReLU(0.2) between them and dropout before each (as in GCNZ / DGP).
-
-    ``forward(node_vectors [V, E], adjacency sparse [V, V]) -> [V, out_dim]``.
-    """
+    """Two graph convolutions with LeakyReLU(0.2) between them and dropout before each (GCNZ / DGP's
+    ``d2048,d``). ``forward(node_vectors [V, E], adjacency sparse [V, V]) -> [V, out_dim]``;
+    :meth:`hidden` is the propagated first layer the output layer reads, ``A · LeakyReLU(layer1)``."""
 
     def __init__(self, in_dim: int, hidden: int, out_dim: int, dropout: float):
         super().__init__()
@@ -135,6 +136,12 @@ class GCN(nn.Module):
 
     def forward(self, nodes: torch.Tensor, adjacency: torch.Tensor) -> torch.Tensor:
         return self.layer2(F.leaky_relu(self.layer1(nodes, adjacency), 0.2), adjacency)
+
+    def hidden(self, nodes: torch.Tensor, adjacency: torch.Tensor) -> torch.Tensor:
+        """[V, hidden]: ``A · LeakyReLU(layer1(nodes))`` (dropout as in the current mode), so that
+        ``forward = hidden · W2 + b2``."""
+        h = F.leaky_relu(self.layer1(nodes, adjacency), 0.2)
+        return torch.sparse.mm(adjacency, self.layer2.dropout(h))
 
 
 def sparse_tensor(matrix: sp.spmatrix, device: torch.device) -> torch.Tensor:
@@ -147,10 +154,7 @@ def sparse_tensor(matrix: sp.spmatrix, device: torch.device) -> torch.Tensor:
 
 def knn_graph(vectors: np.ndarray, k: int) -> Graph:
     """A class graph from class vectors [C, S]: every class linked to its ``k`` most cosine-similar
-    classes, the links made symmetric (i~j when either picks the other), self-loops added and the
-    adjacency normalised ``D^-1/2 (A+I) D^-1/2``; node vectors are ``vectors`` themselves."""
-    from pipeline.semantics.wordnet import normalized_adjacency  # nltk: imported only when a graph is built
-
+    classes (links undirected: i~j when either picks the other); node vectors are ``vectors`` themselves."""
     vectors = np.asarray(vectors, dtype=np.float32)
     n = len(vectors)
     k = min(int(k), n - 1)
@@ -162,23 +166,29 @@ def knn_graph(vectors: np.ndarray, k: int) -> Graph:
         # stable sort: ties broken by class index, so the graph is a function of the vectors alone
         neighbours = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
         edges = np.stack([np.repeat(np.arange(n), k), neighbours.ravel()], axis=1)
-    return Graph(normalized_adjacency(n, edges), vectors, n)
+    return Graph(edges, vectors, n)
 
 
 def class_graph(model: str, semantics: Semantics, k: int) -> Graph:
-    """``semantics.graph`` when there is one (checked against the C classes), else :func:`knn_graph` of
+    """``semantics.graph`` when there is one (checked against the C classes and, when the semantics
+    source is a ``text:<encoder>``, against the encoder of its node vectors), else :func:`knn_graph` of
     ``semantics.vectors`` with ``k`` neighbours."""
     graph = semantics.graph
     n_classes = len(semantics.vectors)
     if graph is None:
         return knn_graph(semantics.vectors, k)
-    n_nodes = graph.adjacency.shape[0]
-    if graph.adjacency.shape != (n_nodes, n_nodes) or len(graph.node_vectors) != n_nodes:
-        raise PipelineError(f"{model}: graph adjacency {graph.adjacency.shape} does not match its "
-                            f"{len(graph.node_vectors)} node vectors; rebuild the semantics file")
+    n_nodes = len(graph.node_vectors)
+    if graph.edges.size and (graph.edges.min() < 0 or graph.edges.max() >= n_nodes):
+        raise PipelineError(f"{model}: graph edges name nodes beyond its {n_nodes} node vectors; rebuild the semantics file")
     if graph.n_classes != n_classes or n_nodes < n_classes:
         raise PipelineError(f"{model}: the graph has {graph.n_classes} class nodes but the semantics {n_classes} "
                             "classes; rebuild the semantics file for this feature file")
+    source = semantics.source
+    encoder = source.partition(":")[2] if source and source.startswith("text:") else None
+    if encoder and graph.node_encoder and encoder != graph.node_encoder:
+        raise PipelineError(f"{model}: the WordNet graph's node vectors come from {graph.node_encoder} but the "
+                            f"semantics source is {source}; train with --source text:{graph.node_encoder} or "
+                            f"rebuild the semantics with --graph-text {encoder}")
     return graph
 
 

@@ -108,6 +108,25 @@ def _class_texts(classes: list[str]) -> list[str]:
     return [class_lemma(c) if is_wnid(c) else clean_class_name(c) for c in classes]
 
 
+def _other_lemmas_for_unknown_names(encoder: str, classes: list[str], vectors: np.ndarray, meta: dict[str, Any],
+                                    cfg: SemanticsConfig) -> tuple[np.ndarray, dict[str, Any]]:
+    """Classes that are wnids and whose name got a zero vector (no word known to a word-vector encoder)
+    take the mean over all their WordNet lemmas instead (:func:`lemma_vectors`); recorded as
+    ``lemma_fallback`` (the classes) in the provenance."""
+    from pipeline.semantics.wordnet import is_wnid, synset_of
+
+    unknown = [i for i, c in enumerate(classes) if is_wnid(c) and not np.abs(vectors[i]).any()]
+    if not unknown:
+        return vectors, meta
+    lemmas = [[lemma.name().replace("_", " ") for lemma in synset_of(classes[i]).lemmas()] for i in unknown]
+    vectors = vectors.copy()
+    vectors[unknown] = lemma_vectors(encoder, lemmas, cfg)[0]
+    still = sum(not np.abs(vectors[i]).any() for i in unknown)
+    log.info("%s: %d class names without a known word took their other WordNet lemmas; %d still have none",
+             encoder, len(unknown), still)
+    return vectors, {**meta, "lemma_fallback": [classes[i] for i in unknown], "without_vector": int(still)}
+
+
 def read_wnid_map(path: Path, classes: list[str]) -> list[str]:
     """The wnid of each class from a JSON ``{class: wnid}`` or DGP-style ``{train, test, train_names, test_names}``."""
     try:
@@ -181,10 +200,12 @@ def build_semantics(features: Path, output: Path, cfg: SemanticsConfig) -> list[
                         vectors, meta = _class_vectors(encoder, classes, cfg)
                     else:
                         vectors, meta = encode_texts(encoder, texts, cfg)
+                        vectors, meta = _other_lemmas_for_unknown_names(encoder, classes, vectors, meta, cfg)
                     g["values"] = vectors
                     _attrs(g, meta)
 
-                inputs = [texts, _encoder_inputs(encoder, cfg)] + ([classes] if encoder.startswith("vectors:") else [])
+                inputs = [texts, _encoder_inputs(encoder, cfg), "lemma fallback"] + (
+                    [classes] if encoder.startswith("vectors:") else [])
                 b.group(f"text/{encoder.partition(':')[0]}", inputs, make_text)
             if cfg.attribute_vectors:
                 if attributes is None:
@@ -246,8 +267,23 @@ def _graph(b: _Builder, classes: list[str], cfg: SemanticsConfig) -> None:
         g["edges"] = graph.edges
         edges, distance = wn.ancestor_edges(graph)
         g["ancestor_edges"], g["ancestor_distance"] = edges, distance
-        vectors, meta = encode_texts(cfg.graph_text, graph.names, cfg)
-        g["node_vectors"] = vectors
-        _attrs(g, {"n_classes": graph.n_classes, "node_encoder": meta})
+        g["node_vectors"], meta = lemma_vectors(cfg.graph_text, graph.lemmas, cfg)
+        _attrs(g, {"n_classes": graph.n_classes, "node_text": cfg.graph_text, "node_vectors": "mean over lemmas",
+                   "node_encoder": meta})
 
-    b.group("graph", [wnids, _encoder_inputs(cfg.graph_text, cfg)], make)
+    b.group("graph", [wnids, _encoder_inputs(cfg.graph_text, cfg), "lemmas"], make)
+
+
+def lemma_vectors(encoder: str, lemmas: list[list[str]], cfg: SemanticsConfig) -> tuple[np.ndarray, dict[str, Any]]:
+    """Each node's vector [V, E]: the mean of its lemmas' embeddings, lemmas no word of which the
+    encoder knows (all-zero embeddings) left out, as DGP builds its GloVe node vectors; a node with no
+    known lemma stays zero (counted in the provenance as ``nodes_without_vector``)."""
+    flat = [lemma for node in lemmas for lemma in node]
+    vectors, meta = encode_texts(encoder, flat, cfg)
+    known = np.abs(vectors).sum(axis=1) > 0
+    owner = np.repeat(np.arange(len(lemmas)), [len(node) for node in lemmas])
+    sums = np.zeros((len(lemmas), vectors.shape[1]), np.float64)
+    np.add.at(sums, owner[known], vectors[known])
+    counts = np.bincount(owner[known], minlength=len(lemmas))
+    out = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
+    return out, {**meta, "nodes_without_vector": int((counts == 0).sum())}

@@ -75,10 +75,8 @@ class SemanticsFile:
         return self._group("attribute_text")["values"][:].astype(np.float32)
 
     def graph(self) -> dict[str, Any]:
-        """The knowledge graph: wnids, names, n_classes, edges, ancestor edges/distances, node vectors,
-        and ``adjacency``, the symmetric normalised sparse adjacency of the hypernym edges."""
-        from pipeline.semantics.wordnet import normalized_adjacency
-
+        """The knowledge graph: wnids, names, n_classes, edges (child -> parent), ancestor edges/distances,
+        node vectors and ``node_text``, the encoder that made them (None in files of older versions)."""
         g = self._group("graph")
         wnids = [w.decode() for w in g["wnids"][:]]
         edges = g["edges"][:]
@@ -90,7 +88,7 @@ class SemanticsFile:
             "ancestor_edges": g["ancestor_edges"][:],
             "ancestor_distance": g["ancestor_distance"][:],
             "node_vectors": g["node_vectors"][:].astype(np.float32),
-            "adjacency": normalized_adjacency(len(wnids), edges),
+            "node_text": g.attrs.get("node_text"),
         }
 
     def provenance(self, group: str) -> dict[str, Any]:

@@ -140,6 +140,7 @@ class KnowledgeGraph:
 
     wnids: list[str]
     names: list[str]  # first lemma of each node, underscores as spaces
+    lemmas: list[list[str]]  # every lemma of each node, underscores as spaces (DGP's node vector input)
     edges: np.ndarray  # [E, 2] int64 node indices (child, parent), hypernym and instance-hypernym links, each once
     n_classes: int
 
@@ -166,6 +167,7 @@ def induced_graph(wnids: list[str]) -> KnowledgeGraph:
     return KnowledgeGraph(
         wnids=[wnid_of(s) for s in nodes],
         names=[_name(s) for s in nodes],
+        lemmas=[[lemma.name().replace("_", " ") for lemma in s.lemmas()] for s in nodes],
         edges=np.array(edges, dtype=np.int64).reshape(-1, 2),
         n_classes=len(wnids),
     )
@@ -203,22 +205,3 @@ def _binary(n: int, rows: np.ndarray, cols: np.ndarray, dtype: type) -> sp.csr_m
     m.sum_duplicates()
     m.data[:] = 1
     return m
-
-
-def normalized_adjacency(n_nodes: int, edges: np.ndarray, self_loops: bool = True) -> sp.csr_matrix:
-    """``D^-1/2 (A + I) D^-1/2`` as float32 CSR, ``A`` the undirected 0/1 adjacency of ``edges`` [E, 2].
-
-    Without ``self_loops`` the identity is left out; isolated nodes then get all-zero rows.
-    """
-    edges = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
-    if edges.size and (edges.min() < 0 or edges.max() >= n_nodes):
-        raise ValueError(f"edges index nodes outside 0..{n_nodes - 1}")
-    rows, cols = np.concatenate([edges[:, 0], edges[:, 1]]), np.concatenate([edges[:, 1], edges[:, 0]])
-    if self_loops:
-        rows, cols = np.concatenate([rows, np.arange(n_nodes)]), np.concatenate([cols, np.arange(n_nodes)])
-    a = _binary(n_nodes, rows, cols, np.float32)
-    degree = np.asarray(a.sum(axis=1)).ravel()
-    scale = np.zeros(n_nodes, dtype=np.float32)
-    scale[degree > 0] = degree[degree > 0] ** -0.5
-    a.data *= scale[np.repeat(np.arange(n_nodes), np.diff(a.indptr))] * scale[a.indices]
-    return a

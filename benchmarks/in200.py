@@ -1,0 +1,172 @@
+"""IN200: the project end to end on 1000 real ImageNet photos, for every single-label model that applies.
+
+Protocol (``../shared/README.md``): the 150 ILSVRC-2012 classes of ``imagen200`` are seen (the first
+4 images of each, by file name, train; the 5th is a test-seen image), the 50 other classes (person,
+dog, car, chair, ...: never seen by the backbone either) are unseen (all 5 images test-unseen).
+CZSL Hit@1/5 among the 50 unseen classes and GZSL U/S/H over all 200, ranks pessimistic under ties.
+
+Steps, as a user runs them: lay the images out as the ``imagenet`` dataset (``train/``, ``val/``,
+``test/`` wnid folders of symlinks and a split file), ``extract`` with the default backbone
+(EfficientNet-Lite0, its ImageNet weights and classifier head), ``semantics`` (GloVe and MiniLM
+class-name vectors, the WordNet graph with node vectors from ``--graph-text``), then per model
+``train`` (selection on validation included in the time) and ``evaluate``. First it checks the
+backbone: top-1/top-5 of its own ImageNet classifier on the 750 photos of the 150 ILSVRC classes,
+through our extraction and through timm's reference pipeline for the same weights.
+
+    python benchmarks/in200.py [--images ../shared/data/imagen200] [--work /tmp/in200] \
+        [--models conse,eszsl,gcn_regression,joint_gcn] [--text minilm,glove]
+
+Prints one JSON object per line: ``backbone``, then one per (model, text encoder).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import pipeline  # noqa: E402,F401  (first: OpenMP wait policy, torchvision op schemas)
+from benchmarks.measure import PeakMemory  # noqa: E402
+from pipeline.backbones import lite0_package_weights  # noqa: E402
+from pipeline.datasets.imagenet import load_imagenet  # noqa: E402
+from pipeline.evaluate import evaluate  # noqa: E402
+from pipeline.extract import extract  # noqa: E402
+from pipeline.inputs import load_inputs  # noqa: E402
+from pipeline.models import make_model  # noqa: E402
+from pipeline.semantics.build import SemanticsConfig, build_semantics  # noqa: E402
+from pipeline.store import FeatureStore  # noqa: E402
+from pipeline.train import TrainConfig, train  # noqa: E402
+
+IMAGES = ROOT.parent / "shared" / "data" / "imagen200"
+MODELS = ("conse", "eszsl", "gcn_regression", "joint_gcn")  # pooled features + class names / graph suffice
+TRAIN_IMAGES = 4  # per seen class; the next one is its test-seen image
+
+
+def in200_layout(images: Path, root: Path) -> Path:
+    """Symlink ``images/images/*.jpg`` into the ``imagenet`` dataset layout under ``root`` and write its
+    split file (seen wnids as ``train``, unseen as ``test``); returns the split file's path."""
+    classes = json.loads((images / "classes.json").read_text())
+    seen, unseen = classes["seen_ilsvrc1k"], classes["unseen_not_in_ilsvrc1k"]
+    by_class: dict[str, list[Path]] = {}
+    for path in sorted((images / "images").glob("*.jpg")):
+        by_class.setdefault(path.name.split("_", 1)[0], []).append(path)
+    for wnid in seen + unseen:
+        for k, path in enumerate(by_class[wnid]):
+            part = "test" if wnid in unseen else ("train" if k < TRAIN_IMAGES else "val")
+            link = root / part / wnid / path.name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.is_symlink():
+                os.symlink(path.resolve(), link)
+    split = root / "in200-split.json"
+    split.write_text(json.dumps({"train": seen, "test": unseen}))
+    return split
+
+
+def head_accuracy(store_path: Path) -> dict[str, Any]:
+    """Top-1/top-5 of the store's classifier head on its images of classes the head knows (ours)."""
+    with FeatureStore(store_path) as store:
+        head, classes, labels, features = store.head, store.classes, store.labels, store.features()
+    assert head is not None, f"{store_path}: no classifier head recorded"
+    rows = head.rows_of(classes)[labels]
+    known = rows >= 0
+    top5 = np.argsort(-head.logits(features[known]), axis=1)[:, :5]
+    return {"images": int(known.sum()), "top1": float(np.mean(top5[:, 0] == rows[known])),
+            "top5": float(np.mean((top5 == rows[known, None]).any(axis=1))), "predictions": top5[:, 0]}
+
+
+def reference_accuracy(files: list[Path], wnids: list[str]) -> dict[str, Any]:
+    """Top-1/top-5 of the same Lite0 weights through timm's own pipeline: ``tf_efficientnet_lite0`` and
+    its ``resolve_data_config`` / ``create_transform`` preprocessing (the reference)."""
+    import timm
+    import torch
+    from PIL import Image
+    from timm.data import ImageNetInfo, create_transform, resolve_data_config
+
+    net = timm.create_model("tf_efficientnet_lite0").eval()
+    package = torch.load(lite0_package_weights(), map_location="cpu", weights_only=True)
+    net.load_state_dict(dict(zip(net.state_dict(), package.values())))
+    transform = create_transform(**resolve_data_config({}, model=net))
+    index = {w: i for i, w in enumerate(ImageNetInfo().label_names())}
+    labels = np.array([index[w] for w in wnids])
+    top5 = []
+    with torch.no_grad():
+        for start in range(0, len(files), 50):
+            batch = torch.stack([transform(Image.open(f).convert("RGB")) for f in files[start:start + 50]])
+            top5.append(net(batch).topk(5, dim=1).indices.numpy())
+    best = np.concatenate(top5)
+    return {"images": len(files), "top1": float(np.mean(best[:, 0] == labels)),
+            "top5": float(np.mean((best == labels[:, None]).any(axis=1))), "predictions": best[:, 0]}
+
+
+def prepare(images: Path, work: Path, graph_texts: list[str]) -> tuple[Path, dict[str, Path]]:
+    """Layout, extraction (default backbone) and one semantics file per graph text encoder."""
+    split = in200_layout(images, work / "root")
+    features = work / "in200_lite0.h5"
+    extract(load_imagenet(work / "root", split), _default_backbone(), features, workers=2)
+    semantics = {}
+    for encoder in graph_texts:
+        semantics[encoder] = work / f"in200_semantics_{encoder}.h5"
+        build_semantics(features, semantics[encoder],
+                        SemanticsConfig(text=("glove", "minilm"), graph="wordnet", graph_text=encoder))
+    return features, semantics
+
+
+def _default_backbone() -> Any:
+    from pipeline.backbones import load_backbone
+
+    return load_backbone("efficientnet_lite0", None, "imagenet", 224)
+
+
+def run_model(model: str, features: Path, semantics: Path, source: str, plots: Path) -> dict[str, Any]:
+    """Train (selection included) and evaluate one model; the numbers the README reports."""
+    inputs = load_inputs(features, semantics, source)
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        checkpoint = train(inputs, TrainConfig(model, source))
+        seconds = time.perf_counter() - start
+    trained = make_model(checkpoint["model"], **checkpoint["hparams"])
+    trained.load_state(checkpoint["state"])
+    metrics = evaluate(trained, checkpoint, inputs, plots)
+    czsl, gzsl = metrics["czsl"], metrics["gzsl"]
+    return {"model": model, "source": source, "czsl_hit@1": czsl["hit@1"], "czsl_hit@5": czsl["hit@5"],
+            "gzsl_U": gzsl["U"], "gzsl_S": gzsl["S"], "gzsl_H": gzsl["H"],
+            "gzsl_H_uncalibrated": metrics["gzsl_uncalibrated"]["H"], "train_s": round(seconds, 2),
+            "peak_extra_mib": memory.extra_mib, "hparams": checkpoint["hparams"],
+            "supervision": checkpoint["fit"].get("supervision")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=Path, default=IMAGES)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/in200"))
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--text", default="minilm,glove", help="class-name / graph node encoders to run with")
+    args = parser.parse_args()
+    texts = args.text.split(",")
+    features, semantics = prepare(args.images, args.work, texts)
+
+    ours = head_accuracy(features)
+    with FeatureStore(features) as store:
+        ids, classes, labels, head = store.image_ids, store.classes, store.labels, store.head
+    assert head is not None
+    known = np.flatnonzero(head.rows_of(classes)[labels] >= 0)
+    reference = reference_accuracy([args.work / "root" / ids[i] for i in known], [classes[labels[i]] for i in known])
+    agree = float(np.mean(ours.pop("predictions") == reference.pop("predictions")))
+    print(json.dumps({"backbone": "efficientnet_lite0", "ours": ours, "reference_timm": reference,
+                      "same_top1_prediction": agree}), flush=True)
+    for encoder in texts:
+        for model in args.models.split(","):
+            print(json.dumps(run_model(model, features, semantics[encoder], f"text:{encoder}",
+                                       args.work / "plots" / f"{model}_{encoder}")), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Linear classifiers of the seen classes on the cached features, which several models build on.
+
+The backbone's own classifier rows when the feature store records its head and it covers every
+seen class (the ImageNet protocol of GCNZ and DGP: the head was trained on far more images of those
+classes than any zero-shot split holds), else one-vs-rest ridge classifiers fitted in closed form on
+the seen classes' features (:func:`ridge_classifiers`). ``supervision`` (``auto`` | ``head`` | ``ridge``)
+forces either. Only the rows of seen classes are ever read.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg
+import torch
+
+from pipeline.errors import PipelineError
+from pipeline.models.base import Semantics, Split
+
+SUPERVISION = ("auto", "head", "ridge")
+
+
+def ridge_classifiers(features: np.ndarray, positions: np.ndarray, n_seen: int, ridge: float) -> np.ndarray:
+    """One-vs-rest ridge classifiers [n_seen, D + 1] (weights, then bias) of the seen classes, in closed form.
+
+    ``W = (X̃ᵀ X̃ + α I)⁻¹ X̃ᵀ Y`` with X̃ the features plus a column of ones, Y the 0/1 one-hot labels
+    and ``α = ridge · trace(X̃ᵀ X̃) / dim`` (scale-free: ``ridge`` is relative to the mean feature
+    energy). The bias is regularised like the weights. A seen class without images gets the row
+    that predicts 0 for every image.
+    """
+    x = torch.as_tensor(np.asarray(features), dtype=torch.float32)
+    x = torch.cat([x, torch.ones(len(x), 1)], dim=1)
+    gram = (x.T @ x).double()
+    y = torch.zeros(len(x), n_seen, dtype=torch.float32)
+    y[torch.arange(len(x)), torch.as_tensor(positions)] = 1.0
+    alpha = ridge * gram.diagonal().mean().item()
+    system = gram + alpha * torch.eye(len(gram), dtype=torch.float64)
+    w = scipy.linalg.solve(system.numpy(), (x.T @ y).double().numpy(), assume_a="pos")
+    return w.T.astype(np.float32)
+
+
+def seen_classifiers(model: str, train: Split, positions: np.ndarray, seen: np.ndarray, semantics: Semantics,
+                     supervision: str, ridge: float) -> tuple[np.ndarray, str]:
+    """The classifiers [S, D + 1] (weights, then bias) of the ``seen`` classes and which supervision gave
+    them: ``head`` (the backbone's rows, ``semantics.classifiers``) or ``ridge`` (fitted with ``ridge``)."""
+    if supervision not in SUPERVISION:
+        raise PipelineError(f"{model}: supervision {supervision!r} unknown; use one of {SUPERVISION}")
+    rows = semantics.classifiers[seen] if semantics.classifiers is not None else None
+    has_head = rows is not None and bool(np.isfinite(rows).all())
+    if supervision == "head" and not has_head:
+        missing = "records no classifier head" if rows is None else \
+            f"has no classifier row for {int((~np.isfinite(rows).all(1)).sum())} of the {len(seen)} seen classes"
+        raise PipelineError(f"{model}: supervision=head but the feature store {missing}; use supervision=ridge "
+                            "(or auto), or extract with a backbone whose classifier covers the seen classes")
+    if supervision == "head" or (supervision == "auto" and has_head):
+        assert rows is not None
+        if rows.shape[1] != train.features.shape[1] + 1:
+            raise PipelineError(f"{model}: classifier rows are {rows.shape[1] - 1}-d but the features "
+                                f"{train.features.shape[1]}-d; rebuild the feature store")
+        return rows.astype(np.float32), "head"
+    return ridge_classifiers(train.features, positions, len(seen), ridge), "ridge"
+
+
+def with_bias_input(features: np.ndarray) -> np.ndarray:
+    """[N, D + 1] float32: the features and a trailing 1, the input of a ``[weight, bias]`` row."""
+    x = np.asarray(features, dtype=np.float32)
+    return np.hstack([x, np.ones((len(x), 1), np.float32)])
