@@ -187,7 +187,7 @@ class GCNRegression(_AnchoredModel):
 
     name = "gcn_regression"
     defaults = {**_SHARED_DEFAULTS, "epochs": 0}
-    grid = {"ridge": [0.01, 0.1, 1.0]}
+    grid = {"ridge": [0.1, 1.0], "supervision": ["auto", "ridge"]}
 
     def image_embeddings(self, data: Split) -> np.ndarray:
         return self._check_features(data)
@@ -207,7 +207,7 @@ class JointGCN(_AnchoredModel):
 
     name = "joint_gcn"
     defaults = {**_SHARED_DEFAULTS, "epochs": 0, "margin": 0.5, "sep_weight": 1.0}
-    grid = {"ridge": [0.01, 0.1, 1.0]}
+    grid = {"ridge": [0.1, 1.0], "supervision": ["auto", "ridge"]}
 
     def extra_loss(self, seen: np.ndarray, n_classes: int) -> Any:
         h = self.hparams
