@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,6 +20,7 @@ def test_random_weights_warn_and_are_reproducible():
     x = torch.rand(2, 3, 64, 64)
     torch.testing.assert_close(a(x)[0], b(x)[0])
     assert a.provenance["pretrained"] == "none" and a.feature_dim == 512 and a.grid_shape == (4, 512)
+    assert a.head is None  # random weights: no classifier worth recording
 
 
 def test_resnet_from_local_checkpoint_matches_torchvision(tmp_path: Path):
@@ -39,6 +41,10 @@ def test_resnet_from_local_checkpoint_matches_torchvision(tmp_path: Path):
     torch.testing.assert_close(mid[:, 0], layer3[:, :, :2, :2].mean(dim=(2, 3)), rtol=1e-4, atol=1e-4)
     assert backbone.provenance["pretrained"] == str(tmp_path / "r50.pth")
     assert backbone.provenance["resize_size"] == round(96 / 0.875)
+    head = backbone.head  # torchvision's fc, its outputs the ILSVRC-2012 wnids in sorted order
+    assert head is not None and len(head.classes) == 1000 and head.classes == sorted(head.classes)
+    np.testing.assert_array_equal(head.weight, net.fc.weight.detach().numpy())
+    torch.testing.assert_close(torch.as_tensor(head.logits(pooled.numpy())), net(x), rtol=1e-4, atol=1e-4)
 
 
 def test_checkpoint_of_wrong_architecture_is_a_clear_error(tmp_path: Path):
@@ -91,6 +97,11 @@ def test_packaged_efficientnet_lite0_weights_are_loaded():
     torch.testing.assert_close(net.blocks[6][0].conv_pwl.weight, package["_blocks.15._project_conv.weight"])
     torch.testing.assert_close(net.classifier.weight, package["_fc.weight"])
     assert backbone.feature_dim == 1280 and backbone.grid_shape == (49, 1280) and backbone.mid_grid_shape == (49, 112)
+    # as the weights were trained: TF "same" padding, bicubic, (x - 127) / 128
+    assert type(net.conv_stem).__name__ == "Conv2dSame" and backbone.provenance["model"] == "tf_efficientnet_lite0"
+    pre = backbone.preprocess
+    assert pre.interpolation == "bicubic" and pre.mean == (127 / 255,) * 3 and pre.std == (128 / 255,) * 3
+    assert backbone.head is not None and backbone.head.classes[:2] == ["n01440764", "n01443537"]
     x = torch.rand(1, 3, 224, 224)
     with torch.no_grad():
         _, grid, _ = backbone(x)
