@@ -223,9 +223,10 @@ class DRMN(TorchZSLModel):
             return branch_loss(net.attribute_branch(b.grid), b.labels) + branch_loss(net.global_branch(b.pooled),
                                                                                      b.labels)
 
-        return train_on_grid(
-            net, self._levels(train), batch_loss, epochs=h["epochs"], batch_size=h["batch_size"], lr=h["lr"], weight_decay=h["weight_decay"],
-            generator=generator, device=self.device, model=self.name, class_index=class_index)
+        optimizer = torch.optim.AdamW(net.parameters(), lr=h["lr"], weight_decay=h["weight_decay"])
+        return train_on_grid(net, self._levels(train), batch_loss, optimizer, epochs=h["epochs"],
+                             batch_size=h["batch_size"], generator=generator, device=self.device, model=self.name,
+                             class_index=class_index)
 
     def image_embeddings(self, data: Split) -> np.ndarray:
         net: DRMNNet = self.trained()  # type: ignore[assignment]

@@ -6,10 +6,13 @@ word vectors ``w_c`` (``semantics.vectors``, rows L2-normalised); its score for 
 
 Head, on cached features (``input``):
 
-* ``pooled``: standardised pooled features -> (``hidden`` > 0: Linear, ReLU, dropout) -> Linear -> K·E;
-* ``grid`` (``auto`` when the store has grid features): K learned queries attend over the
-  layer-normalised regions (scaled dot product, softmax over regions); each attended feature goes
-  through a shared Linear -> E, so every principal vector can look at a different object.
+* ``pooled`` (the default, the published head: global average pooling, then one bias-free Linear
+  to K·E, ``factory.to_sdl``): standardised pooled features -> Linear -> K·E (``hidden`` > 0 puts
+  Linear, ReLU, dropout before it);
+* ``grid`` (our extension, opt-in; ``auto`` picks it when the store has grid features): K learned
+  queries attend over the layer-normalised regions (scaled dot product, softmax over regions); each
+  attended feature goes through a shared Linear -> E, so every principal vector can look at a
+  different object.
 
 Loss of image i with positive seen tags P_i and negative seen tags N_i (every other seen tag;
 images without a positive seen tag are skipped; unseen tags are never used):
@@ -21,6 +24,8 @@ images without a positive seen tag are skipped; unseen tags are never used):
 * principal-vector regulariser ``v_i = Σ_e Var_k A[k, e]`` (variance over the K vectors, as in
   the official implementation: it bounds how far they spread, keeping them in the region the
   word vectors occupy); ``loss_i = 2 ((1 − λ) r_i + λ v_i)`` with ``λ = reg_weight`` (K > 1 only).
+  The official repository is ambiguous here: ``SDLLoss`` defaults to λ = 0.3 but ``train.py``
+  passes ``--var_weight`` 0.01; both are in the validation grid.
 
 At test the image embedding is ``A`` [N, K, E] and :mod:`pipeline.scoring` scores a tag by the
 maximum over the K inner products. Not from the paper: the backbone is frozen (cached features).
@@ -98,7 +103,7 @@ class _SDLNet(nn.Module):
             layers: list[nn.Module] = []
             if h["hidden"] > 0:
                 layers += [nn.Linear(in_dim, h["hidden"]), nn.ReLU(), nn.Dropout(h["dropout"])]
-            layers.append(nn.Linear(h["hidden"] if h["hidden"] > 0 else in_dim, self.k * embed_dim))
+            layers.append(nn.Linear(h["hidden"] if h["hidden"] > 0 else in_dim, self.k * embed_dim, bias=False))
             self.head = nn.Sequential(*layers)
 
     def forward(self, pooled: torch.Tensor, grid: torch.Tensor | None = None) -> torch.Tensor:
@@ -116,10 +121,10 @@ class SDL(TorchZSLModel):
     name = "sdl"
     multilabel = True
     defaults = {
-        "k": 7, "input": "auto", "hidden": 0, "dropout": 0.2, "reg_weight": 0.3, "diversity_weighting": True,
+        "k": 7, "input": "pooled", "hidden": 0, "dropout": 0.2, "reg_weight": 0.3, "diversity_weighting": True,
         "epochs": 20, "lr": 1e-3, "batch_size": 128, "weight_decay": 1e-4, "device": "auto",
     }
-    grid = {"k": [1, 3, 7]}
+    grid = {"k": [3, 7], "reg_weight": [0.01, 0.3]}
 
     def _uses_grid(self, data: Split) -> bool:
         choice = self.hparams["input"]

@@ -72,12 +72,11 @@ def embed(data: Split, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     return out
 
 
-def train_on_grid(net: torch.nn.Module, train: Split, batch_loss: Callable[[GridBatch], torch.Tensor], *,
-                  epochs: int, batch_size: int, lr: float, weight_decay: float, generator: torch.Generator,
+def train_on_grid(net: torch.nn.Module, train: Split, batch_loss: Callable[[GridBatch], torch.Tensor],
+                  optimizer: torch.optim.Optimizer, *, epochs: int, batch_size: int, generator: torch.Generator,
                   device: torch.device, model: str, class_index: np.ndarray) -> list[float]:
-    """AdamW over ``epochs`` streamed, shuffled epochs of ``train`` (fp16 autocast + grad scaling
-    on CUDA); ``batch_loss`` returns a batch's mean loss. Returns the mean loss of each epoch."""
-    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    """``optimizer`` steps over ``epochs`` streamed, shuffled epochs of ``train`` (fp16 autocast + grad
+    scaling on CUDA); ``batch_loss`` returns a batch's mean loss. Returns the mean loss of each epoch."""
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     losses = []
     for _ in range(int(epochs)):
