@@ -113,6 +113,8 @@ def synthesize(output: Path, images_per_class: int, image_size: int, seed: int, 
 @click.option("--graph", type=click.Choice(["none", "wordnet"]), default="none", show_default=True)
 @click.option("--wnids", default=None, help="JSON {class: wnid} when the classes are not wnids themselves.")
 @click.option("--graph-text", default="glove", show_default=True, help="Encoder of the graph's node names.")
+@click.option("--graph-links", type=click.Choice(["hypernyms+instances", "hypernyms"]), default="hypernyms+instances",
+              show_default=True, help="WordNet links followed upward (DGP: hypernyms).")
 @click.option("--data-root", default=None, help="Dataset root (for --attributes synthetic).")
 def semantics(features: Path, output: Path, text: tuple[str, ...], **settings: object) -> None:
     """Class semantics: attributes, class-name embeddings, WordNet graph (cached per part)."""

@@ -54,14 +54,20 @@ def expected_random_ap(n_images: int, n_positives: int) -> float:
 
 def map_report(scores: np.ndarray, targets: np.ndarray, tags: np.ndarray) -> dict[str, float | int]:
     """mAP over ``tags`` (columns of [N, C] ``scores`` / ``targets``), the mAP of a random
-    ranking on the same data, and how many of the tags had no positive image."""
+    ranking on the same data, and how many of the tags had no positive image.
+
+    ``mAP`` leaves tags without a positive out; ``mAP_sdl`` follows SDL's ``helper_functions.mAP``
+    for comparison with its tables: only the images with a positive among ``tags`` are ranked, and
+    a tag without a positive counts as AP 0 in the mean over all ``tags``."""
     tags = np.asarray(tags)
     ap = average_precision(scores[:, tags], targets[:, tags])
     has = ~np.isnan(ap)
     if not has.any():
         raise PipelineError("map_report: no evaluated tag has a positive image")
     counts = targets[:, tags].sum(axis=0)[has]
-    return {"mAP": float(np.mean(ap[has])),
+    with_positive = targets[:, tags].any(axis=1)
+    ap_sdl = average_precision(scores[with_positive][:, tags], targets[with_positive][:, tags])
+    return {"mAP": float(np.mean(ap[has])), "mAP_sdl": float(np.mean(np.nan_to_num(ap_sdl, nan=0.0))),
             "mAP_random": float(np.mean([expected_random_ap(len(targets), int(p)) for p in counts])),
             "tags": int(has.sum()), "tags_without_positives": int((~has).sum())}
 

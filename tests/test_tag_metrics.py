@@ -41,6 +41,19 @@ def test_tags_without_positives_are_nan_and_left_out_of_map():
         map_report(scores, targets, np.array([1]))
 
 
+def test_sdl_convention_map_drops_images_without_positives_and_counts_empty_tags_as_zero():
+    # tags 0, 1 evaluated; image 3 has no positive among them; tag 1 has no positive at all
+    scores = np.array([[0.2, 0.5, 0.0], [0.8, 0.1, 0.0], [0.6, 0.3, 0.0], [0.9, 0.7, 0.0]])
+    targets = np.array([[1, 0, 0], [1, 0, 0], [0, 0, 1], [0, 0, 0]], bool)  # image 2: a positive of tag 2 only
+    report = map_report(scores, targets, np.array([0, 1]))
+    # ours: all four images ranked for tag 0 (0.9 -, 0.8 +, 0.6 -, 0.2 +): (1/2 + 2/4) / 2 = 0.5; tag 1 left out
+    assert report["mAP"] == pytest.approx(0.5)
+    # SDL: images 0 and 1 only (0.8 +, 0.2 +): AP 1; tag 1 counts 0 -> mean 0.5
+    assert report["mAP_sdl"] == pytest.approx(0.5)
+    scores[1, 0] = 0.1  # now tag 0 ranks image 0 (0.2) above image 1 (0.1): still all positives -> AP 1
+    assert map_report(scores, targets, np.array([0, 1]))["mAP_sdl"] == pytest.approx(0.5)
+
+
 def test_expected_random_ap_matches_the_mean_over_all_rankings():
     for n, p in ((4, 1), (5, 2), (6, 3), (3, 3)):
         aps = []

@@ -168,6 +168,9 @@ def test_instance_classes_reach_entity() -> None:
     graph = induced_graph([SUN])
     check_graph(graph, [SUN])
     assert graph.wnids[1] == STAR and graph.edges[0].tolist() == [0, 1]
+    dgp = induced_graph([SUN, ZEBRA], instances=False)  # DGP follows hypernyms only: the sun stays alone
+    assert dgp.wnids[:2] == [SUN, ZEBRA] and STAR not in dgp.wnids
+    assert 0 not in dgp.edges and dgp.lemmas[0][0] == "sun"
 
 
 def test_ancestor_edges_on_the_zebra_chain() -> None:

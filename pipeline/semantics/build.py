@@ -56,6 +56,7 @@ class SemanticsConfig:
     graph: str = "none"  # none | wordnet
     wnids: str | None = None  # JSON {class: wnid} (or DGP's awa2-split.json); None: classes are wnids
     graph_text: str = "glove"  # text encoder for graph node vectors
+    graph_links: str = "hypernyms+instances"  # WordNet links followed upward; DGP: hypernyms
     data_root: str | None = None  # dataset root (attributes=synthetic)
     vector_names: str | None = None  # names of the rows of vectors:PATH (.txt/.pickle/.json); None: class order
 
@@ -261,7 +262,7 @@ def _graph(b: _Builder, classes: list[str], cfg: SemanticsConfig) -> None:
     wnids = read_wnid_map(Path(cfg.wnids), classes) if cfg.wnids else classes
 
     def make(g: h5py.Group) -> None:
-        graph = wn.induced_graph(wnids)
+        graph = wn.induced_graph(wnids, instances=cfg.graph_links == "hypernyms+instances")
         g.create_dataset("wnids", data=graph.wnids, dtype=_STR)
         g.create_dataset("names", data=graph.names, dtype=_STR)
         g["edges"] = graph.edges
@@ -269,9 +270,11 @@ def _graph(b: _Builder, classes: list[str], cfg: SemanticsConfig) -> None:
         g["ancestor_edges"], g["ancestor_distance"] = edges, distance
         g["node_vectors"], meta = lemma_vectors(cfg.graph_text, graph.lemmas, cfg)
         _attrs(g, {"n_classes": graph.n_classes, "node_text": cfg.graph_text, "node_vectors": "mean over lemmas",
-                   "node_encoder": meta})
+                   "links": cfg.graph_links, "node_encoder": meta})
 
-    b.group("graph", [wnids, _encoder_inputs(cfg.graph_text, cfg), "lemmas"], make)
+    if cfg.graph_links not in ("hypernyms+instances", "hypernyms"):
+        raise PipelineError(f"graph_links {cfg.graph_links!r} unknown; use hypernyms+instances or hypernyms (DGP)")
+    b.group("graph", [wnids, _encoder_inputs(cfg.graph_text, cfg), "lemmas", cfg.graph_links], make)
 
 
 def lemma_vectors(encoder: str, lemmas: list[list[str]], cfg: SemanticsConfig) -> tuple[np.ndarray, dict[str, Any]]:

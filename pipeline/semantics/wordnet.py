@@ -145,10 +145,11 @@ class KnowledgeGraph:
     n_classes: int
 
 
-def induced_graph(wnids: list[str]) -> KnowledgeGraph:
+def induced_graph(wnids: list[str], instances: bool = True) -> KnowledgeGraph:
     """The classes ``wnids`` and all their WordNet ancestors, linked child -> parent (the GCNZ / DGP graph).
 
-    Ancestors follow breadth-first from the classes, each node's parents in offset order.
+    Ancestors follow breadth-first from the classes, each node's parents in offset order, through
+    hypernym links and, with ``instances``, instance-hypernym links (DGP follows hypernyms only).
     """
     seen: set[str] = set()
     for wnid in wnids:
@@ -159,7 +160,8 @@ def induced_graph(wnids: list[str]) -> KnowledgeGraph:
     index = {s.offset(): i for i, s in enumerate(nodes)}
     edges: list[tuple[int, int]] = []
     for child, synset in enumerate(nodes):  # grows while iterating: a breadth-first walk upward
-        for parent in sorted({*synset.hypernyms(), *synset.instance_hypernyms()}, key=Synset.offset):
+        parents = {*synset.hypernyms(), *(synset.instance_hypernyms() if instances else ())}
+        for parent in sorted(parents, key=Synset.offset):
             if parent.offset() not in index:
                 index[parent.offset()] = len(nodes)
                 nodes.append(parent)
