@@ -62,6 +62,11 @@ class GridSource:
             raise ValueError(f"cannot join grids {self.names} of {self.path} and {other.names} of {other.path}")
         return GridSource(self.path, np.concatenate([self.rows, other.rows]), self.names)
 
+    def n_batches(self, batch_size: int, block_rows: int = 512) -> int:
+        """How many batches one pass of :meth:`batches` yields (batches never span two blocks)."""
+        blocks = _blocks(np.sort(self.rows), self.path, block_rows)
+        return sum(-(-(hi - lo) // batch_size) for lo, hi in blocks)
+
     def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0, block_rows: int = 512,
                 prefetch: int = 2) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (positions into this source [B], float32 grid [B, R, D]) covering every row once.

@@ -172,3 +172,25 @@ def test_cli_train_and_evaluate_write_tag_metrics(cached, tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert set(metrics) == {"model", "zsl", "gzsl"} and (tmp_path / "plots" / "f1_at_k.png").is_file()
+
+
+def test_official_recipe_and_grid_head_train(cached):
+    """recipe nus_wide: Adam with L2 on weights only and a OneCycle schedule that ends annealed; the grid
+    head (ours) streams the store's regions."""
+    features, semantics, _ = cached
+    inputs = load_inputs(features, semantics)
+    seen = np.setdiff1d(np.arange(48), inputs.unseen_tags)
+    model = SDL(recipe="nus_wide", epochs=2, input="grid", k=3)
+    assert (model.hparams["lr"], model.hparams["batch_size"], model.hparams["weight_decay"]) == (2.5e-5, 32, 3e-4)
+    net = model.build([inputs.splits["trainval"].features.shape[1], 1280, inputs.semantics.vectors.shape[1]])
+    optimizer, schedule = model._optimizer(net, steps=100)
+    decayed, rest = optimizer.param_groups
+    assert decayed["weight_decay"] == 3e-4 and rest["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decayed["params"]) and any(p.ndim == 1 for p in rest["params"])
+    for _ in range(99):  # the scheduler's 100th learning rate is its last
+        optimizer.step()
+        schedule.step()
+    assert schedule.get_last_lr()[0] < 1e-8  # annealed to ~lr / 1e4 by the end
+    log = model.fit(inputs.splits["trainval"], seen, inputs.semantics, 0)
+    assert len(log["loss"]) == 2 and np.isfinite(log["loss"]).all()
+    assert model.image_embeddings(inputs.splits["test"]).shape[1] == 3

@@ -107,8 +107,10 @@ class CFZSL(TorchZSLModel):
                 loss = loss + h["triplet_weight"] * F.relu(h["margin"] - positive + negative).mean()
             return loss
 
-        return train_epochs(net.parameters(), len(y), step, epochs=h["epochs"], batch_size=h["batch_size"],
-                            lr=h["lr"], weight_decay=h["weight_decay"], generator=generator, name=self.name)
+        optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=h["lr"],
+                                      weight_decay=h["weight_decay"])
+        return train_epochs(optimizer, len(y), step, epochs=h["epochs"], batch_size=h["batch_size"],
+                            generator=generator, name=self.name)
 
     def image_embeddings(self, data: Split) -> np.ndarray:
         net: _FusionNet = self.trained()  # type: ignore[assignment]

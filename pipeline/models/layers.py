@@ -7,7 +7,7 @@ import logging
 import math
 import time
 from abc import abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -198,24 +198,22 @@ def cosine_logits(images: torch.Tensor, classes: torch.Tensor, scale: torch.Tens
 
 
 def train_epochs(
-    parameters: Iterable[nn.Parameter],
+    optimizer: torch.optim.Optimizer,
     n_rows: int,
     step: Callable[[torch.Tensor], torch.Tensor],
     *,
     epochs: int,
     batch_size: int,
-    lr: float,
-    weight_decay: float,
     generator: torch.Generator,
     name: str,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> list[float]:
-    """AdamW over shuffled mini-batches of ``n_rows`` rows; ``step(rows)`` returns a batch's mean loss.
+    """``optimizer`` over shuffled mini-batches of ``n_rows`` rows; ``step(rows)`` returns a batch's
+    mean loss; ``scheduler`` (if any) steps after every batch.
 
     The order comes from ``generator`` (CPU, seeded); rows are a CPU int64 tensor. Returns the mean
     loss of each epoch, also logged at DEBUG. Full-batch training: ``n_rows=1, batch_size=1``.
     """
-    trainable = [p for p in parameters if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
     losses = []
     for epoch in range(epochs):
         order = torch.randperm(n_rows, generator=generator)
@@ -226,6 +224,8 @@ def train_epochs(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             total += loss.item() * len(rows)
         losses.append(total / n_rows)
         log.debug("%s epoch %d/%d: loss %.4f", name, epoch + 1, epochs, losses[-1])

@@ -74,9 +74,11 @@ def embed(data: Split, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
 
 def train_on_grid(net: torch.nn.Module, train: Split, batch_loss: Callable[[GridBatch], torch.Tensor],
                   optimizer: torch.optim.Optimizer, *, epochs: int, batch_size: int, generator: torch.Generator,
-                  device: torch.device, model: str, class_index: np.ndarray) -> list[float]:
+                  device: torch.device, model: str, class_index: np.ndarray,
+                  scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> list[float]:
     """``optimizer`` steps over ``epochs`` streamed, shuffled epochs of ``train`` (fp16 autocast + grad
-    scaling on CUDA); ``batch_loss`` returns a batch's mean loss. Returns the mean loss of each epoch."""
+    scaling on CUDA; ``scheduler``, if any, steps after every batch); ``batch_loss`` returns a batch's
+    mean loss. Returns the mean loss of each epoch."""
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     losses = []
     for _ in range(int(epochs)):
@@ -89,6 +91,8 @@ def train_on_grid(net: torch.nn.Module, train: Split, batch_loss: Callable[[Grid
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            if scheduler is not None:
+                scheduler.step()
             total += loss.item() * len(batch.labels)
             count += len(batch.labels)
         losses.append(total / max(count, 1))
