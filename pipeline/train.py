@@ -120,8 +120,9 @@ def train(inputs: Inputs, cfg: TrainConfig) -> dict[str, Any]:
         model = make_model(cfg.model, **hparams)
         fit_log = model.fit(v.train, v.train_classes, inputs.semantics, cfg.seed)
         acc = czsl_on(model, v.val, inputs.semantics, v.val_classes)
-        table.append({"hparams": hparams, "val_czsl": acc, "seconds": fit_log.get("seconds")})
-        log.info("%s %s: val per-class accuracy %.4f", cfg.model, hparams, acc)
+        table.append({"hparams": hparams, "val_czsl": acc})
+        log.info("%s %s: val per-class accuracy %.4f (fitted in %.1f s)", cfg.model, hparams, acc,
+                 fit_log.get("seconds", 0.0))
         if best is None or acc > best[0]:
             best = (acc, hparams, model)
     assert best is not None
@@ -144,8 +145,14 @@ def train(inputs: Inputs, cfg: TrainConfig) -> dict[str, Any]:
         "config": asdict(cfg), "classes": inputs.classes, "seen": seen.tolist(),
         "validation": {"val_czsl": val_acc, "val_H": float(val_h), "train_classes": v.train_classes.tolist(),
                        "val_classes": v.val_classes.tolist(), "table": table},
-        "fit": fit_log,
+        "fit": untimed(fit_log),
     }
+
+
+def untimed(fit_log: dict[str, Any]) -> dict[str, Any]:
+    """A fit log without its wall-clock time (logged instead): the same inputs then give the same
+    checkpoint bytes, so DVC does not see a new model on every identical rerun."""
+    return {k: v for k, v in fit_log.items() if k != "seconds"}
 
 
 def describe_checkpoint(checkpoint: dict[str, Any]) -> str:
@@ -156,19 +163,41 @@ def describe_checkpoint(checkpoint: dict[str, Any]) -> str:
     return f"{checkpoint['model']} {checkpoint['hparams']}; {score}"
 
 
+def _plain(value: Any) -> Any:
+    """``value`` with numpy arrays as torch tensors and numpy scalars as Python numbers, so that the
+    checkpoint loads with ``torch.load(weights_only=True)`` (tensors and plain types only)."""
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
 def save_checkpoint(checkpoint: dict[str, Any], path: Path) -> None:
-    """Write a checkpoint atomically (``path.partial`` then rename)."""
+    """Write a checkpoint of tensors and plain types atomically (``path.partial`` then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    torch.save(checkpoint, partial)
+    torch.save(_plain(checkpoint), partial)
     partial.replace(path)
 
 
 def load_checkpoint(path: Path) -> tuple[ZSLModel, dict[str, Any]]:
-    """The trained model and its checkpoint dict."""
+    """The trained model and its checkpoint dict, read with ``weights_only=True``: a checkpoint holding
+    anything but tensors and plain types (which could run code when unpickled) is refused."""
     if not path.is_file():
         raise PipelineError(f"{path}: no trained model; run: python cli.py train ...")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for foreign, truncated or unsafe files
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PipelineError(f"{path}: not a model checkpoint this package can load safely ({reason[:200]}); "
+                            "retrain it: python cli.py train ...") from None
+    if not isinstance(checkpoint, dict) or not {"model", "hparams", "state"} <= set(checkpoint):
+        raise PipelineError(f"{path}: not a model checkpoint of this package; retrain it: python cli.py train ...")
     model = make_model(checkpoint["model"], **checkpoint["hparams"])
     model.load_state(checkpoint["state"])
     return model, checkpoint

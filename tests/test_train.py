@@ -96,13 +96,15 @@ def test_same_seed_same_metrics_and_cli_round_trip(cached, tmp_path):
     runner = CliRunner()
     for run in ("a", "b"):
         out = runner.invoke(cli, ["train", "--model", "joint_gcn", "--features", str(features), "--semantics",
-                                  str(semantics), "--no-select", "--output", str(tmp_path / f"{run}.pt")])
+                                  str(semantics), "--no-select", "--output", str(tmp_path / run / "model.pt")])
         assert out.exit_code == 0, out.output
-        out = runner.invoke(cli, ["evaluate", "--model-file", str(tmp_path / f"{run}.pt"), "--features",
+        out = runner.invoke(cli, ["evaluate", "--model-file", str(tmp_path / run / "model.pt"), "--features",
                                   str(features), "--semantics", str(semantics), "--metrics",
-                                  str(tmp_path / f"{run}.json"), "--plots", str(tmp_path / run)])
+                                  str(tmp_path / f"{run}.json"), "--plots", str(tmp_path / run / "plots")])
         assert out.exit_code == 0, out.output
     assert json.loads((tmp_path / "a.json").read_text()) == json.loads((tmp_path / "b.json").read_text())
+    # identical inputs, identical model bytes (no fit times inside): DVC sees no new model on a rerun
+    assert (tmp_path / "a" / "model.pt").read_bytes() == (tmp_path / "b" / "model.pt").read_bytes()
     bad = runner.invoke(cli, ["train", "--model", "eszsl", "--features", str(features), "--semantics",
                               str(semantics), "--hparam", "no_such=1", "--output", str(tmp_path / "c.pt")])
     assert bad.exit_code == 1 and "unknown hyperparameters ['no_such']" in bad.output

@@ -15,7 +15,6 @@ Rows are the trainval images, then the test images, each sorted by file name.
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import numpy as np
 
 from pipeline.datasets.base import ImageDataset
 from pipeline.errors import PipelineError
+from pipeline.safe_pickle import load_pickle
 
 N_CATEGORIES = 80
 
@@ -32,11 +32,10 @@ def read_cls_ids(path: Path) -> tuple[list[int], list[int]]:
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"{path}: split file not found; pass --splits cls_ids.pickle (the 48/17 COCO split)")
+    data = load_pickle(path)
     try:
-        with open(path, "rb") as f:
-            data = pickle.load(f)
         seen, unseen = sorted(int(i) for i in data["train"]), sorted(int(i) for i in data["test"])
-    except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError) as e:
         raise PipelineError(f"{path}: not a cls_ids.pickle with 'train' and 'test' id sets ({type(e).__name__}: {e})") from e
     ids = seen + unseen
     if not ids or min(ids) < 0 or max(ids) >= N_CATEGORIES or len(set(ids)) != len(ids):

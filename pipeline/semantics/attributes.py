@@ -9,7 +9,6 @@ benchmark's name lists (``CUB_attributes.txt``, ``AWA2_predicates.txt``, ``SUN_a
 from __future__ import annotations
 
 import csv
-import pickle
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 import scipy.io
 
 from pipeline.errors import PipelineError
+from pipeline.safe_pickle import load_pickle
 
 NORMALISATIONS = ("l2", "none")
 
@@ -107,8 +107,11 @@ def read_attribute_vectors(path: Path, n_attributes: int) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"{path}: attribute-name vectors not found")
-    with open(path, "rb") as f:
-        vectors = np.asarray(pickle.load(f), dtype=np.float32)
+    data = load_pickle(path)
+    try:
+        vectors = np.asarray(data, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise PipelineError(f"{path}: holds {type(data).__name__}, not an [A, E] array of vectors ({e})") from None
     if vectors.ndim != 2 or vectors.shape[0] != n_attributes:
         raise PipelineError(f"{path}: shape {vectors.shape}, expected {n_attributes} attributes x dim")
     return vectors

@@ -242,9 +242,11 @@ def _attribute_text(b: _Builder, names: list[str], cfg: SemanticsConfig) -> None
 
     source = cfg.attribute_vectors
     assert source is not None
+    from_file = is_file_name(source)
+    log.info("attribute_vectors %r: taken as %s", source, "a pickled [A, E] file" if from_file else "a text encoder")
 
     def make(g: h5py.Group) -> None:
-        if Path(source).is_file():
+        if from_file:
             g["values"] = attr.read_attribute_vectors(Path(source), len(names))
             _attrs(g, {"source": source})
         else:
@@ -252,8 +254,18 @@ def _attribute_text(b: _Builder, names: list[str], cfg: SemanticsConfig) -> None
             g["values"] = vectors
             _attrs(g, meta)
 
-    inputs = [names, source, _file_digest(source)] + ([] if Path(source).is_file() else _encoder_inputs(source, cfg))
+    inputs = [names, source, _file_digest(source) if from_file else None] + (
+        [] if from_file else _encoder_inputs(source, cfg))
     b.group("attribute_text", inputs, make)
+
+
+def is_file_name(source: str) -> bool:
+    """Whether an ``attribute_vectors`` setting names a file (a path with a folder or a ``.pkl`` /
+    ``.pickle`` suffix) rather than an encoder (``minilm``, ``glove``, ``glove:PATH``, ``clip``): a file
+    that happens to be called ``minilm`` in the working folder is never read."""
+    if ":" in source.split("/")[0]:  # glove:PATH and friends
+        return False
+    return "/" in source or Path(source).suffix.lower() in (".pkl", ".pickle")
 
 
 def _graph(b: _Builder, classes: list[str], cfg: SemanticsConfig) -> None:

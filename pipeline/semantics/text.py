@@ -35,6 +35,7 @@ from torch import nn
 
 from pipeline.backbones import create_clip_model
 from pipeline.errors import PipelineError
+from pipeline.safe_pickle import load_pickle
 from pipeline.semantics.wordnet import is_wnid
 
 log = logging.getLogger(__name__)
@@ -330,19 +331,6 @@ def word_vector_embeddings(texts: Sequence[str], vectors: WordVectors) -> tuple[
 
 # --- precomputed class-name vectors ----------------------------------------------------------------
 
-def _unpickle(path: Path) -> Any:
-    import pickle
-
-    try:
-        with open(path, "rb") as f:
-            return pickle.load(f)
-    except UnicodeDecodeError:  # a Python 2 pickle of numpy arrays
-        with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")
-    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError) as e:
-        raise PipelineError(f"{path}: cannot unpickle ({type(e).__name__}: {e})") from e
-
-
 def read_vector_array(path: Path) -> np.ndarray:
     """A 2-D array from ``.npy`` or ``.pickle``/``.pkl`` (an ndarray, or a dict with one ndarray value).
 
@@ -357,7 +345,7 @@ def read_vector_array(path: Path) -> np.ndarray:
         except (OSError, ValueError) as e:
             raise PipelineError(f"{path}: not a readable .npy array ({e})") from e
     elif path.suffix.lower() in (".pickle", ".pkl"):
-        data = _unpickle(path)
+        data = load_pickle(path)
         if isinstance(data, dict):
             arrays = {k: v for k, v in data.items() if isinstance(v, np.ndarray)}
             if len(arrays) != 1:
@@ -389,7 +377,7 @@ def read_vector_names(path: Path) -> list[str]:
     if suffix == ".txt":
         return [s.strip() for s in path.read_text(encoding="utf-8").splitlines() if s.strip()]
     if suffix in (".pickle", ".pkl"):
-        data = _unpickle(path)
+        data = load_pickle(path)
     elif suffix == ".json":
         import json
 
