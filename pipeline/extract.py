@@ -8,9 +8,11 @@ output with the same settings is left as it is.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import hashlib
 import importlib.metadata
 import logging
+import os
 import signal
 import threading
 from collections import deque
@@ -220,6 +222,29 @@ def _provenance(dataset: ImageDataset, backbone: Backbone, dtype: str, grid: boo
             "mid_grid_shape": list(backbone.mid_grid_shape) if mid_grid else [], "versions": _versions()}
 
 
+@contextmanager
+def output_lock(output: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``output`` for a whole run (``flock`` on ``OUTPUT.lock``, which keeps
+    the holder's pid), independent of HDF5's own file locking (often off on NFS/Lustre): a second
+    run on the same output is refused with one line naming the first. The OS drops the lock when
+    the holder exits, even after kill -9; the lock file itself stays (it holds no data)."""
+    path = output.with_name(output.name + ".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise PipelineError(f"{output}: another extraction (pid {holder}) is writing it; let it finish "
+                                "(or stop it), then rerun this command to resume") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _same_settings(path: Path, wanted: dict[str, Any]) -> tuple[bool, bool]:
     """(settings match, file complete) for an existing store at ``path``."""
     with FeatureStore(path) as store:
@@ -251,6 +276,14 @@ def extract(
     spatial features, with ``mid_grid`` also an earlier stage's (``grid_mid``, for multi-level fusion)."""
     if mid_grid and not grid:
         raise PipelineError("mid_grid adds an earlier stage to the grid features: pass --grid as well")
+    with output_lock(output):
+        return _extract_locked(dataset, backbone, output, dtype=dtype, grid=grid, mid_grid=mid_grid,
+                               batch_size=batch_size, workers=workers, device=device, overwrite=overwrite)
+
+
+def _extract_locked(dataset: ImageDataset, backbone: Backbone, output: Path, *, dtype: str, grid: bool,
+                    mid_grid: bool, batch_size: int, workers: int, device: str, overwrite: bool) -> ExtractResult:
+    """:func:`extract`, with the output's lock held."""
     wanted = _provenance(dataset, backbone, dtype, grid, mid_grid)
     partial = output.with_name(output.name + ".partial")
     if output.exists() and not overwrite:

@@ -216,3 +216,22 @@ def test_mid_grid_stores_an_earlier_stage_on_the_same_regions(synthetic_root, tm
             _, grid, mid = net((image - mean) / std)
         np.testing.assert_allclose(store.dataset("grid_mid")[0], mid[0].numpy(), atol=2e-2, rtol=1e-2)
         np.testing.assert_allclose(store.dataset("grid")[0], grid[0].numpy(), atol=2e-2, rtol=1e-2)
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_holds_it(tmp_path):
+    data = _tiny_dataset(tmp_path / "img")
+    net = load_backbone("resnet18", None, "none", 32)
+    output = tmp_path / "f.h5"
+    holder = subprocess.Popen(  # a first run: holds the output's lock, as extract does for its whole run
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from pipeline.extract import output_lock\n"
+         f"with output_lock(Path({str(output)!r})):\n    print('locked', flush=True); time.sleep(60)"],
+        cwd=REPO, stdout=subprocess.PIPE, text=True, env={**os.environ, "HDF5_USE_FILE_LOCKING": "FALSE"})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(PipelineError, match=f"f.h5: another extraction \\(pid {holder.pid}\\) is writing it") as err:
+            extract(data, net, output, workers=0, batch_size=4)
+        assert "\n" not in str(err.value) and not output.exists()
+    finally:
+        holder.kill()  # as kill -9 would: the OS releases the lock
+        holder.wait()
+    assert extract(data, net, output, workers=0, batch_size=4).written == 3
