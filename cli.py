@@ -181,7 +181,7 @@ def evaluate(model_file: Path, features: Path, semantics: Path, clip_features: P
     import json
 
     from pipeline.evaluate import evaluate as run_evaluate
-    from pipeline.evaluate import read_candidate_sets
+    from pipeline.evaluate import read_candidate_sets, write_metrics
     from pipeline.inputs import load_inputs
     from pipeline.train import load_checkpoint
 
@@ -190,7 +190,7 @@ def evaluate(model_file: Path, features: Path, semantics: Path, clip_features: P
     inputs = load_inputs(features, semantics, checkpoint["config"]["semantics"], extra)
     sets = read_candidate_sets(candidate_sets, inputs.classes) if candidate_sets else None
     result = run_evaluate(model, checkpoint, inputs, plots, sets)
-    metrics.write_text(json.dumps(result, indent=2) + "\n")
+    write_metrics(result, metrics)
     click.echo(json.dumps(result, indent=2))
 
 

@@ -11,8 +11,10 @@ Multi-label data is evaluated by :func:`pipeline.multilabel.evaluate_multilabel`
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,20 @@ from pipeline.scoring import search
 log = logging.getLogger(__name__)
 
 CURVE_POINTS = 200  # points of the plotted / DVC seen-unseen curve (AUSUC uses the exact curve)
+
+
+def write_metrics(metrics: dict[str, Any], path: Path) -> None:
+    """Write ``metrics`` as JSON under a temporary name, then rename: a crash or a full disk never
+    leaves a half-written (or empty) metrics file, and the previous one stays until the new is whole."""
+    partial = path.with_name(path.name + ".partial")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(metrics, indent=2) + "\n")
+        os.replace(partial, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        raise PipelineError(f"{path}: cannot write the metrics ({e.strerror or e}); {path} is unchanged") from None
 
 
 def read_candidate_sets(path: Path, classes: list[str]) -> dict[str, np.ndarray]:

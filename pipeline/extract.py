@@ -63,6 +63,18 @@ class ExtractResult:
         return line
 
 
+def rgb(img: Image.Image) -> Image.Image:
+    """``img`` as 8-bit RGB. Integer greyscale of more than 8 bits (PNG ``I;16``, ``I``) is scaled from
+    0..65535 to 0..255 and float greyscale (``F``) clipped to 0..255, where ``convert("RGB")`` would
+    saturate them to white; every other mode goes through ``convert("RGB")``."""
+    if img.mode.startswith("I") or img.mode == "F":
+        values = np.asarray(img, dtype=np.float64)
+        if img.mode != "F":
+            values = values / 257.0
+        img = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
+    return img.convert("RGB")
+
+
 class ImageFiles(Dataset):
     """Decoded, resized, centre-cropped uint8 images [3, S, S] of ``dataset`` rows ``indices``.
 
@@ -89,7 +101,7 @@ class ImageFiles(Dataset):
         try:
             with Image.open(self.dataset.path(i)) as img:
                 img.draft("RGB", (self.resize_size, self.resize_size))  # JPEG: decode at reduced scale
-                x = self.transform(img.convert("RGB"))
+                x = self.transform(rgb(img))
             return i, x, ""
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             return i, torch.zeros(3, self.size, self.size, dtype=torch.uint8), f"{type(e).__name__}: {e}"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pipeline  # noqa: F401
 from pipeline.errors import PipelineError
-from pipeline.evaluate import evaluate, read_candidate_sets
+from pipeline.evaluate import evaluate, read_candidate_sets, write_metrics
 from pipeline.inputs import load_inputs
 from pipeline.train import load_checkpoint
 from stages import load_params
@@ -26,9 +26,9 @@ def main() -> None:
         inputs = load_inputs(FEATURES, SEMANTICS, checkpoint["config"]["semantics"], extra)
         sets = read_candidate_sets(Path(e["candidate_sets"]), inputs.classes) if e.get("candidate_sets") else None
         metrics = evaluate(model, checkpoint, inputs, PLOTS, sets, tuple(e["ks"]), tuple(e["tag_ks"]))
+        write_metrics(metrics, METRICS)
     except PipelineError as err:
         sys.exit(f"error: {err}")
-    METRICS.write_text(json.dumps(metrics, indent=2) + "\n")
     print(json.dumps(metrics, indent=2))
 
 

@@ -235,3 +235,33 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_holds_it(tmp
         holder.kill()  # as kill -9 would: the OS releases the lock
         holder.wait()
     assert extract(data, net, output, workers=0, batch_size=4).written == 3
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F", "L", "LA", "P", "RGBA", "CMYK", "1"])
+def test_every_pil_mode_reads_like_its_8_bit_twin(tmp_path, mode):
+    from pipeline.extract import rgb
+
+    rng = np.random.default_rng(0)
+    grey8 = rng.integers(0, 256, (24, 32)).astype(np.uint8)
+    if mode in ("I;16", "I"):  # 16-bit greyscale: v16 = 257 * v8 is the same picture
+        img = Image.fromarray(grey8.astype(np.uint16) * 257)  # mode I;16
+        img.save(tmp_path / "x.png")  # through a real 16-bit PNG file
+        img = Image.open(tmp_path / "x.png")
+        img = img.convert("I") if mode == "I" else img  # what older Pillow opens 16-bit PNGs as
+        twin = Image.fromarray(grey8, "L")
+    elif mode == "F":
+        img, twin = Image.fromarray(grey8.astype(np.float32), "F"), Image.fromarray(grey8, "L")
+    else:
+        twin = Image.fromarray(np.stack([grey8, 255 - grey8, grey8 // 2], axis=-1), "RGB")
+        img = twin.convert(mode)
+        twin = img.convert("RGB")  # PIL's own conversion is right for these modes
+    got, want = np.asarray(rgb(img), dtype=int), np.asarray(twin.convert("RGB"), dtype=int)
+    assert got.shape == want.shape and np.abs(got - want).max() <= 1
+    assert mode not in ("I;16", "I") or got.mean() < 200  # not the all-white image of convert("RGB")
+
+
+def test_image_lists_may_not_leave_the_dataset_root(tmp_path):
+    for bad in ("../outside/secret.png", "/etc/passwd", "a/../../b.jpg"):
+        with pytest.raises(PipelineError, match="leaves the dataset root"):
+            ImageDataset("tags", tmp_path, ["ok/x.jpg", bad], np.zeros(2, np.int64), ["c"])
+    ImageDataset("tags", tmp_path, ["ok/x.jpg", "b..c/y.jpg"], np.zeros(2, np.int64), ["c"])  # '..' in a name is fine

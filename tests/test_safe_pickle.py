@@ -1,4 +1,4 @@
-"""User files never run code: every pickle entry point refuses a crafted pickle, real files still load."""
+"""User files never run code and outputs are never half-written: crafted pickles are refused at every entry point, real files still load, metrics are replaced whole."""
 from __future__ import annotations
 
 import os
@@ -84,3 +84,14 @@ def test_an_encoder_name_is_never_read_as_a_file():
     assert not is_file_name("minilm") and not is_file_name("glove") and not is_file_name("glove:/data/g.txt")
     assert is_file_name("w2v/CUB_attribute.pkl") and is_file_name("CUB_attribute.pkl")
     assert is_file_name("./attributes")
+
+
+def test_metrics_are_written_whole_or_not_at_all(tmp_path: Path):
+    from pipeline.evaluate import write_metrics
+
+    path = tmp_path / "metrics.json"
+    write_metrics({"czsl": {"acc": 0.5}}, path)
+    (tmp_path / "metrics.json.partial").mkdir()  # the temporary name cannot be written: as on a full disk
+    with pytest.raises(PipelineError, match="metrics.json: cannot write the metrics .*metrics.json is unchanged"):
+        write_metrics({"czsl": {"acc": 0.9}}, path)
+    assert path.read_text() == '{\n  "czsl": {\n    "acc": 0.5\n  }\n}\n'

@@ -55,6 +55,10 @@ class ImageDataset:
             raise PipelineError(
                 f"{self.name}: labels must lie in [-1, {len(self.classes) - 1}] for {len(self.classes)} classes"
             )
+        outside = next((i for i in self.image_ids if i.startswith("/") or "/../" in f"/{i}/"), None)
+        if outside is not None:
+            raise PipelineError(f"{self.name}: image {outside!r} leaves the dataset root {self.root}; image lists "
+                                "may only name files below it (relative paths without '..')")
         for split, idx in self.splits.items():
             if split not in SPLIT_NAMES:
                 raise PipelineError(f"{self.name}: unknown split {split!r}; expected one of {SPLIT_NAMES}")
