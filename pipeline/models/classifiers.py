@@ -37,10 +37,10 @@ def ridge_classifiers(features: np.ndarray, positions: np.ndarray, n_seen: int, 
     return w.T.astype(np.float32)
 
 
-def seen_classifiers(model: str, train: Split, positions: np.ndarray, seen: np.ndarray, semantics: Semantics,
-                     supervision: str, ridge: float) -> tuple[np.ndarray, str]:
-    """The classifiers [S, D + 1] (weights, then bias) of the ``seen`` classes and which supervision gave
-    them: ``head`` (the backbone's rows, ``semantics.classifiers``) or ``ridge`` (fitted with ``ridge``)."""
+def head_rows(model: str, seen: np.ndarray, semantics: Semantics, dim: int, supervision: str) -> np.ndarray | None:
+    """The backbone's classifier rows [S, D + 1] of the ``seen`` classes when ``supervision`` takes them
+    (``head``, or ``auto`` when the store's head covers every seen class with rows for ``dim``-d
+    features), else None (``ridge``, or ``auto`` without a usable head)."""
     if supervision not in SUPERVISION:
         raise PipelineError(f"{model}: supervision {supervision!r} unknown; use one of {SUPERVISION}")
     rows = semantics.classifiers[seen] if semantics.classifiers is not None else None
@@ -50,12 +50,22 @@ def seen_classifiers(model: str, train: Split, positions: np.ndarray, seen: np.n
             f"has no classifier row for {int((~np.isfinite(rows).all(1)).sum())} of the {len(seen)} seen classes"
         raise PipelineError(f"{model}: supervision=head but the feature store {missing}; use supervision=ridge "
                             "(or auto), or extract with a backbone whose classifier covers the seen classes")
-    if supervision == "head" or (supervision == "auto" and has_head):
-        assert rows is not None
-        if rows.shape[1] != train.features.shape[1] + 1:
-            raise PipelineError(f"{model}: classifier rows are {rows.shape[1] - 1}-d but the features "
-                                f"{train.features.shape[1]}-d; rebuild the feature store")
-        return rows.astype(np.float32), "head"
+    if supervision == "ridge" or not has_head:
+        return None
+    assert rows is not None
+    if rows.shape[1] != dim + 1:
+        raise PipelineError(f"{model}: classifier rows are {rows.shape[1] - 1}-d but the features {dim}-d; "
+                            "rebuild the feature store")
+    return rows.astype(np.float32)
+
+
+def seen_classifiers(model: str, train: Split, positions: np.ndarray, seen: np.ndarray, semantics: Semantics,
+                     supervision: str, ridge: float) -> tuple[np.ndarray, str]:
+    """The classifiers [S, D + 1] (weights, then bias) of the ``seen`` classes and which supervision gave
+    them: ``head`` (:func:`head_rows`) or ``ridge`` (fitted with ``ridge``)."""
+    rows = head_rows(model, seen, semantics, train.features.shape[1], supervision)
+    if rows is not None:
+        return rows, "head"
     return ridge_classifiers(train.features, positions, len(seen), ridge), "ridge"
 
 

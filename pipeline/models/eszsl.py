@@ -9,7 +9,7 @@ import scipy.linalg
 
 from pipeline.errors import PipelineError
 from pipeline.models.base import Semantics, Split, ZSLModel
-from pipeline.models.classifiers import SUPERVISION, with_bias_input
+from pipeline.models.classifiers import head_rows, with_bias_input
 from pipeline.models.layers import seen_targets
 
 
@@ -35,8 +35,8 @@ class ESZSL(ZSLModel):
     Y codes labels as the authors' MATLAB code does (``labels: zero_one``): 1 for an image's class, 0 for
     the other seen classes; ``labels: plus_minus_one`` is the paper's text, {−1, +1}, which adds a
     per-class bias growing with ``lam`` when the semantic vectors are not centred.
-    ``image_embeddings`` = X V [N, A], ``class_embeddings`` = the semantic vectors S [C, A] as given, so
-    the inner product is ``x V sᵀ``. ``gamma`` regularises the image side, ``lam`` the semantic side;
+    ``image_embeddings`` = [X, 1] V [N, A] (V's last row, the bias, is zero but with head supervision),
+    ``class_embeddings`` = the semantic vectors S [C, A] as given, so the inner product is ``x V sᵀ``. ``gamma`` regularises the image side, ``lam`` the semantic side;
     features and semantic vectors are used as they come (the semantics stage L2-normalises attributes).
     ``fit`` logs no losses (``"loss": []``).
 
@@ -58,42 +58,29 @@ class ESZSL(ZSLModel):
             raise PipelineError(f"eszsl: gamma and lam must be >= 0, got {self.hparams}")
         if self.hparams["labels"] not in ("zero_one", "plus_minus_one"):
             raise PipelineError(f"eszsl: labels {self.hparams['labels']!r} unknown; use zero_one or plus_minus_one")
-        if self.hparams["supervision"] not in SUPERVISION:
-            raise PipelineError(f"eszsl: supervision {self.hparams['supervision']!r} unknown; use one of {SUPERVISION}")
         self.V: np.ndarray | None = None
 
     def fit(self, train: Split, seen: np.ndarray, semantics: Semantics, seed: int) -> dict[str, Any]:
         start = time.perf_counter()
         seen, positions = seen_targets(self.name, train, seen, semantics)
-        head = self._head_rows(seen, semantics, train.features.shape[1])
+        head = head_rows(self.name, seen, semantics, train.features.shape[1], self.hparams["supervision"])
         signatures = np.asarray(semantics.vectors[seen], dtype=np.float64)
         lam = self.hparams["lam"]
         try:
             if head is not None:
-                right = scipy.linalg.solve(signatures.T @ signatures + lam * np.eye(signatures.shape[1]),
-                                           signatures.T @ head, assume_a="pos")  # (Sᵀ S + λ I)⁻¹ Sᵀ W
-                v = right.T
+                v = scipy.linalg.solve(signatures.T @ signatures + lam * np.eye(signatures.shape[1]),
+                                       signatures.T @ head.astype(np.float64), assume_a="pos").T  # Wᵀ S (SᵀS + λI)⁻¹
             else:
                 y = np.full((len(positions), len(seen)), 0.0 if self.hparams["labels"] == "zero_one" else -1.0)
                 y[np.arange(len(positions)), positions] = 1.0
                 v = eszsl_solution(train.features, y, signatures, self.hparams["gamma"], lam)
+                v = np.vstack([v, np.zeros((1, v.shape[1]))])  # no bias: the input [x, 1] meets a zero row
         except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
             raise PipelineError(f"eszsl: the system is singular at gamma={self.hparams['gamma']}, "
                                 f"lam={lam}; use gamma, lam > 0") from None
         self.V = v.astype(np.float32)
         return {"loss": [], "seconds": time.perf_counter() - start,
                 "supervision": "head" if head is not None else "ridge"}
-
-    def _head_rows(self, seen: np.ndarray, semantics: Semantics, dim: int) -> np.ndarray | None:
-        """[S, D + 1] float64 classifier rows of the seen classes when they are to be used, else None."""
-        rows = semantics.classifiers[seen] if semantics.classifiers is not None else None
-        usable = rows is not None and bool(np.isfinite(rows).all()) and rows.shape[1] == dim + 1
-        if self.hparams["supervision"] == "head" and not usable:
-            raise PipelineError("eszsl: supervision=head but the feature store has no classifier row (of matching "
-                                "size) for every seen class; use supervision=ridge or auto")
-        if self.hparams["supervision"] == "ridge" or not usable:
-            return None
-        return np.asarray(rows, dtype=np.float64)
 
     def _v(self) -> np.ndarray:
         if self.V is None:
@@ -102,11 +89,10 @@ class ESZSL(ZSLModel):
 
     def image_embeddings(self, data: Split) -> np.ndarray:
         v = self._v()
-        if data.features.shape[1] not in (v.shape[0], v.shape[0] - 1):
+        if data.features.shape[1] + 1 != v.shape[0]:
             raise PipelineError(f"eszsl: features are {data.features.shape[1]}-d but the model was fitted on "
-                                f"{v.shape[0]}-d features")
-        x = np.asarray(data.features, dtype=np.float32)
-        return (with_bias_input(x) if x.shape[1] + 1 == v.shape[0] else x) @ v
+                                f"{v.shape[0] - 1}-d features")
+        return with_bias_input(data.features) @ v
 
     def class_embeddings(self, semantics: Semantics) -> np.ndarray:
         v = self._v()

@@ -147,8 +147,10 @@ class SDL(TorchZSLModel):
         h = self.hparams
         if h["recipe"] == "frozen":
             return torch.optim.AdamW(net.parameters(), lr=h["lr"], weight_decay=h["weight_decay"]), None
-        decayed = [p for name, p in net.named_parameters() if p.ndim > 1 and not name.endswith(".bias")]
-        rest = [p for name, p in net.named_parameters() if not (p.ndim > 1 and not name.endswith(".bias"))]
+        decayed: list[nn.Parameter] = []
+        rest: list[nn.Parameter] = []
+        for name, p in net.named_parameters():  # official add_weight_decay: no L2 on biases and norms
+            (decayed if p.ndim > 1 and not name.endswith(".bias") else rest).append(p)
         optimizer = torch.optim.Adam([{"params": decayed, "weight_decay": h["weight_decay"]},
                                       {"params": rest, "weight_decay": 0.0}], lr=h["lr"])
         # OneCycleLR needs two warm-up steps or more: very short runs end before the schedule does

@@ -114,12 +114,12 @@ def _other_lemmas_for_unknown_names(encoder: str, classes: list[str], vectors: n
     """Classes that are wnids and whose name got a zero vector (no word known to a word-vector encoder)
     take the mean over all their WordNet lemmas instead (:func:`lemma_vectors`); recorded as
     ``lemma_fallback`` (the classes) in the provenance."""
-    from pipeline.semantics.wordnet import is_wnid, synset_of
+    from pipeline.semantics.wordnet import is_wnid, lemmas_of, synset_of
 
     unknown = [i for i, c in enumerate(classes) if is_wnid(c) and not np.abs(vectors[i]).any()]
     if not unknown:
         return vectors, meta
-    lemmas = [[lemma.name().replace("_", " ") for lemma in synset_of(classes[i]).lemmas()] for i in unknown]
+    lemmas = [lemmas_of(synset_of(classes[i])) for i in unknown]
     vectors = vectors.copy()
     vectors[unknown] = lemma_vectors(encoder, lemmas, cfg)[0]
     still = sum(not np.abs(vectors[i]).any() for i in unknown)
@@ -271,6 +271,8 @@ def is_file_name(source: str) -> bool:
 def _graph(b: _Builder, classes: list[str], cfg: SemanticsConfig) -> None:
     from pipeline.semantics import wordnet as wn
 
+    if cfg.graph_links not in ("hypernyms+instances", "hypernyms"):
+        raise PipelineError(f"graph_links {cfg.graph_links!r} unknown; use hypernyms+instances or hypernyms (DGP)")
     wnids = read_wnid_map(Path(cfg.wnids), classes) if cfg.wnids else classes
 
     def make(g: h5py.Group) -> None:
@@ -284,8 +286,6 @@ def _graph(b: _Builder, classes: list[str], cfg: SemanticsConfig) -> None:
         _attrs(g, {"n_classes": graph.n_classes, "node_text": cfg.graph_text, "node_vectors": "mean over lemmas",
                    "links": cfg.graph_links, "node_encoder": meta})
 
-    if cfg.graph_links not in ("hypernyms+instances", "hypernyms"):
-        raise PipelineError(f"graph_links {cfg.graph_links!r} unknown; use hypernyms+instances or hypernyms (DGP)")
     b.group("graph", [wnids, _encoder_inputs(cfg.graph_text, cfg), "lemmas", cfg.graph_links], make)
 
 

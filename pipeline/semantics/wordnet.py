@@ -129,6 +129,11 @@ def _name(synset: Synset) -> str:
     return synset.lemmas()[0].name().replace("_", " ")
 
 
+def lemmas_of(synset: Synset) -> list[str]:
+    """Every lemma of ``synset``, underscores as spaces (``n02510455`` -> giant panda, panda, ...)."""
+    return [lemma.name().replace("_", " ") for lemma in synset.lemmas()]
+
+
 def class_lemma(wnid: str) -> str:
     """A readable class name: the synset's first lemma with spaces (``n02391049`` -> ``zebra``)."""
     return _name(synset_of(wnid))
@@ -169,7 +174,7 @@ def induced_graph(wnids: list[str], instances: bool = True) -> KnowledgeGraph:
     return KnowledgeGraph(
         wnids=[wnid_of(s) for s in nodes],
         names=[_name(s) for s in nodes],
-        lemmas=[[lemma.name().replace("_", " ") for lemma in s.lemmas()] for s in nodes],
+        lemmas=[lemmas_of(s) for s in nodes],
         edges=np.array(edges, dtype=np.int64).reshape(-1, 2),
         n_classes=len(wnids),
     )
