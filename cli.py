@@ -149,15 +149,18 @@ def _hparam(text: str) -> tuple[str, object]:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--select/--no-select", default=True, show_default=True, help="Grid search on validation.")
 @click.option("--val-fraction", type=float, default=0.2, show_default=True)
+@click.option("--val-folds", type=click.IntRange(min=1), default=None,
+              help="Validation draws averaged by selection [default: 5 for closed-form models, else 1].")
 @click.option("--output", type=click.Path(path_type=Path), default=Path("models/model.pt"), show_default=True)
 def train(model_name: str, features: Path, semantics: Path, source: str, clip_features: Path | None,
-          hparams: tuple[str, ...], seed: int, select: bool, val_fraction: float, output: Path) -> None:
+          hparams: tuple[str, ...], seed: int, select: bool, val_fraction: float, val_folds: int | None,
+          output: Path) -> None:
     """Train a model on cached features; hyperparameters and gamma chosen on validation only."""
     from pipeline.inputs import load_inputs
     from pipeline.train import TrainConfig, describe_checkpoint, save_checkpoint
     from pipeline.train import train as run_train
 
-    cfg = TrainConfig(model_name, source, seed, select, val_fraction, dict(_hparam(h) for h in hparams))
+    cfg = TrainConfig(model_name, source, seed, select, val_fraction, dict(_hparam(h) for h in hparams), val_folds)
     extra = {"clip": clip_features} if clip_features else None
     checkpoint = run_train(load_inputs(features, semantics, source, extra), cfg)
     save_checkpoint(checkpoint, output)

@@ -3,7 +3,8 @@
 Training (:func:`train_multilabel`; no test image is read):
 
 1. Validation from ``trainval`` only: ``val_fraction`` of the seen tags that occur there become
-   validation tags, and ``val_fraction`` of the images are held out; both drawn with the seed.
+   validation tags, and ``val_fraction`` of the images are held out; both drawn with the seed
+   (``val_folds`` draws, seeds ``seed``, ``seed + 1``, ..., averaged; one for ``sdl`` by default).
 2. Every combination of the model's grid is fitted on the other images with the other seen tags
    (validation tags hidden, as unseen tags are at test) and scored by the mAP of the
    validation tags on the held-out images: a zero-shot mAP on data the fit never saw.
@@ -35,7 +36,7 @@ from pipeline.models import MODELS, make_model
 from pipeline.models.base import Split, ZSLModel, seed_everything
 from pipeline.scoring import scores, search
 from pipeline.tag_metrics import F1_KS, map_report, precision_recall_f1_at_k
-from pipeline.train import TrainConfig, combinations, untimed
+from pipeline.train import TrainConfig, choose, untimed
 
 log = logging.getLogger(__name__)
 CURVE_KS = tuple(range(1, 11))  # k of the plotted P/R/F1@k curves
@@ -81,21 +82,19 @@ def train_multilabel(inputs: Inputs, cfg: TrainConfig) -> dict[str, Any]:
     """Select on validation, refit on trainval; returns the checkpoint dict (as :func:`pipeline.train.train`)."""
     if cfg.model not in MODELS or not MODELS[cfg.model].multilabel:
         raise PipelineError(f"model {cfg.model!r} learns one class per image; on multi-label data use model: sdl")
-    v = tag_validation_split(inputs, cfg.val_fraction, cfg.seed)
-    table = []
-    best: tuple[float, dict[str, Any]] | None = None
-    for hparams in combinations(cfg.model, cfg.hparams, cfg.select):
-        seed_everything(cfg.seed)
+    folds = [tag_validation_split(inputs, cfg.val_fraction, cfg.seed + k) for k in range(cfg.folds())]
+
+    def fit_and_score(hparams: dict[str, Any], fold: int) -> tuple[float, ZSLModel]:
+        v = folds[fold]
         model = make_model(cfg.model, **hparams)
         fit_log = model.fit(v.train, v.train_tags, inputs.semantics, cfg.seed)
         val_map = validation_map(model, v, inputs)
-        table.append({"hparams": hparams, "val_mAP": val_map})
-        log.info("%s %s: validation-tag mAP %.4f (fitted in %.1f s)", cfg.model, hparams, val_map,
+        log.info("%s %s fold %d: validation-tag mAP %.4f (fitted in %.1f s)", cfg.model, hparams, fold, val_map,
                  fit_log.get("seconds", 0.0))
-        if best is None or val_map > best[0]:
-            best = (val_map, hparams)
-    assert best is not None
-    val_map, hparams = best
+        return val_map, model
+
+    val_map, hparams, _, table = choose(cfg, len(folds), fit_and_score, "val_mAP")
+    v = folds[0]
 
     seed_everything(cfg.seed)
     final = make_model(cfg.model, **hparams)
@@ -108,7 +107,7 @@ def train_multilabel(inputs: Inputs, cfg: TrainConfig) -> dict[str, Any]:
         "model": cfg.model, "hparams": final.hparams, "state": final.state(), "multilabel": True,
         "config": asdict(cfg), "classes": inputs.classes, "seen": seen.tolist(),
         "unseen": np.asarray(inputs.unseen_tags).tolist(),
-        "validation": {"val_mAP": val_map, "train_tags": v.train_tags.tolist(), "val_tags": v.val_tags.tolist(),
+        "validation": {"val_mAP": val_map, "folds": len(folds), "train_tags": v.train_tags.tolist(), "val_tags": v.val_tags.tolist(),
                        "table": table},
         "fit": untimed(fit_log),
     }

@@ -18,7 +18,7 @@ def main() -> None:
     model, t = params["model"], params["train"]
     extra = {"clip": Path(t["clip_features"])} if t.get("clip_features") else None
     cfg = TrainConfig(model=model, semantics=t["semantics"], seed=t["seed"], select=t["select"],
-                      val_fraction=t["val_fraction"], hparams=params.get(model) or {})
+                      val_fraction=t["val_fraction"], hparams=params.get(model) or {}, val_folds=t.get("val_folds"))
     try:
         checkpoint = train(load_inputs(FEATURES, SEMANTICS, cfg.semantics, extra), cfg)
     except PipelineError as e:

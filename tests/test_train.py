@@ -18,7 +18,7 @@ from pipeline.extract import extract
 from pipeline.inputs import Inputs, load_inputs
 from pipeline.models.base import Split
 from pipeline.semantics.build import SemanticsConfig, build_semantics
-from pipeline.train import TrainConfig, load_checkpoint, save_checkpoint, train, validation_split
+from pipeline.train import TrainConfig, load_checkpoint, save_checkpoint, train, validation_folds, validation_split
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +58,35 @@ def test_selection_never_reads_the_test_splits(cached):
     assert not test_classes & set(v.val_classes) and not test_classes & set(v.train_classes)
     assert not set(v.val_classes) & set(v.train_classes)
     assert len(clean["validation"]["table"]) > 1
+
+
+def test_closed_forms_select_on_the_mean_of_five_class_folds_unless_the_dataset_fixes_its_split(cached):
+    inputs = load_inputs(*cached)
+    assert len(validation_folds(inputs, TrainConfig("eszsl"))) == 1  # synthetic ships its own train/val
+    drawn = dataclasses.replace(inputs, splits={k: v for k, v in inputs.splits.items() if k not in ("train", "val")})
+    folds = validation_folds(drawn, TrainConfig("eszsl"))
+    assert len(folds) == 5 and len({tuple(f.val_classes) for f in folds}) > 1
+    assert len(validation_folds(drawn, TrainConfig("msdn"))) == 1  # trained by gradient: one fold
+    assert len(validation_folds(drawn, TrainConfig("joint_gcn"))) == 5  # its closed form stands in for its epochs
+
+    checkpoint = train(drawn, TrainConfig("eszsl"))
+    table = checkpoint["validation"]["table"]
+    assert checkpoint["validation"]["folds"] == 5 and all(len(row["folds"]) == 5 for row in table)
+    assert all(row["val_czsl"] == pytest.approx(np.mean(row["folds"])) for row in table)
+    best = max(table, key=lambda row: row["val_czsl"])
+    assert checkpoint["hparams"] == {**checkpoint["hparams"], **best["hparams"]}
+    single = train(drawn, TrainConfig("eszsl", val_folds=1))["validation"]["table"]
+    assert [row["val_czsl"] for row in single] == [row["folds"][0] for row in table]  # fold 0 = the old split
+
+
+def test_joint_gcn_is_validated_through_its_closed_form_and_refined_once_chosen(cached, caplog):
+    inputs = load_inputs(*cached)
+    with caplog.at_level("INFO", logger="pipeline.train"):
+        checkpoint = train(inputs, TrainConfig("joint_gcn"))
+    validated = [r.getMessage() for r in caplog.records if "val per-class accuracy" in r.getMessage()]
+    assert len(validated) == 4 and all("'epochs': 0," in line for line in validated)
+    assert all(row["hparams"].keys() == {"ridge", "supervision"} for row in checkpoint["validation"]["table"])
+    assert checkpoint["hparams"]["epochs"] == 100 and len(checkpoint["fit"]["loss"]) == 2  # closed form, then Adam
 
 
 @pytest.mark.parametrize("model", ["eszsl", "joint_gcn", "gcn_regression", "conse"])

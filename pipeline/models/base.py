@@ -127,12 +127,21 @@ class ZSLModel(ABC):
     defaults: ClassVar[dict[str, Any]] = {}
     grid: ClassVar[dict[str, list[Any]]] = {}
     multilabel: ClassVar[bool] = False  # trains on ``Split.tags`` (several classes per image)
+    # validation folds selection averages by default (pipeline.train.validation_folds): 1 for networks
+    # trained by gradient, 5 for closed forms, whose fits take milliseconds
+    selection_folds: int = 1
 
     def __init__(self, **hparams: Any):
         unknown = set(hparams) - set(self.defaults)
         if unknown:
             raise PipelineError(f"{self.name}: unknown hyperparameters {sorted(unknown)}; known: {sorted(self.defaults)}")
         self.hparams = {**self.defaults, **hparams}
+
+    def stand_in(self) -> dict[str, Any]:
+        """The hyperparameters validated in place of these during selection: the same by default. A model
+        that refines a closed-form start by gradient steps validates the start (cheap enough for 5 folds)
+        and runs its refinement only on the chosen setting."""
+        return self.hparams
 
     @abstractmethod
     def fit(self, train: Split, seen: np.ndarray, semantics: Semantics, seed: int) -> dict[str, Any]:

@@ -26,6 +26,7 @@ class ConSE(ZSLModel):
     name = "conse"
     defaults = {"top": 10, "temperature": 1.0, "supervision": "auto", "feature_ridge": 1.0}
     grid = {"temperature": [1.0, 0.1], "supervision": ["auto", "ridge"]}
+    selection_folds = 5
 
     def __init__(self, **hparams: Any):
         super().__init__(**hparams)

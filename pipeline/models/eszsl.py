@@ -51,6 +51,7 @@ class ESZSL(ZSLModel):
     name = "eszsl"
     defaults = {"gamma": 1.0, "lam": 1.0, "labels": "zero_one", "supervision": "ridge"}
     grid = {"gamma": [0.1, 1.0, 10.0, 100.0, 1000.0], "lam": [0.1, 1.0, 10.0, 100.0, 1000.0]}
+    selection_folds = 5
 
     def __init__(self, **hparams: Any):
         super().__init__(**hparams)
