@@ -55,6 +55,8 @@ def cli(verbose: bool) -> None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--output", type=click.Path(path_type=Path), required=True, help="HDF5 feature file to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output made with other settings.")
+@click.option("--max-failures", type=float, default=0.01, show_default=True,
+              help="Unreadable images allowed (recorded, exit status 3): a fraction below 1, else a count.")
 def extract(dataset: str, root: Path, splits: Path | None, backbone: str, model: str | None, pretrained: str,
             image_size: int | None, output: Path, **options: object) -> None:
     """Run a frozen backbone over every image once and store the features (resumable)."""

@@ -11,10 +11,8 @@ Multi-label data is evaluated by :func:`pipeline.multilabel.evaluate_multilabel`
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +32,7 @@ from pipeline.metrics import (
     seen_unseen_curve,
 )
 from pipeline.models.base import ZSLModel
+from pipeline.outputs import write_whole
 from pipeline.scoring import search
 
 log = logging.getLogger(__name__)
@@ -44,15 +43,7 @@ CURVE_POINTS = 200  # points of the plotted / DVC seen-unseen curve (AUSUC uses 
 def write_metrics(metrics: dict[str, Any], path: Path) -> None:
     """Write ``metrics`` as JSON under a temporary name, then rename: a crash or a full disk never
     leaves a half-written (or empty) metrics file, and the previous one stays until the new is whole."""
-    partial = path.with_name(path.name + ".partial")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_text(json.dumps(metrics, indent=2) + "\n")
-        os.replace(partial, path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            partial.unlink(missing_ok=True)
-        raise PipelineError(f"{path}: cannot write the metrics ({e.strerror or e}); {path} is unchanged") from None
+    write_whole(path, json.dumps(metrics, indent=2) + "\n", "metrics")
 
 
 def read_candidate_sets(path: Path, classes: list[str]) -> dict[str, np.ndarray]:
@@ -129,7 +120,7 @@ def _gzsl_metrics(test_emb: np.ndarray, test_labels: np.ndarray, class_emb: np.n
     s, u, gammas = seen_unseen_curve(best, test_labels, seen, unseen, n_points=CURVE_POINTS)
     plots.mkdir(parents=True, exist_ok=True)
     plot_seen_unseen_curve(s, u, plots / "seen_unseen.png", checkpoint["model"])
-    (plots / "seen_unseen.json").write_text(json.dumps(curve_points(s, u, gammas), indent=1))
+    write_whole(plots / "seen_unseen.json", json.dumps(curve_points(s, u, gammas), indent=1), "plot")
     return {
         "gzsl": {**gzsl(best, test_labels, seen, unseen, gamma), "gamma": gamma},
         "gzsl_uncalibrated": gzsl(best, test_labels, seen, unseen, 0.0),

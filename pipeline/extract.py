@@ -34,7 +34,7 @@ import pipeline
 from pipeline.backbones import Backbone, Preprocess
 from pipeline.datasets.base import ImageDataset
 from pipeline.errors import PipelineError
-from pipeline.store import FeatureStore, FeatureWriter, create_store
+from pipeline.store import SCHEMA_VERSION, FeatureStore, FeatureWriter, create_store
 
 log = logging.getLogger(__name__)
 
@@ -257,14 +257,19 @@ def output_lock(output: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def _schema(path: Path) -> Any:
+    with FeatureStore(path) as store:
+        return store.provenance.get("schema_version")
+
+
 def _same_settings(path: Path, wanted: dict[str, Any]) -> tuple[bool, bool]:
     """(settings match, file complete) for an existing store at ``path``."""
     with FeatureStore(path) as store:
-        have = store.provenance
+        have, complete = store.provenance, store.complete
     mismatched = [k for k in _IDENTITY if _normal(have.get(k)) != _normal(wanted.get(k))]
     if mismatched:
         log.info("%s differs in %s", path, mismatched)
-    return not mismatched, bool(have.get("complete"))
+    return not mismatched, complete
 
 
 def _normal(value: Any) -> Any:
@@ -283,18 +288,33 @@ def extract(
     workers: int = 2,
     device: str = "auto",
     overwrite: bool = False,
+    max_failures: float = 0.01,
 ) -> ExtractResult:
     """Extract pooled features of every image of ``dataset``; with ``grid`` also the last stage's
-    spatial features, with ``mid_grid`` also an earlier stage's (``grid_mid``, for multi-level fusion)."""
+    spatial features, with ``mid_grid`` also an earlier stage's (``grid_mid``, for multi-level fusion).
+
+    Unreadable images are recorded as failures and the store is finished without them, up to
+    ``max_failures`` (a fraction of the images when below 1, else a count); beyond that the run stops
+    before finishing, its rows kept for a rerun."""
     if mid_grid and not grid:
         raise PipelineError("mid_grid adds an earlier stage to the grid features: pass --grid as well")
+    limit = failure_limit(max_failures, len(dataset))
     with output_lock(output):
         return _extract_locked(dataset, backbone, output, dtype=dtype, grid=grid, mid_grid=mid_grid,
-                               batch_size=batch_size, workers=workers, device=device, overwrite=overwrite)
+                               batch_size=batch_size, workers=workers, device=device, overwrite=overwrite,
+                               limit=limit)
+
+
+def failure_limit(max_failures: float, n: int) -> int:
+    """How many of ``n`` images may fail: ``max_failures`` × n when it is below 1, else the count itself."""
+    if not 0 <= max_failures or (max_failures >= 1 and max_failures != int(max_failures)):
+        raise PipelineError(f"max_failures must be a fraction in [0, 1) or a whole count, got {max_failures}")
+    return int(max_failures * n) if max_failures < 1 else int(max_failures)
 
 
 def _extract_locked(dataset: ImageDataset, backbone: Backbone, output: Path, *, dtype: str, grid: bool,
-                    mid_grid: bool, batch_size: int, workers: int, device: str, overwrite: bool) -> ExtractResult:
+                    mid_grid: bool, batch_size: int, workers: int, device: str, overwrite: bool,
+                    limit: int) -> ExtractResult:
     """:func:`extract`, with the output's lock held."""
     wanted = _provenance(dataset, backbone, dtype, grid, mid_grid)
     partial = output.with_name(output.name + ".partial")
@@ -304,6 +324,9 @@ def _extract_locked(dataset: ImageDataset, backbone: Backbone, output: Path, *, 
             with FeatureStore(output) as store:
                 return ExtractResult(output, reused=int(store.ok.sum()), failures=store.failures)
         raise PipelineError(f"{output} exists with other settings; delete it or pass --overwrite to replace it")
+    if partial.exists() and _schema(partial) != SCHEMA_VERSION:
+        log.warning("%s was started by an older version (store schema %s); starting over", partial, _schema(partial))
+        partial.unlink()
     if partial.exists() and not (_same_settings(partial, wanted)[0] and not overwrite):
         log.warning("%s was started with other settings; starting over", partial)
         partial.unlink()
@@ -321,7 +344,7 @@ def _extract_locked(dataset: ImageDataset, backbone: Backbone, output: Path, *, 
             keep_freed_memory()
         batches = image_batches(ImageFiles(dataset, pending, backbone.preprocess), batch_size, workers, dev)
         bar = tqdm(total=len(pending), unit="img", desc=f"extract {backbone.provenance['model']}", smoothing=0.1)
-        with _stop_on_ctrl_c() as stop, closing(batches):
+        with bar, _stop_on_ctrl_c() as stop, closing(batches):  # the bar ends its line on errors too
             for idx, images, errors in batches:
                 good = torch.tensor([e == "" for e in errors])
                 result.failures.update({int(i): e for i, e in zip(idx.tolist(), errors) if e})
@@ -335,11 +358,15 @@ def _extract_locked(dataset: ImageDataset, backbone: Backbone, output: Path, *, 
                 bar.update(len(idx))
                 if stop.is_set():
                     break
-        bar.close()
+        done = result.reused + result.written
         if stop.is_set():
-            done = result.reused + result.written
             raise PipelineError(f"interrupted: {done} of {len(dataset)} rows are saved in {partial}; "
                                 "rerun the same command to resume")
+        if len(result.failures) > limit:
+            shown = "; ".join(f"{dataset.image_ids[i]} ({e})" for i, e in list(result.failures.items())[:3])
+            raise PipelineError(f"{len(result.failures)} of {len(dataset)} images could not be read, more than "
+                                f"max_failures allows ({limit}): {shown}; the {done} others are saved in {partial}: "
+                                "fix or remove those images, or raise max_failures, and rerun")
         writer.finalize(result.failures)
     partial.replace(output)
     return result

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import PipelineError
+from pipeline.outputs import write_whole, written_whole
 
 HIT_KS = (1, 2, 5, 10, 20)
 
@@ -197,8 +198,7 @@ def curve_points(s: np.ndarray, u: np.ndarray, gammas: np.ndarray, path: str | P
     given, a file ``dvc plots`` renders offline (e.g. ``x: S, y: U``)."""
     points = [{"S": float(a), "U": float(b), "gamma": float(g)} for a, b, g in zip(s, u, gammas, strict=True)]
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(points, indent=1) + "\n")
+        write_whole(Path(path), json.dumps(points, indent=1) + "\n", "plot")
     return points
 
 
@@ -212,7 +212,6 @@ def plot_seen_unseen_curve(s: np.ndarray, u: np.ndarray, path: str | Path, title
     except ImportError as e:
         raise PipelineError(f"plot_seen_unseen_curve: matplotlib is missing ({e}); pip install matplotlib") from e
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig = Figure(figsize=(4.5, 4.5))
     ax = fig.subplots()
     ax.plot(s, u, marker="." if len(s) <= 50 else None, label=f"AUSUC {ausuc(s, u):.3f}")
@@ -221,7 +220,8 @@ def plot_seen_unseen_curve(s: np.ndarray, u: np.ndarray, path: str | Path, title
     ax.legend(loc="upper right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with written_whole(path, "plot") as partial:
+        fig.savefig(partial, dpi=120, format="png")
     return path
 
 

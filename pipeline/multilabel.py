@@ -34,6 +34,7 @@ from pipeline.errors import PipelineError
 from pipeline.inputs import Inputs
 from pipeline.models import MODELS, make_model
 from pipeline.models.base import Split, ZSLModel, seed_everything
+from pipeline.outputs import write_whole, written_whole
 from pipeline.scoring import scores, search
 from pipeline.tag_metrics import F1_KS, map_report, precision_recall_f1_at_k
 from pipeline.train import TrainConfig, choose, untimed
@@ -142,10 +143,9 @@ def evaluate_multilabel(model: ZSLModel, checkpoint: dict[str, Any], inputs: Inp
     curves = {}
     for setting, tags in (("zsl", inputs.unseen_tags), ("gzsl", np.arange(len(inputs.classes)))):
         metrics[setting], curves[setting] = _tag_metrics(embeddings, class_emb, full, test.tags, tags, ks)
-    plots.mkdir(parents=True, exist_ok=True)
     rows = [{"setting": s, "k": k, **{m.split("@")[0]: v for m, v in values.items()}}
             for s, curve in curves.items() for k, values in curve.items()]
-    (plots / "f1_at_k.json").write_text(json.dumps(rows, indent=1))
+    write_whole(plots / "f1_at_k.json", json.dumps(rows, indent=1), "plot")
     _plot_f1_at_k(curves, plots / "f1_at_k.png", checkpoint["model"])
     return metrics
 
@@ -166,5 +166,6 @@ def _plot_f1_at_k(curves: dict[str, dict[int, dict[str, float]]], path: Path, ti
     ax.set_title(title)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with written_whole(path, "plot") as partial:
+        fig.savefig(partial, dpi=120, format="png")
     plt.close(fig)

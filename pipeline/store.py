@@ -1,6 +1,6 @@
 """The HDF5 feature store: one file per (dataset, backbone), written once, read by every stage.
 
-Schema (``schema_version`` 1), N images, C classes::
+Schema (``schema_version`` 2; version 1 files are read too), N images, C classes::
 
     features        [N, D]      float16|float32  pooled image features (NaN rows: failed images)
     grid            [N, R, D']  float16|float32  optional spatial features, R regions (h*w)
@@ -10,10 +10,13 @@ Schema (``schema_version`` 1), N images, C classes::
     image_ids       [N]         utf-8            image path relative to the dataset root
     classes         [C]         utf-8            class names (folder names, wnids, ...)
     ok              [N]         bool             row holds features of a successfully read image
+    complete        [1]         uint8            1 once every row is written or recorded as failed
     splits/<name>   [n]         int64            sorted 0-based row indices (trainval, train, val,
-                                                 test_seen, test_unseen); failed rows excluded
-    failures/index  [F]         int64            rows whose image could not be read ...
-    failures/reason [F]         utf-8            ... and why
+                                                 test_seen, test_unseen); readers drop failed rows
+    failures/index  [F]         int64            the first failed rows (a complete store's rows with
+                                                 ``ok`` False, ascending) ...
+    failures/reason [F]         S240             ... and why (UTF-8, truncated); F = min(N, max(1000,
+                                                 N / 100)) slots, the first ``(~ok).sum()`` of them used
     head/weight     [K, D]      float32          optional: the backbone's own classifier on the pooled
     head/bias       [K]         float32          features (ImageNet-1K weights: K = 1000) ...
     head/classes    [K]         utf-8            ... and what each output means (wnids)
@@ -27,14 +30,18 @@ splits ``trainval`` and ``test``::
 
 File attributes hold provenance (``backbone``, ``model``, ``pretrained``, ``image_size``,
 ``resize_size``, ``interpolation``, ``mean``, ``std``, ``feature_dim``, ``grid_shape``,
-``dtype``, ``dataset``, ``versions``), ``schema_version``, and ``complete`` (True once every
-row is written). Data sets are chunked along rows and allocated in full when the file is
-created, so writing a batch only fills raw bytes: a process killed mid-run leaves a readable
-file whose ``ok`` mask says which rows are finished.
+``dtype``, ``dataset``, ``versions``) and ``schema_version``. Every data set exists from creation,
+chunked along rows and allocated in full, so that writing a batch *and finishing the store* only
+fill raw bytes, never change the file's structure: a process killed (or a disk filling up) at any
+instant leaves a readable file whose ``ok`` mask says which rows are finished and whose
+``complete`` byte, written last, says whether it was finished. (Version 1 restructured the file
+when finishing: a crash there could make the whole file unreadable.)
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +53,9 @@ import numpy as np
 from pipeline.datasets.base import SPLIT_NAMES, ImageDataset
 from pipeline.errors import PipelineError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+_READABLE_SCHEMAS = (1, 2)
+REASON_BYTES = 240  # failure reasons are stored truncated to this many UTF-8 bytes
 DTYPES = ("float16", "float32")
 _CHUNK_BYTES = 1 << 21  # ~2 MiB per chunk: large sequential reads, small waste on partial reads
 _REQUIRED = ("features", "labels", "image_ids", "classes", "ok")
@@ -126,6 +135,11 @@ def _fill_empty_store(
         _allocated(f, "grid_mid", (n, *mid_grid_shape), dtype)
     ok = _allocated(f, "ok", (n,), "bool")
     ok[...] = False
+    _allocated(f, "complete", (1,), "uint8")[...] = 0
+    slots = min(n, max(1000, n // 100))
+    f.create_group("failures")
+    _allocated(f, "failures/index", (slots,), "int64")
+    _allocated(f, "failures/reason", (slots,), f"S{REASON_BYTES}")
     f["labels"] = dataset.labels.astype(np.int64)
     f.create_dataset("image_ids", data=dataset.image_ids, dtype=_STR)
     f.create_dataset("classes", data=dataset.classes, dtype=_STR)
@@ -143,7 +157,6 @@ def _fill_empty_store(
     f.attrs["mid_grid_shape"] = list(mid_grid_shape) if mid_grid_shape is not None else []
     f.attrs["dtype"] = dtype
     f.attrs["schema_version"] = SCHEMA_VERSION
-    f.attrs["complete"] = False
 
 
 @dataclass(frozen=True)
@@ -176,7 +189,7 @@ class FeatureWriter:
         # No chunk cache: each write goes straight to its allocated place in the file, so the
         # ``ok`` flags written after the features can never reach the disk before them.
         self._f = h5py.File(path, "r+", rdcc_nbytes=0)
-        _check_schema(self._f, path)
+        _check_schema(self._f, path, writable=True)
 
     def __enter__(self) -> FeatureWriter:
         return self
@@ -199,34 +212,51 @@ class FeatureWriter:
             grid = grid[order] if grid is not None else None
             mid = mid[order] if mid is not None else None
         sel = _selection(indices)
-        self._f["features"][sel] = features
-        for name, rows in (("grid", grid), ("grid_mid", mid)):
-            if rows is not None:
-                self._f[name][sel] = rows
-        self._f.flush()
-        self._f["ok"][sel] = True
-        self._f.flush()
+        with self._disk_errors():
+            self._f["features"][sel] = features
+            for name, rows in (("grid", grid), ("grid_mid", mid)):
+                if rows is not None:
+                    self._f[name][sel] = rows
+            self._f.flush()
+            self._f["ok"][sel] = True
+            self._f.flush()
+
+    @contextlib.contextmanager
+    def _disk_errors(self) -> Iterator[None]:
+        """A failed write (full disk, I/O error) as one line: the rows finished before it are kept."""
+        try:
+            yield
+        except OSError as e:
+            reason = os.strerror(e.errno) if e.errno else str(e).splitlines()[0]
+            raise PipelineError(f"{self.path}: cannot write ({reason}); the rows finished so far are kept: "
+                                "make room and rerun the same command to resume") from None
 
     def finalize(self, failures: Mapping[int, str]) -> None:
-        """Record unreadable images (rows filled with NaN, removed from splits) and mark complete."""
+        """Record unreadable images (rows filled with NaN, reasons in the failure slots) and mark the
+        store complete. Only raw bytes of existing data sets are written, the ``complete`` byte last,
+        so a crash at any instant leaves the file readable and a rerun finishes it."""
         idx = np.array(sorted(failures), dtype=np.int64)
         f = self._f
-        for name in ("features", "grid", "grid_mid"):
-            if name in f and len(idx):
-                f[name][idx] = np.nan
-        if "failures" in f:
-            del f["failures"]
-        f["failures/index"] = idx
-        f.create_dataset("failures/reason", data=[failures[i] for i in idx], dtype=_STR)
-        for name in list(f.get("splits", {})):
-            split = f[f"splits/{name}"][:]
-            del f[f"splits/{name}"]
-            f[f"splits/{name}"] = split[~np.isin(split, idx)]
         missing = np.flatnonzero(~f["ok"][:])
         if not np.array_equal(missing, idx):
             raise PipelineError(f"{self.path}: {len(missing)} rows unwritten but {len(idx)} failures recorded")
-        f.attrs["complete"] = True
-        f.flush()
+        with self._disk_errors():
+            for name in ("features", "grid", "grid_mid"):
+                if name in f and len(idx):
+                    f[name][idx] = np.nan
+            recorded = idx[:len(f["failures/index"])]
+            if len(recorded):
+                f["failures/index"][:len(recorded)] = recorded
+                f["failures/reason"][:len(recorded)] = np.array([_truncated(failures[i]) for i in recorded],
+                                                                dtype=f"S{REASON_BYTES}")
+            f.flush()
+            f["complete"][0] = 1
+            f.flush()
+
+
+def _truncated(reason: str) -> bytes:
+    """``reason`` as at most :data:`REASON_BYTES` bytes of UTF-8 (cut at a character boundary)."""
+    return reason.encode()[:REASON_BYTES].decode("utf-8", "ignore").encode()
 
 
 def _selection(indices: np.ndarray) -> slice | np.ndarray:
@@ -236,13 +266,17 @@ def _selection(indices: np.ndarray) -> slice | np.ndarray:
     return indices
 
 
-def _check_schema(f: h5py.File, path: Path) -> None:
+def _check_schema(f: h5py.File, path: Path, writable: bool = False) -> None:
     missing = [k for k in _REQUIRED if k not in f]
-    if missing or f.attrs.get("schema_version") != SCHEMA_VERSION:
+    version = f.attrs.get("schema_version")
+    if missing or version not in _READABLE_SCHEMAS:
         raise PipelineError(
             f"{path}: not a feature store of schema {SCHEMA_VERSION} (missing {missing or 'schema_version'}); "
             "recreate it with: python cli.py extract ..."
         )
+    if writable and version != SCHEMA_VERSION:
+        raise PipelineError(f"{path}: a store of schema {version}, written by an older version, cannot be "
+                            "resumed; delete it and extract again")
 
 
 class FeatureStore:
@@ -272,7 +306,9 @@ class FeatureStore:
 
     @property
     def complete(self) -> bool:
-        return bool(self._f.attrs["complete"])
+        if "complete" in self._f:
+            return bool(self._f["complete"][0])
+        return bool(self._f.attrs["complete"])  # schema 1
 
     @property
     def provenance(self) -> dict[str, Any]:
@@ -340,15 +376,25 @@ class FeatureStore:
 
     @property
     def splits(self) -> dict[str, np.ndarray]:
+        """Row indices of each split; in a complete store, rows of failed images are left out."""
         group = self._f.get("splits", {})
-        return {name: group[name][:] for name in SPLIT_NAMES if name in group}
+        splits = {name: group[name][:] for name in SPLIT_NAMES if name in group}
+        if self.complete:
+            ok = self.ok
+            splits = {name: idx[ok[idx]] for name, idx in splits.items()}
+        return splits
 
     @property
     def failures(self) -> dict[int, str]:
-        if "failures" not in self._f:
+        """{row: reason} of the images that could not be read (a complete store's rows without features)."""
+        if not self.complete or "failures" not in self._f:
             return {}
-        reasons = self._f["failures/reason"][:]
-        return {int(i): r.decode() for i, r in zip(self._f["failures/index"][:], reasons)}
+        failed = np.flatnonzero(~self.ok)
+        slots = len(self._f["failures/index"])
+        reasons = dict(zip(self._f["failures/index"][:min(slots, len(failed))].tolist(),
+                           self._f["failures/reason"][:min(slots, len(failed))]))
+        return {int(i): reasons[i].decode("utf-8", "replace") if i in reasons
+                else f"reason not recorded (only the first {slots} failures are)" for i in failed}
 
     def dataset(self, name: str) -> h5py.Dataset:
         """The raw h5py data set ``name`` (``features`` or ``grid``), for custom slicing."""

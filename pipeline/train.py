@@ -19,6 +19,7 @@ Multi-label data (a store with tags) is trained by :func:`pipeline.multilabel.tr
 """
 from __future__ import annotations
 
+import io
 import itertools
 import logging
 import time
@@ -35,6 +36,7 @@ from pipeline.inputs import Inputs
 from pipeline.metrics import BestScores, per_class_accuracy, select_gamma
 from pipeline.models import make_model
 from pipeline.models.base import Semantics, Split, ZSLModel, seed_everything
+from pipeline.outputs import write_whole
 from pipeline.scoring import search
 
 log = logging.getLogger(__name__)
@@ -227,10 +229,9 @@ def _plain(value: Any) -> Any:
 
 def save_checkpoint(checkpoint: dict[str, Any], path: Path) -> None:
     """Write a checkpoint of tensors and plain types atomically (``path.partial`` then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    torch.save(_plain(checkpoint), partial)
-    partial.replace(path)
+    buffer = io.BytesIO()  # serialised in memory: a full disk is then a plain OSError on one write
+    torch.save(_plain(checkpoint), buffer)
+    write_whole(path, buffer.getvalue(), "model")
 
 
 def load_checkpoint(path: Path) -> tuple[ZSLModel, dict[str, Any]]:

@@ -19,9 +19,7 @@ def main() -> None:
                                  p.pop("pretrained"), p.pop("image_size"), OUTPUT, **p)
     except PipelineError as e:
         sys.exit(f"error: {e}")
-    print(result.summary())
-    if result.failures:
-        sys.exit(3)
+    print(result.summary())  # failures within extract.max_failures are recorded, not fatal: the stage succeeds
 
 
 if __name__ == "__main__":

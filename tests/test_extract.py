@@ -1,7 +1,9 @@
 """Extraction end to end: resume after a real kill, unreadable images, reuse of finished files."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -131,10 +133,15 @@ def _tiny_dataset(root: Path) -> ImageDataset:
 def test_unreadable_images_are_recorded_and_excluded(tmp_path):
     data = _tiny_dataset(tmp_path / "img")
     net = load_backbone("resnet18", None, "none", 32)
-    result = extract(data, net, tmp_path / "f.h5", workers=0, batch_size=4)
+    with pytest.raises(PipelineError, match=r"3 of 6 images could not be read, more than max_failures allows \(2\): "
+                                            r"c1/img1.jpg .*the 3 others are saved in .*f.h5.partial"):
+        extract(data, net, tmp_path / "f.h5", workers=0, batch_size=4, max_failures=2)
+    assert not (tmp_path / "f.h5").exists()
+    result = extract(data, net, tmp_path / "f.h5", workers=0, batch_size=4, max_failures=0.5)
+    assert result.reused == 3 and result.written == 0  # the rerun only retried the failed images
     assert sorted(result.failures) == [1, 3, 4]
+    assert extract(data, net, tmp_path / "g.h5", workers=0, batch_size=4, max_failures=3).written == 3
     assert "FileNotFoundError" in result.failures[4]
-    assert result.written == 3
     summary = result.summary()
     assert "3 failed" in summary and "c1/img1.jpg" in summary
     with FeatureStore(tmp_path / "f.h5") as store:
@@ -173,7 +180,10 @@ def test_cli_exit_status_reports_failed_images(tmp_path):
     cmd = [sys.executable, str(REPO / "cli.py"), "extract", "--dataset", "folder", "--root", str(tmp_path / "img"),
            "--backbone", "resnet18", "--pretrained", "none", "--image-size", "32", "--workers", "0",
            "--output", str(tmp_path / "f.h5")]
-    run = subprocess.run(cmd, capture_output=True, text=True)
+    refused = subprocess.run(cmd, capture_output=True, text=True)  # 2 of 5 images > the default 1 %
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "2 of 5 images could not be read, more than max_failures allows (0)" in refused.stderr
+    run = subprocess.run([*cmd, "--max-failures", "2"], capture_output=True, text=True)
     assert run.returncode == 3
     assert "2 failed" in run.stdout  # folder adapter lists only files present: truncated + corrupt
     assert "RANDOM weights" in run.stderr
@@ -234,7 +244,7 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_holds_it(tmp
     finally:
         holder.kill()  # as kill -9 would: the OS releases the lock
         holder.wait()
-    assert extract(data, net, output, workers=0, batch_size=4).written == 3
+    assert extract(data, net, output, workers=0, batch_size=4, max_failures=3).written == 3
 
 
 @pytest.mark.parametrize("mode", ["I;16", "I", "F", "L", "LA", "P", "RGBA", "CMYK", "1"])
@@ -265,3 +275,67 @@ def test_image_lists_may_not_leave_the_dataset_root(tmp_path):
         with pytest.raises(PipelineError, match="leaves the dataset root"):
             ImageDataset("tags", tmp_path, ["ok/x.jpg", bad], np.zeros(2, np.int64), ["c"])
     ImageDataset("tags", tmp_path, ["ok/x.jpg", "b..c/y.jpg"], np.zeros(2, np.int64), ["c"])  # '..' in a name is fine
+
+
+
+_FINISH = """
+import json, sys
+from pathlib import Path
+import numpy as np
+import pipeline
+from pipeline.backbones import load_backbone
+from pipeline.datasets.base import ImageDataset
+from pipeline.extract import extract
+d = json.loads(sys.argv[1])
+data = ImageDataset("tiny", Path(d["root"]), d["ids"], np.array(d["labels"]), d["classes"],
+                    {k: np.array(v) for k, v in d["splits"].items()})
+extract(data, load_backbone("resnet18", None, d["ckpt"], 32), Path(d["output"]), workers=0, max_failures=3)
+"""
+
+
+def _strace_works() -> bool:
+    if shutil.which("strace") is None:
+        return False
+    return subprocess.run(["strace", "-f", "-o", os.devnull, "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _strace_works(), reason="needs strace (ptrace) to kill the process at exact system calls")
+def test_a_kill_at_any_write_while_finishing_loses_nothing_and_the_rerun_finishes(tmp_path, resnet18_checkpoint):
+    data = _tiny_dataset(tmp_path / "img")
+    net = load_backbone("resnet18", None, str(resnet18_checkpoint), 32)
+    output, partial, pristine = tmp_path / "f.h5", tmp_path / "f.h5.partial", tmp_path / "pristine.h5"
+    with pytest.raises(PipelineError, match="more than max_failures"):  # every row done, finishing refused
+        extract(data, net, output, workers=0, max_failures=1)
+    shutil.copyfile(partial, pristine)
+    with FeatureStore(pristine) as store:
+        ok, features, complete = store.ok, store.dataset("features")[:], store.complete
+    assert not complete and ok.tolist() == [True, False, True, False, False, True]
+    spec = json.dumps({"root": str(data.root), "ids": data.image_ids, "labels": data.labels.tolist(),
+                       "classes": data.classes, "splits": {k: v.tolist() for k, v in data.splits.items()},
+                       "ckpt": str(resnet18_checkpoint), "output": str(output)})
+
+    def finish(*strace: str) -> subprocess.CompletedProcess:
+        """The same extraction in a new process (it only has to retry the failed rows and finish)."""
+        output.unlink(missing_ok=True)
+        shutil.copyfile(pristine, partial)
+        return subprocess.run([*strace, sys.executable, "-c", _FINISH, spec], capture_output=True, text=True)
+
+    calls = ("pwrite64", "ftruncate", "rename")
+    trace = tmp_path / "trace"
+    assert finish("strace", "-f", "-qq", "-o", str(trace), "-e", f"trace={','.join(calls)}").returncode == 0
+    lines = [line.split(None, 1)[1] for line in trace.read_text().splitlines()]
+    counts = {call: sum(line.startswith(f"{call}(") for line in lines) for call in calls}
+    assert counts["pwrite64"] >= 4 and counts["rename"] == 1, counts  # NaN rows, reasons, complete byte; output
+    for call, count in counts.items():
+        for k in range(1, count + 1):
+            killed = finish("strace", "-f", "-qq", "-o", os.devnull, "-e", f"trace={call}",
+                            "-e", f"inject={call}:signal=KILL:when={k}")
+            assert killed.returncode != 0, (call, k)
+            rerun = extract(data, net, output, workers=0, max_failures=3)  # the user's rerun, as it is
+            assert sorted(rerun.failures) == [1, 3, 4] and not partial.exists(), (call, k)
+            with FeatureStore(output) as got:
+                assert got.complete and np.array_equal(got.ok, ok), (call, k)
+                np.testing.assert_array_equal(got.dataset("features")[ok], features[ok])
+                assert np.isnan(got.dataset("features")[~ok]).all()
+                assert sorted(got.failures) == [1, 3, 4] and "FileNotFoundError" in got.failures[4]
+                assert got.splits["trainval"].tolist() == [0, 2] and got.splits["test_seen"].tolist() == [5]

@@ -64,7 +64,7 @@ def test_schema_and_provenance(tmp_path: Path):
         assert f["labels"].dtype == np.int64
         assert f["image_ids"][3].decode() == "c0/3.jpg"
         assert f["splits/trainval"][:].tolist() == [0, 2, 4, 6, 8]
-        assert f.attrs["complete"] and f.attrs["schema_version"] == 1
+        assert f["complete"][0] == 1 and f.attrs["schema_version"] == 2
     with FeatureStore(path) as s:
         p = s.provenance
         assert p["backbone"] == "resnet18" and p["mean"] == [0.5, 0.5, 0.5] and p["versions"] == {"torch": "2.13.0"}
@@ -160,3 +160,37 @@ def test_info_command_prints_schema_counts_and_provenance(tmp_path: Path):
     assert "backbone: resnet18" in out and "1 failed" in out and "c0/9.jpg: OSError" in out
     missing = CliRunner().invoke(cli, ["info", str(tmp_path / "nope.h5")])
     assert missing.exit_code == 1 and "nope.h5: feature file not found" in missing.output
+
+
+def test_failure_reasons_fill_fixed_slots_and_stores_of_schema_1_still_read(tmp_path: Path):
+    path = tmp_path / "s.h5"
+    _store(path, n=1200, grid=None)
+    failed = {i: f"OSError: broken {i} " + "é" * 300 for i in range(0, 1200, 2)}
+    with FeatureWriter(path) as w:
+        w.write(np.arange(1, 1200, 2), np.ones((600, 5)))
+        w.finalize(failed)
+    with FeatureStore(path) as s:
+        assert s.complete and len(s.failures) == 600
+        assert s.failures[2].startswith("OSError: broken 2 é") and len(s.failures[2].encode()) <= 240
+        assert s.splits["trainval"].size == 0 and s.splits["test_unseen"].tolist() == list(range(1, 1200, 2))
+    many = tmp_path / "many.h5"
+    _store(many, n=1500, grid=None)  # 1000 reason slots
+    with FeatureWriter(many) as w:
+        w.write(np.array([0]), np.ones((1, 5)))
+        w.finalize({i: "OSError" for i in range(1, 1500)})
+    with FeatureStore(many) as s:
+        assert len(s.failures) == 1499 and s.failures[1000] == "OSError"
+        assert s.failures[1001].startswith("reason not recorded")
+
+    with h5py.File(path, "r+") as f:  # as version 1 wrote it: a flag attribute, exact failures, filtered splits
+        del f["complete"], f["failures"]
+        f.attrs["complete"], f.attrs["schema_version"] = True, 1
+        f["failures/index"] = np.arange(0, 1200, 2)
+        f.create_dataset("failures/reason", data=[failed[i] for i in range(0, 1200, 2)], dtype=h5py.string_dtype())
+        del f["splits/trainval"]
+        f["splits/trainval"] = np.zeros(0, np.int64)
+    with FeatureStore(path) as s:
+        assert s.complete and s.failures[2] == failed[2] and len(s.failures) == 600
+        assert s.splits["test_unseen"].tolist() == list(range(1, 1200, 2))
+    with pytest.raises(PipelineError, match="schema 1, written by an older version, cannot be resumed"):
+        FeatureWriter(path)

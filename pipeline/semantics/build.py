@@ -21,9 +21,9 @@ every group whose inputs are unchanged and computes only the rest.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +33,7 @@ import h5py
 import numpy as np
 
 from pipeline.errors import PipelineError
+from pipeline.outputs import write_whole
 
 log = logging.getLogger(__name__)
 TEXT_ENCODERS = ("clip", "minilm", "glove")  # glove:PATH reads a GloVe-format file instead
@@ -172,11 +173,10 @@ def build_semantics(features: Path, output: Path, cfg: SemanticsConfig) -> list[
 
     with FeatureStore(features) as store:
         classes = store.classes
-    partial = output.with_name(output.name + ".partial")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    old = h5py.File(output, "r") if output.is_file() else None
+    old = _previous(output)
+    image = io.BytesIO()  # built in memory (a few MB), written in one piece: a full disk is one OSError
     try:
-        with h5py.File(partial, "w") as new:
+        with h5py.File(image, "w") as new:
             new.create_dataset("classes", data=classes, dtype=_STR)
             texts = _class_texts(classes)
             new.create_dataset("class_texts", data=texts, dtype=_STR)
@@ -222,8 +222,20 @@ def build_semantics(features: Path, output: Path, cfg: SemanticsConfig) -> list[
     finally:
         if old is not None:
             old.close()
-    os.replace(partial, output)
+    write_whole(output, image.getvalue(), "semantics")
     return built
+
+
+def _previous(output: Path) -> h5py.File | None:
+    """The semantics file already at ``output``, whose unchanged groups are reused; None when there is
+    none or it is unreadable (then everything is rebuilt)."""
+    if not output.is_file():
+        return None
+    try:
+        return h5py.File(output, "r")
+    except OSError as e:
+        log.warning("%s is not a readable semantics file (%s); building every group anew", output, e)
+        return None
 
 
 def _class_vectors(encoder: str, classes: list[str], cfg: SemanticsConfig) -> tuple[np.ndarray, dict[str, Any]]:
