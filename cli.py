@@ -45,17 +45,18 @@ def cli(verbose: bool) -> None:
 @click.option("--model", default=None, help="open_clip architecture for --backbone clip [default: ViT-B-32].")
 @click.option("--pretrained", default="imagenet", show_default=True,
               help="Weights: a tag (imagenet, IMAGENET1K_V2, openai, laion2b_s34b_b79k, ...), a local file, or none.")
-@click.option("--image-size", type=int, default=None, help="Crop size in px [default: 224; CLIP: the model's].")
+@click.option("--image-size", type=click.IntRange(min=16), default=None,
+              help="Crop size in px [default: 224; CLIP: the model's].")
 @click.option("--grid/--no-grid", default=False, show_default=True, help="Also store spatial features.")
 @click.option("--mid-grid/--no-mid-grid", default=False, show_default=True,
               help="With --grid, also store an earlier stage's spatial features (grid_mid: DRMN multi-level fusion).")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float16", show_default=True)
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--workers", type=int, default=2, show_default=True, help="Image decoding workers (threads on CPU, processes on CUDA).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True, help="Image decoding workers (threads on CPU, processes on CUDA).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--output", type=click.Path(path_type=Path), required=True, help="HDF5 feature file to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output made with other settings.")
-@click.option("--max-failures", type=float, default=0.01, show_default=True,
+@click.option("--max-failures", type=click.FloatRange(min=0), default=0.01, show_default=True,
               help="Unreadable images allowed (recorded, exit status 3): a fraction below 1, else a count.")
 def extract(dataset: str, root: Path, splits: Path | None, backbone: str, model: str | None, pretrained: str,
             image_size: int | None, output: Path, **options: object) -> None:
@@ -82,7 +83,7 @@ def info(file: Path) -> None:
 @click.option("--output", type=click.Path(path_type=Path), default=Path("data/synthetic"), show_default=True)
 @click.option("--images-per-class", type=int, default=24, show_default=True)
 @click.option("--image-size", type=int, default=64, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--multilabel", is_flag=True, help="1-3 objects per image, tagged with their classes.")
 def synthesize(output: Path, images_per_class: int, image_size: int, seed: int, multilabel: bool) -> None:
     """Draw the built-in synthetic zero-shot dataset (colour x pattern x shape)."""
@@ -148,9 +149,10 @@ def _hparam(text: str) -> tuple[str, object]:
 @click.option("--clip-features", type=click.Path(path_type=Path), default=None,
               help="CLIP features of the same images (cfzsl).")
 @click.option("--hparam", "hparams", multiple=True, help="Fixed hyperparameter KEY=VALUE (repeatable).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--select/--no-select", default=True, show_default=True, help="Grid search on validation.")
-@click.option("--val-fraction", type=float, default=0.2, show_default=True)
+@click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
+              show_default=True)
 @click.option("--val-folds", type=click.IntRange(min=1), default=None,
               help="Validation draws averaged by selection [default: 5 for closed-form models, else 1].")
 @click.option("--output", type=click.Path(path_type=Path), default=Path("models/model.pt"), show_default=True)

@@ -318,6 +318,8 @@ def load_backbone(backbone: str, model: str | None, pretrained: str, image_size:
     ``model`` names the open_clip architecture for ``backbone='clip'`` (default ViT-B-32) and
     is ignored otherwise; ``image_size`` defaults to 224 (CLIP: the model's own size).
     """
+    if image_size is not None and image_size < 16:
+        raise PipelineError(f"image_size must be at least 16 px, got {image_size}")
     if backbone.startswith("resnet") and backbone in BACKBONES:
         return _resnet(backbone, pretrained, image_size or 224)
     if backbone == "efficientnet_lite0":

@@ -298,6 +298,8 @@ def extract(
     before finishing, its rows kept for a rerun."""
     if mid_grid and not grid:
         raise PipelineError("mid_grid adds an earlier stage to the grid features: pass --grid as well")
+    if batch_size < 1 or workers < 0:
+        raise PipelineError(f"batch_size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
     limit = failure_limit(max_failures, len(dataset))
     with output_lock(output):
         return _extract_locked(dataset, backbone, output, dtype=dtype, grid=grid, mid_grid=mid_grid,

@@ -31,13 +31,18 @@ class Inputs:
         return np.unique(self.splits[split].labels)
 
 
-def _read_split(store: FeatureStore, rows: np.ndarray, extra: dict[str, FeatureStore],
+def _read_split(store: FeatureStore, split: str, rows: np.ndarray, extra: dict[str, FeatureStore],
                 tags: np.ndarray | None) -> Split:
+    features = store.features(rows)
+    bad = np.flatnonzero(~np.isfinite(features).all(axis=1))
+    if len(bad):
+        raise PipelineError(f"{store.path}: split {split} has {len(bad)} feature rows with NaN or inf (rows "
+                            f"{rows[bad[:5]].tolist()}); re-extract the features")
     labels = store.labels[rows]
     if tags is None and (labels < 0).any():
         raise PipelineError(f"{store.path}: a split holds images without a label (-1)")
     grid = GridSource(store.path, rows) if store.has_grid else None
-    return Split(store.features(rows), labels, {name: other.features(rows) for name, other in extra.items()}, grid,
+    return Split(features, labels, {name: other.features(rows) for name, other in extra.items()}, grid,
                  tags[rows] if tags is not None else None)
 
 
@@ -60,6 +65,8 @@ def _semantics(path: Path, source: str, classes: list[str], head: Head | None) -
             graph = Graph(g["edges"], g["node_vectors"], g["n_classes"], g["node_text"])
     if not np.isfinite(vectors).all():
         raise PipelineError(f"{path}: {source} holds NaN or inf")
+    if attribute_vectors is not None and not np.isfinite(attribute_vectors).all():
+        raise PipelineError(f"{path}: attribute_text (the attribute-name vectors) holds NaN or inf; rebuild it")
     return Semantics(vectors, text, graph, attribute_vectors, _classifiers(head, classes), source)
 
 
@@ -87,7 +94,7 @@ def load_inputs(features: Path, semantics: Path, source: str = "attributes",
                     raise PipelineError(f"{other.path}: its images differ from {features}'s; extract the {name} "
                                         "features from the same dataset")
             tags = store.tags
-            splits = {name: _read_split(store, rows, others, tags) for name, rows in store.splits.items()}
+            splits = {name: _read_split(store, name, rows, others, tags) for name, rows in store.splits.items()}
         finally:
             for other in others.values():
                 other.close()
@@ -96,4 +103,8 @@ def load_inputs(features: Path, semantics: Path, source: str = "attributes",
     if needed - set(splits):
         raise PipelineError(f"{features}: no {sorted(needed - set(splits))} split; zero-shot training needs "
                             + ("the trainval / test splits" if unseen_tags is not None else "the GBU-style splits"))
+    empty = sorted(name for name in needed - {"test_seen"} if len(splits[name]) == 0)
+    if empty:
+        raise PipelineError(f"{features}: the {', '.join(empty)} split is empty (every image failed, or the split "
+                            "file names no class with images); check the dataset and its split file")
     return Inputs(classes, splits, _semantics(semantics, source, classes, head), unseen_tags)

@@ -36,8 +36,8 @@ from pipeline.models import MODELS, make_model
 from pipeline.models.base import Split, ZSLModel, seed_everything
 from pipeline.outputs import write_whole, written_whole
 from pipeline.scoring import scores, search
+from pipeline.selection import TrainConfig, choose, untimed
 from pipeline.tag_metrics import F1_KS, map_report, precision_recall_f1_at_k
-from pipeline.train import TrainConfig, choose, untimed
 
 log = logging.getLogger(__name__)
 CURVE_KS = tuple(range(1, 11))  # k of the plotted P/R/F1@k curves

@@ -379,6 +379,10 @@ class FeatureStore:
         """Row indices of each split; in a complete store, rows of failed images are left out."""
         group = self._f.get("splits", {})
         splits = {name: group[name][:] for name in SPLIT_NAMES if name in group}
+        for name, idx in splits.items():
+            if len(idx) and (idx.min() < 0 or idx.max() >= len(self)):
+                raise PipelineError(f"{self.path}: split {name} holds row indices outside 0..{len(self) - 1}; "
+                                    "re-extract the features")
         if self.complete:
             ok = self.ok
             splits = {name: idx[ok[idx]] for name, idx in splits.items()}

@@ -8,17 +8,11 @@ from pipeline.errors import PipelineError
 from pipeline.evaluate import evaluate, read_candidate_sets, write_metrics
 from pipeline.inputs import load_inputs
 from pipeline.train import load_checkpoint
-from stages import load_params
-from stages.extract import OUTPUT as FEATURES
-from stages.semantics import OUTPUT as SEMANTICS
-from stages.train import OUTPUT as MODEL
-
-METRICS = Path("metrics.json")
-PLOTS = Path("plots")
+from stages import FEATURES, METRICS, MODEL, PLOTS, SEMANTICS, load_params
 
 
 def main() -> None:
-    params = load_params()
+    params = load_params("train", "evaluate")
     t, e = params["train"], params["evaluate"]
     extra = {"clip": Path(t["clip_features"])} if t.get("clip_features") else None
     try:

@@ -5,18 +5,16 @@ from pathlib import Path
 import pipeline  # noqa: F401
 from pipeline.errors import PipelineError
 from pipeline.extract import extract_dataset
-from stages import load_params
-
-OUTPUT = Path("features/image_features.h5")
+from stages import FEATURES, load_params
 
 
 def main() -> None:
-    params = load_params()
+    params = load_params("data", "extract")
     data, p = params["data"], dict(params["extract"])
     splits = Path(data["splits"]) if data.get("splits") else None
     try:
         result = extract_dataset(data["dataset"], Path(data["root"]), splits, p.pop("backbone"), p.pop("model"),
-                                 p.pop("pretrained"), p.pop("image_size"), OUTPUT, **p)
+                                 p.pop("pretrained"), p.pop("image_size"), FEATURES, **p)
     except PipelineError as e:
         sys.exit(f"error: {e}")
     print(result.summary())  # failures within extract.max_failures are recorded, not fatal: the stage succeeds

@@ -7,7 +7,7 @@ from stages import load_params
 
 
 def main() -> None:
-    params = load_params()
+    params = load_params("data", "synthetic")
     generate_synthetic(Path(params["data"]["root"]), **params["synthetic"])
 
 

@@ -6,15 +6,11 @@ import pipeline  # noqa: F401
 from pipeline.errors import PipelineError
 from pipeline.inputs import load_inputs
 from pipeline.train import TrainConfig, describe_checkpoint, save_checkpoint, train
-from stages import load_params
-from stages.extract import OUTPUT as FEATURES
-from stages.semantics import OUTPUT as SEMANTICS
-
-OUTPUT = Path("models/model.pt")
+from stages import FEATURES, MODEL, SEMANTICS, load_params
 
 
 def main() -> None:
-    params = load_params()
+    params = load_params("train")
     model, t = params["model"], params["train"]
     extra = {"clip": Path(t["clip_features"])} if t.get("clip_features") else None
     cfg = TrainConfig(model=model, semantics=t["semantics"], seed=t["seed"], select=t["select"],
@@ -23,8 +19,8 @@ def main() -> None:
         checkpoint = train(load_inputs(FEATURES, SEMANTICS, cfg.semantics, extra), cfg)
     except PipelineError as e:
         sys.exit(f"error: {e}")
-    save_checkpoint(checkpoint, OUTPUT)
-    print(f"{OUTPUT}: {describe_checkpoint(checkpoint)}")
+    save_checkpoint(checkpoint, MODEL)
+    print(f"{MODEL}: {describe_checkpoint(checkpoint)}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ Models train on seen classes only.
 """
 from __future__ import annotations
 
+import contextlib
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -119,6 +121,35 @@ class Split:
         return out
 
 
+def typed_hparams(model: str, defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """``given`` checked against the type of each default (bool, whole number, number ≥ 0, text; a
+    default of None takes anything): every problem in one line. A number written as YAML 1.1 reads
+    ``1e-3`` (a string) is taken as the number it spells."""
+    out, problems = dict(given), []
+    for key, value in given.items():
+        default, least = defaults[key], 1 if key == "batch_size" else 0
+        if default is None:
+            continue
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= least
+            kind = f"a whole number >= {least}"
+        elif isinstance(default, float):
+            if isinstance(value, str):
+                with contextlib.suppress(ValueError):
+                    value = out[key] = float(value)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+            kind = "a number >= 0"
+        else:
+            ok, kind = isinstance(value, type(default)), "text"
+        if not ok:
+            problems.append(f"{key}: {value!r} is not {kind} (default {default!r})")
+    if problems:
+        raise PipelineError(f"{model}: {'; '.join(problems)}")
+    return out
+
+
 class ZSLModel(ABC):
     """Base class. Subclasses set ``name``, ``defaults`` (hyperparameters) and ``grid`` (the values
     tried on the validation split), and implement fit / image_embeddings / class_embeddings."""
@@ -135,7 +166,7 @@ class ZSLModel(ABC):
         unknown = set(hparams) - set(self.defaults)
         if unknown:
             raise PipelineError(f"{self.name}: unknown hyperparameters {sorted(unknown)}; known: {sorted(self.defaults)}")
-        self.hparams = {**self.defaults, **hparams}
+        self.hparams = {**self.defaults, **typed_hparams(self.name, self.defaults, hparams)}
 
     def stand_in(self) -> dict[str, Any]:
         """The hyperparameters validated in place of these during selection: the same by default. A model

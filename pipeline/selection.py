@@ -1,0 +1,71 @@
+"""Model selection shared by single- and multi-label training: the configuration, the grid's
+combinations, and choosing the best mean validation score over folds."""
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+from pipeline.models import make_model
+from pipeline.models.base import ZSLModel, seed_everything
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train; ``hparams`` are fixed (not searched), ``select`` turns the grid search off."""
+
+    model: str
+    semantics: str = "attributes"
+    seed: int = 0
+    select: bool = True
+    val_fraction: float = 0.2
+    hparams: dict[str, Any] = field(default_factory=dict)
+    val_folds: int | None = None  # validation draws averaged by selection; None: the model's selection_folds
+
+    def folds(self) -> int:
+        """How many validation folds selection averages (``val_folds`` or the model's default)."""
+        folds = make_model(self.model).selection_folds if self.val_folds is None else self.val_folds
+        if folds < 1:
+            raise PipelineError(f"val_folds must be >= 1, got {folds}")
+        return folds if self.select else 1
+
+
+def combinations(model: str, fixed: dict[str, Any], select: bool) -> list[dict[str, Any]]:
+    grid = {k: v for k, v in make_model(model).grid.items() if k not in fixed} if select else {}
+    keys = sorted(grid)
+    return [{**fixed, **dict(zip(keys, values))} for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def choose(cfg: TrainConfig, folds: int, fit_and_score: Callable[[dict[str, Any], int], tuple[float, ZSLModel]],
+           score: str) -> tuple[float, dict[str, Any], ZSLModel, list[dict[str, Any]]]:
+    """Fit every combination of the grid on each fold; the best mean ``score`` wins (first one on ties).
+
+    Returns that mean, the combination, its model fitted on fold 0, and the table of every combination
+    (``score``: the mean, ``folds``: one score per fold).
+    """
+    table = []
+    best: tuple[float, dict[str, Any], ZSLModel] | None = None
+    for hparams in combinations(cfg.model, cfg.hparams, cfg.select):
+        per_fold, first = [], None
+        for fold in range(folds):
+            seed_everything(cfg.seed)
+            value, model = fit_and_score(hparams, fold)
+            per_fold.append(value)
+            first = model if fold == 0 else first
+        mean = float(np.mean(per_fold))
+        table.append({"hparams": hparams, score: mean, "folds": per_fold})
+        if best is None or mean > best[0]:
+            assert first is not None
+            best = (mean, hparams, first)
+    assert best is not None
+    return (*best, table)
+
+
+def untimed(fit_log: dict[str, Any]) -> dict[str, Any]:
+    """A fit log without its wall-clock time (logged instead): the same inputs then give the same
+    checkpoint bytes, so DVC does not see a new model on every identical rerun."""
+    return {k: v for k, v in fit_log.items() if k != "seconds"}

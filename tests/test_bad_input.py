@@ -1,0 +1,196 @@
+"""A traceback is a bug: every bad input a user can give (parameters, CLI options, damaged files)
+ends with one error line naming the culprit and its fix, and leaves finished outputs untouched."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from cli import cli
+from pipeline.datasets.base import ImageDataset
+from pipeline.errors import PipelineError
+from pipeline.models import make_model
+from pipeline.params import SCHEMA, check_params
+from pipeline.semantics.build import SemanticsConfig, build_semantics
+from pipeline.store import FeatureWriter, create_store
+
+REPO = Path(__file__).resolve().parents[1]
+PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def _with(path: str, value: object) -> dict:
+    """PARAMS with ``path`` (``section.key``, or a section) set to ``value`` (``...``: removed)."""
+    params = {k: dict(v) if isinstance(v, dict) else v for k, v in PARAMS.items()}
+    section, _, key = path.partition(".")
+    target = params if not key else params.setdefault(section, {})
+    name = key or section
+    if value is ...:
+        target.pop(name)
+    else:
+        target[name] = value
+    return params
+
+
+@pytest.mark.parametrize("path, value, culprit", [
+    ("train.seed", "zero", "train.seed: 'zero' is not a whole number >= 0"),
+    ("train.val_fraction", 1.5, "train.val_fraction: 1.5 is not a number in (0, 1)"),
+    ("trian", {"seed": 0}, "trian: unknown section (did you mean train?)"),
+    ("train", ..., "train: missing section"),
+    ("train.val_folds", ..., "train.val_folds: missing"),
+    ("semantics.text", "minilm", "semantics.text: 'minilm' is not a list, e.g. [minilm, glove]"),
+    ("extract.image_size", -5, "extract.image_size: -5 is not a whole number >= 16 or null"),
+    ("extract.image_size", 0, "extract.image_size: 0 is not a whole number >= 16 or null"),
+    ("extract.batch_size", 0, "extract.batch_size: 0 is not a whole number >= 1"),
+    ("extract.workers", -1, "extract.workers: -1 is not a whole number >= 0"),
+    ("extract.max_failures", -0.1, "extract.max_failures: -0.1 is not a number >= 0"),
+    ("extract.bakcbone", "resnet18", "extract.bakcbone: unknown key (did you mean backbone?)"),
+    ("extract.backbone", "resnet34", "extract.backbone: 'resnet34' is not one of resnet18"),
+])
+def test_bad_parameters_are_one_line_naming_each_culprit(path, value, culprit):
+    with pytest.raises(PipelineError) as err:
+        check_params(_with(path, value), SCHEMA)
+    assert culprit in str(err.value) and "\n" not in str(err.value) and str(err.value).startswith("params.yaml: ")
+
+
+@pytest.mark.parametrize("model, section, culprit", [
+    ("eszsl", {"gamma": "abc"}, "eszsl: gamma: 'abc' is not a number >= 0"),
+    ("drmn", {"lr": "fast", "epochs": "ten"}, "drmn: lr: 'fast' is not a number >= 0 (default 0.0005); epochs: 'ten' is not"),
+    ("drmn", {"epochs": 2.5}, "drmn: epochs: 2.5 is not a whole number >= 0"),
+    ("sdl", {"diversity_weighting": "no"}, "sdl: diversity_weighting: 'no' is not true or false"),
+    ("eszsl", {"gama": 1.0}, "eszsl: unknown hyperparameters ['gama']"),
+    ("esszl", {}, "unknown model 'esszl'; choose one of eszsl"),
+])
+def test_bad_model_sections_are_one_line_naming_each_culprit(model, section, culprit):
+    with pytest.raises(PipelineError, match=re.escape(culprit)):
+        make_model(model, **section)
+
+
+def test_numbers_yaml_reads_as_text_are_taken_as_numbers():
+    params = check_params(_with("train.val_fraction", "2e-1"), SCHEMA)
+    assert params["train"]["val_fraction"] == 0.2
+    assert make_model("eszsl", gamma="1e-3").hparams["gamma"] == 0.001
+
+
+def test_a_stage_with_bad_parameters_stops_before_touching_anything(tmp_path):
+    bad = _with("train.val_fraction", 1.5) | {"trian": {"seed": 0}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(bad))
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "model.pt").write_bytes(b"finished model")
+    run = subprocess.run([sys.executable, "-m", "stages.train"], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "train.val_fraction: 1.5" in lines[0] and "trian: unknown section" in lines[0]
+    assert (tmp_path / "models" / "model.pt").read_bytes() == b"finished model"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A finished feature store (4 train, 2 seen-test, 2 unseen-test images of 4 classes), its
+    semantics from an attribute table, a finished model and metrics to keep intact."""
+    tmp = tmp_path_factory.mktemp("bad")
+    classes = ["a", "b", "c", "d"]
+    labels = np.array([0, 1, 0, 1, 0, 1, 2, 3])
+    splits = {"trainval": np.arange(4), "test_seen": np.array([4, 5]), "test_unseen": np.array([6, 7])}
+    data = ImageDataset("toy", Path("/nowhere"), [f"{i}.jpg" for i in range(8)], labels, classes, splits)
+    features = tmp / "features.h5"
+    create_store(features, data, 4, "float32", None, {})
+    with FeatureWriter(features) as w:
+        w.write(np.arange(8), np.random.default_rng(0).normal(size=(8, 4)))
+        w.finalize({})
+    table = tmp / "attributes.csv"
+    table.write_text("class,red,round,furry\na,1,0,0\nb,0,1,0\nc,0,0,1\nd,1,1,0\n")
+    semantics = tmp / "semantics.h5"
+    build_semantics(features, semantics, SemanticsConfig(attributes=str(table), text=(), attribute_vectors="glove"))
+    model, metrics = tmp / "model.pt", tmp / "metrics.json"
+    assert CliRunner().invoke(cli, ["train", "--model", "eszsl", "--features", str(features), "--semantics",
+                                    str(semantics), "--no-select", "--val-fraction", "0.5",
+                                    "--output", str(model)]).exit_code == 0
+    metrics.write_text('{"finished": true}')
+    return {"features": features, "semantics": semantics, "model": model, "metrics": metrics, "tmp": tmp}
+
+
+def _damaged(files: dict[str, Path], name: str, change) -> Path:
+    """A copy of the feature store with ``change(h5py.File)`` applied."""
+    path = files["tmp"] / f"{name}.h5"
+    path.write_bytes(files["features"].read_bytes())
+    with h5py.File(path, "r+") as f:
+        change(f)
+    return path
+
+
+def _set_split(name: str, rows: list[int]):
+    def change(f: h5py.File) -> None:
+        del f[f"splits/{name}"]
+        f[f"splits/{name}"] = np.array(rows, dtype=np.int64)
+    return change
+
+
+def _nan_row(f: h5py.File) -> None:
+    f["features"][2] = np.nan
+
+
+def _nan_attribute_text(path: Path) -> Path:
+    with h5py.File(path, "r+") as f:
+        f["attribute_text/values"][0, 0] = np.nan
+    return path
+
+
+CASES = {
+    "batch size 0": (["extract", "--batch-size", "0", "--output", "{tmp}/x.h5"], "'--batch-size': 0 is not in the range x>=1"),
+    "workers -1": (["extract", "--workers", "-1", "--output", "{tmp}/x.h5"], "'--workers': -1 is not in the range x>=0"),
+    "image size 0": (["extract", "--image-size", "0", "--output", "{tmp}/x.h5"], "'--image-size': 0 is not in the range x>=16"),
+    "val fraction 1.5": (["train", "--model", "eszsl", "--val-fraction", "1.5"], "'--val-fraction': 1.5 is not in the range 0<x<1"),
+    "seed zero": (["train", "--model", "eszsl", "--seed", "zero"], "'--seed': 'zero' is not a valid integer"),
+    "epochs ten": (["train", "--model", "drmn", "--features", "{features}", "--semantics", "{semantics}",
+                    "--hparam", "epochs=ten", "--output", "{model}"], "drmn: epochs: 'ten' is not a whole number"),
+    "split out of range": (["train", "--model", "eszsl", "--features", "{out_of_range}", "--semantics", "{semantics}",
+                            "--output", "{model}"], "split test_unseen holds row indices outside 0..7"),
+    "empty test_unseen": (["evaluate", "--model-file", "{model}", "--features", "{empty_unseen}", "--semantics",
+                           "{semantics}", "--metrics", "{metrics}"], "the test_unseen split is empty"),
+    "empty trainval": (["train", "--model", "eszsl", "--features", "{empty_trainval}", "--semantics", "{semantics}",
+                        "--output", "{model}"], "the trainval split is empty"),
+    "NaN feature row": (["train", "--model", "eszsl", "--features", "{nan_row}", "--semantics", "{semantics}",
+                         "--output", "{model}"], "split trainval has 1 feature rows with NaN or inf (rows [2])"),
+    "NaN attribute_text": (["train", "--model", "eszsl", "--features", "{features}", "--semantics", "{nan_text}",
+                            "--output", "{model}"], "attribute_text (the attribute-name vectors) holds NaN"),
+    "random bytes as model": (["evaluate", "--model-file", "{random_model}", "--features", "{features}", "--semantics",
+                               "{semantics}", "--metrics", "{metrics}"], "not a model checkpoint this package can load"),
+    "truncated model": (["evaluate", "--model-file", "{truncated_model}", "--features", "{features}", "--semantics",
+                         "{semantics}", "--metrics", "{metrics}"], "not a model checkpoint this package can load"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_cli_input_is_one_error_line_and_finished_outputs_stay(files, case):
+    tmp = files["tmp"]
+    if case == "NaN attribute_text" and not (tmp / "nan_text.h5").exists():
+        (tmp / "nan_text.h5").write_bytes(files["semantics"].read_bytes())
+        _nan_attribute_text(tmp / "nan_text.h5")
+    damaged = {"out_of_range": ("out_of_range", _set_split("test_unseen", [6, 99])),
+               "empty_unseen": ("empty_unseen", _set_split("test_unseen", [])),
+               "empty_trainval": ("empty_trainval", _set_split("trainval", [])),
+               "nan_row": ("nan_row", _nan_row)}
+    args, culprit = CASES[case]
+    names = {key: str(files[key]) for key in ("features", "semantics", "model", "metrics")} | {"tmp": str(tmp)}
+    for key, (name, change) in damaged.items():
+        if "{" + key + "}" in " ".join(args):
+            names[key] = str(_damaged(files, name, change))
+    names["nan_text"] = str(tmp / "nan_text.h5")
+    (tmp / "random.pt").write_bytes(os.urandom(4096))
+    (tmp / "truncated.pt").write_bytes(files["model"].read_bytes()[:300])
+    names |= {"random_model": str(tmp / "random.pt"), "truncated_model": str(tmp / "truncated.pt")}
+    model_bytes = files["model"].read_bytes()
+    result = CliRunner().invoke(cli, [a.format(**names) for a in args])
+    assert result.exit_code != 0 and not isinstance(result.exception, (TypeError, KeyError, IndexError, ValueError))
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and culprit in errors[0], result.output
+    assert files["model"].read_bytes() == model_bytes and files["metrics"].read_text() == '{"finished": true}'

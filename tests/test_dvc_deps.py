@@ -1,0 +1,76 @@
+"""dvc.yaml never reports stale results: every module a stage runs (its imports, transitively, lazy
+ones included) is among that stage's deps, so editing it reruns the stage."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+def module_file(name: str) -> Path | None:
+    """The source file of in-repository module ``name`` (``pipeline.x`` or ``stages.x``), else None."""
+    base = REPO / Path(*name.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def imported_modules(path: Path) -> set[str]:
+    """In-repository modules imported anywhere in ``path`` (top level or inside functions)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)  # `from pkg import module`
+    return {n for n in names if n.split(".")[0] in ("pipeline", "stages") and module_file(n)}
+
+
+def closure(module: str) -> set[Path]:
+    """Files run when ``module`` runs: its imports, their imports, and every package ``__init__`` on the way."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for package in (".".join(parts[:i]) for i in range(1, len(parts) + 1)):
+            if package not in seen and module_file(package):
+                seen.add(package)
+                todo.extend(imported_modules(module_file(package)))  # type: ignore[arg-type]
+    return {module_file(name) for name in seen}  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_every_module_a_stage_runs_is_one_of_its_deps(stage):
+    spec = STAGES[stage]
+    module = spec["cmd"].split("-m ", 1)[1].split()[0]
+    deps = [REPO / d for d in spec["deps"] if "${" not in d]
+    missing = sorted(str(f.relative_to(REPO)) for f in closure(module)
+                     if not any(f == d or d in f.parents for d in deps))
+    assert not missing, f"dvc.yaml stage {stage} misses deps: {missing}"
+
+
+def test_no_module_of_the_library_imports_itself_back():
+    graph = {}
+    for path in sorted((REPO / "pipeline").rglob("*.py")):
+        name = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        graph[name] = {m for m in imported_modules(path) if m != name and not name.startswith(m + ".")}
+
+    def reaches(start: str) -> set[str]:
+        seen, todo = set(), list(graph[start])
+        while todo:
+            name = todo.pop()
+            if name not in seen:
+                seen.add(name)
+                todo.extend(graph.get(name, ()))
+        return seen
+
+    cyclic = sorted(name for name in graph if name in reaches(name))
+    assert not cyclic, f"modules on an import cycle: {cyclic}"
