@@ -2,16 +2,21 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 
-import click
+signal.signal(signal.SIGINT, lambda *_: sys.exit("interrupted while starting"))  # Ctrl-C in the imports: one line
 
-import pipeline  # noqa: F401  (torchvision compatibility first)
-from pipeline.backbones import BACKBONES
-from pipeline.datasets import DATASETS
-from pipeline.errors import PipelineError
-from pipeline.store import DTYPES
+import click  # noqa: E402
+
+import pipeline  # noqa: E402,F401  (torchvision compatibility first)
+from pipeline.backbones import BACKBONES  # noqa: E402
+from pipeline.datasets import DATASETS  # noqa: E402
+from pipeline.errors import PipelineError  # noqa: E402
+from pipeline.store import DTYPES  # noqa: E402
+
+signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on, Ctrl-C is click's "Aborted!"
 
 EXIT_IMAGES_FAILED = 3
 

@@ -15,6 +15,7 @@ every run gets the same ones).
 from __future__ import annotations
 
 import importlib.util
+import pickle
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -283,13 +284,16 @@ def create_clip_model(model: str, pretrained: str) -> nn.Module:
         raise PipelineError(f"clip {model}: pretrained {pretrained!r} is not a file nor a known tag {tags}")
     try:
         net = _seeded_init(lambda: open_clip.create_model(model, pretrained=weights, load_weights=weights is not None))
-    except (OSError, RuntimeError) as e:
+    except (OSError, RuntimeError, pickle.UnpicklingError, KeyError, ValueError) as e:
         if weights in tags:
             raise PipelineError(
                 f"clip {model}: cannot fetch pretrained={weights!r} ({type(e).__name__}); offline, download the "
                 "checkpoint elsewhere (open_clip.download_pretrained) and pass --pretrained /path/to/it.bin"
             ) from e
-        raise PipelineError(f"clip {model}: cannot load {weights} ({str(e).splitlines()[0]})") from e
+        reason = ("torch.load(weights_only=True) refused it" if isinstance(e, pickle.UnpicklingError)
+                  else (str(e).strip().splitlines() or [type(e).__name__])[0][:160])
+        raise PipelineError(f"clip {model}: {weights} is not an open_clip checkpoint that loads safely ({reason}); "
+                            "pass the model's .bin/.pt/.safetensors file") from None
     return net.eval().requires_grad_(False)
 
 

@@ -241,8 +241,12 @@ def output_lock(output: Path) -> Iterator[None]:
     run on the same output is refused with one line naming the first. The OS drops the lock when
     the holder exits, even after kill -9; the lock file itself stays (it holds no data)."""
     path = output.with_name(output.name + ".lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise PipelineError(f"{output}: cannot write in {path.parent} ({e.strerror or e}); choose a writable "
+                            "output folder") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

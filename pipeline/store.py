@@ -99,9 +99,9 @@ def create_store(
     """
     if dtype not in DTYPES:
         raise PipelineError(f"dtype {dtype!r} not supported; use one of {DTYPES}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     building = path.with_name(path.name + ".creating")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with h5py.File(building, "w") as f:
             _fill_empty_store(f, dataset, feature_dim, dtype, grid_shape, provenance, mid_grid_shape)
             if head is not None:
@@ -110,8 +110,13 @@ def create_store(
                 f["head/weight"] = np.asarray(head.weight, np.float32)
                 f["head/bias"] = np.asarray(head.bias, np.float32)
                 f.create_dataset("head/classes", data=head.classes, dtype=_STR)
-    except BaseException:
-        building.unlink(missing_ok=True)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            building.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            reason = os.strerror(e.errno) if e.errno else str(e).splitlines()[0]
+            raise PipelineError(f"{path}: cannot create the feature store ({reason}); choose a writable output "
+                                "folder with room for it") from None
         raise
     building.replace(path)
 

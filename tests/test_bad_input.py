@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+import torch
 import yaml
 from click.testing import CliRunner
+from PIL import Image
 
 from cli import cli
 from pipeline.datasets.base import ImageDataset
@@ -115,7 +119,24 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                                     str(semantics), "--no-select", "--val-fraction", "0.5",
                                     "--output", str(model)]).exit_code == 0
     metrics.write_text('{"finished": true}')
-    return {"features": features, "semantics": semantics, "model": model, "metrics": metrics, "tmp": tmp}
+    images = tmp / "images"
+    for k in range(2):
+        (images / f"c{k}").mkdir(parents=True)
+        Image.new("RGB", (40, 40), (60 * k, 90, 30)).save(images / f"c{k}" / "0.jpg")
+    evil = tmp / "evil.pt"
+    torch.save({"state_dict": _RunsCode()}, evil)
+    return {"features": features, "semantics": semantics, "model": model, "metrics": metrics, "tmp": tmp,
+            "images": images, "evil": evil}
+
+
+class _RunsCode:
+    """Pickled, it would create a marker file when loaded."""
+
+    def __reduce__(self):
+        return (os.system, (f"touch {MARKER}",))
+
+
+MARKER = Path("/tmp/zsl-bad-input-code-ran")
 
 
 def _damaged(files: dict[str, Path], name: str, change) -> Path:
@@ -164,6 +185,12 @@ CASES = {
                             "--output", "{model}"], "attribute_text (the attribute-name vectors) holds NaN"),
     "random bytes as model": (["evaluate", "--model-file", "{random_model}", "--features", "{features}", "--semantics",
                                "{semantics}", "--metrics", "{metrics}"], "not a model checkpoint this package can load"),
+    "random bytes as CLIP weights": (["extract", "--dataset", "folder", "--root", "{images}", "--backbone", "clip",
+                                      "--model", "RN50", "--pretrained", "{random_model}", "--output", "{tmp}/x.h5"],
+                                     "random.pt is not an open_clip checkpoint that loads safely"),
+    "code-running pickle as CLIP weights": (["extract", "--dataset", "folder", "--root", "{images}", "--backbone",
+                                             "clip", "--model", "RN50", "--pretrained", "{evil}", "--output",
+                                             "{tmp}/x.h5"], "evil.pt is not an open_clip checkpoint that loads safely"),
     "truncated model": (["evaluate", "--model-file", "{truncated_model}", "--features", "{features}", "--semantics",
                          "{semantics}", "--metrics", "{metrics}"], "not a model checkpoint this package can load"),
 }
@@ -187,10 +214,56 @@ def test_bad_cli_input_is_one_error_line_and_finished_outputs_stay(files, case):
     names["nan_text"] = str(tmp / "nan_text.h5")
     (tmp / "random.pt").write_bytes(os.urandom(4096))
     (tmp / "truncated.pt").write_bytes(files["model"].read_bytes()[:300])
-    names |= {"random_model": str(tmp / "random.pt"), "truncated_model": str(tmp / "truncated.pt")}
+    names |= {"random_model": str(tmp / "random.pt"), "truncated_model": str(tmp / "truncated.pt"),
+              "images": str(files["images"]), "evil": str(files["evil"])}
     model_bytes = files["model"].read_bytes()
     result = CliRunner().invoke(cli, [a.format(**names) for a in args])
     assert result.exit_code != 0 and not isinstance(result.exception, (TypeError, KeyError, IndexError, ValueError))
     errors = [line for line in result.output.splitlines() if line.startswith("Error")]
     assert len(errors) == 1 and culprit in errors[0], result.output
     assert files["model"].read_bytes() == model_bytes and files["metrics"].read_text() == '{"finished": true}'
+    assert not MARKER.exists()
+
+
+@pytest.fixture
+def read_only_folder(tmp_path: Path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a read-only tmpfs needs root")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_outputs_into_a_read_only_folder_are_one_line_each(files, read_only_folder):
+    ro = read_only_folder
+    common = {"features": str(files["features"]), "semantics": str(files["semantics"]), "model": str(files["model"])}
+    runs = {
+        "extract": (["extract", "--dataset", "folder", "--root", str(files["images"]), "--backbone", "resnet18",
+                     "--pretrained", "none", "--image-size", "32", "--workers", "0", "--output", f"{ro}/f.h5"],
+                    f"{ro}/f.h5: cannot write in {ro} (Read-only file system)"),
+        "semantics": (["semantics", "--features", common["features"], "--output", f"{ro}/s.h5", "--text", "glove"],
+                      f"{ro}/s.h5: cannot write the semantics (Read-only file system)"),
+        "train": (["train", "--model", "eszsl", "--features", common["features"], "--semantics", common["semantics"],
+                   "--no-select", "--val-fraction", "0.5", "--output", f"{ro}/model.pt"],
+                  f"{ro}/model.pt: cannot write the model (Read-only file system)"),
+        "evaluate": (["evaluate", "--model-file", common["model"], "--features", common["features"], "--semantics",
+                      common["semantics"], "--metrics", f"{ro}/metrics.json", "--plots", str(files["tmp"] / "plots")],
+                     f"{ro}/metrics.json: cannot write the metrics (Read-only file system)"),
+    }
+    for command, (args, culprit) in runs.items():
+        result = CliRunner().invoke(cli, args)
+        errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+        assert result.exit_code == 1 and len(errors) == 1 and culprit in errors[0], (command, result.output)
+
+
+def test_ctrl_c_while_starting_is_one_line():
+    proc = subprocess.Popen([sys.executable, str(REPO / "cli.py"), "info", "nothing.h5"], stderr=subprocess.PIPE,
+                            text=True, cwd=REPO)
+    time.sleep(0.5)  # inside the imports (torch takes seconds)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
