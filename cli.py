@@ -135,6 +135,18 @@ def semantics(features: Path, output: Path, text: tuple[str, ...], **settings: o
     click.echo(f"built: {', '.join(built) or 'nothing (all parts up to date)'}")
 
 
+def _ks(ctx: click.Context, param: click.Parameter, text: str) -> tuple[int, ...]:
+    """Click callback: a comma-separated list of positive whole numbers, e.g. ``1,5,10``."""
+    try:
+        ks = tuple(int(k) for k in text.split(","))
+    except ValueError:
+        ks = ()
+    if not ks or min(ks) < 1:
+        raise click.BadParameter(f"{text!r}: expected positive whole numbers separated by commas, e.g. 1,5,10",
+                                 param=param)
+    return ks
+
+
 def _hparam(text: str) -> tuple[str, object]:
     import yaml
 
@@ -165,14 +177,10 @@ def train(model_name: str, features: Path, semantics: Path, source: str, clip_fe
           hparams: tuple[str, ...], seed: int, select: bool, val_fraction: float, val_folds: int | None,
           output: Path) -> None:
     """Train a model on cached features; hyperparameters and gamma chosen on validation only."""
-    from pipeline.inputs import load_inputs
-    from pipeline.train import TrainConfig, describe_checkpoint, save_checkpoint
-    from pipeline.train import train as run_train
+    from pipeline.train import TrainConfig, describe_checkpoint, train_files
 
     cfg = TrainConfig(model_name, source, seed, select, val_fraction, dict(_hparam(h) for h in hparams), val_folds)
-    extra = {"clip": clip_features} if clip_features else None
-    checkpoint = run_train(load_inputs(features, semantics, source, extra), cfg)
-    save_checkpoint(checkpoint, output)
+    checkpoint = train_files(features, semantics, cfg, output, clip_features)
     click.echo(f"{output}: {describe_checkpoint(checkpoint)}")
 
 
@@ -186,23 +194,20 @@ def train(model_name: str, features: Path, semantics: Path, source: str, clip_fe
               help="JSON {set: [class, ...]} (e.g. imagenet-testsets.json) for Hit@k per set.")
 @click.option("--metrics", type=click.Path(path_type=Path), default=Path("metrics.json"), show_default=True)
 @click.option("--plots", type=click.Path(path_type=Path), default=Path("plots"), show_default=True)
+@click.option("--ks", default="1,2,5,10,20", show_default=True, callback=_ks,
+              help="Hit@k at these k (comma-separated).")
+@click.option("--tag-ks", default="3,5", show_default=True, callback=_ks,
+              help="Multi-label data: P/R/F1 at these k.")
 def evaluate(model_file: Path, features: Path, semantics: Path, clip_features: Path | None,
-             candidate_sets: Path | None, metrics: Path, plots: Path) -> None:
+             candidate_sets: Path | None, metrics: Path, plots: Path, ks: tuple[int, ...],
+             tag_ks: tuple[int, ...]) -> None:
     """CZSL, GZSL (U, S, H, AUSUC) and Hit@k of a trained model (multi-label data: tag mAP and
-    P/R/F1@3,5 for ZSL and GZSL); writes metrics JSON and plots."""
+    P/R/F1@k for ZSL and GZSL); writes metrics JSON and plots."""
     import json
 
-    from pipeline.evaluate import evaluate as run_evaluate
-    from pipeline.evaluate import read_candidate_sets, write_metrics
-    from pipeline.inputs import load_inputs
-    from pipeline.train import load_checkpoint
+    from pipeline.evaluate import evaluate_files
 
-    model, checkpoint = load_checkpoint(model_file)
-    extra = {"clip": clip_features} if clip_features else None
-    inputs = load_inputs(features, semantics, checkpoint["config"]["semantics"], extra)
-    sets = read_candidate_sets(candidate_sets, inputs.classes) if candidate_sets else None
-    result = run_evaluate(model, checkpoint, inputs, plots, sets)
-    write_metrics(result, metrics)
+    result = evaluate_files(model_file, features, semantics, metrics, plots, candidate_sets, clip_features, ks, tag_ks)
     click.echo(json.dumps(result, indent=2))
 
 

@@ -43,7 +43,8 @@ from pipeline.backbones import BACKBONES, Backbone, load_backbone  # noqa: E402
 from pipeline.datasets.base import ImageDataset  # noqa: E402
 from pipeline.datasets.folder import load_folder  # noqa: E402
 from pipeline.datasets.synthetic import FACTORS, generate_synthetic, load_synthetic  # noqa: E402
-from pipeline.extract import DeviceBackbone, ImageFiles, extract, image_batches, resolve_device  # noqa: E402
+from pipeline.device import resolve_device  # noqa: E402
+from pipeline.extract import DeviceBackbone, ImageFiles, extract, image_batches  # noqa: E402
 
 log = logging.getLogger("benchmarks.extract")
 JPEG_SIZE = (500, 375)  # width, height: typical of CUB-200 photos

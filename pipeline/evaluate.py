@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.inputs import Inputs
+from pipeline.inputs import Inputs, load_inputs
 from pipeline.metrics import (
     BestScores,
     ausuc,
@@ -34,6 +34,7 @@ from pipeline.metrics import (
 from pipeline.models.base import ZSLModel
 from pipeline.outputs import write_whole
 from pipeline.scoring import search
+from pipeline.train import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,20 @@ def write_metrics(metrics: dict[str, Any], path: Path) -> None:
     """Write ``metrics`` as JSON under a temporary name, then rename: a crash or a full disk never
     leaves a half-written (or empty) metrics file, and the previous one stays until the new is whole."""
     write_whole(path, json.dumps(metrics, indent=2) + "\n", "metrics")
+
+
+def evaluate_files(model_file: Path, features: Path, semantics: Path, metrics: Path, plots: Path,
+                   candidate_sets: Path | None = None, clip_features: Path | None = None,
+                   ks: tuple[int, ...] = (1, 2, 5, 10, 20), tag_ks: tuple[int, ...] = (3, 5)) -> dict[str, Any]:
+    """Evaluate a saved model on cached files, writing ``metrics`` (JSON) and ``plots``: what ``cli.py
+    evaluate`` and the DVC stage both run. Returns the metrics."""
+    model, checkpoint = load_checkpoint(model_file)
+    inputs = load_inputs(features, semantics, checkpoint["config"]["semantics"],
+                         {"clip": clip_features} if clip_features else None)
+    sets = read_candidate_sets(candidate_sets, inputs.classes) if candidate_sets else None
+    result = evaluate(model, checkpoint, inputs, plots, sets, ks, tag_ks)
+    write_metrics(result, metrics)
+    return result
 
 
 def read_candidate_sets(path: Path, classes: list[str]) -> dict[str, np.ndarray]:

@@ -33,6 +33,7 @@ from tqdm import tqdm
 import pipeline
 from pipeline.backbones import Backbone, Preprocess
 from pipeline.datasets.base import ImageDataset
+from pipeline.device import resolve_device
 from pipeline.errors import PipelineError
 from pipeline.store import SCHEMA_VERSION, FeatureStore, FeatureWriter, create_store
 
@@ -180,15 +181,6 @@ def _stop_on_ctrl_c() -> Iterator[threading.Event]:
         yield stop
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; anything else as given."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise PipelineError(f"device {device!r} requested but CUDA is not available; use --device cpu")
-    return torch.device(device)
 
 
 class DeviceBackbone:

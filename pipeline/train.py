@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import PipelineError
-from pipeline.inputs import Inputs
+from pipeline.inputs import Inputs, load_inputs
 from pipeline.metrics import BestScores, per_class_accuracy, select_gamma
 from pipeline.models import make_model
 from pipeline.models.base import Semantics, Split, ZSLModel, seed_everything
@@ -144,6 +144,16 @@ def train(inputs: Inputs, cfg: TrainConfig) -> dict[str, Any]:
                        "val_classes": v.val_classes.tolist(), "table": table},
         "fit": untimed(fit_log),
     }
+
+
+def train_files(features: Path, semantics: Path, cfg: TrainConfig, output: Path,
+                clip_features: Path | None = None) -> dict[str, Any]:
+    """Train on cached files and save the checkpoint to ``output``: what ``cli.py train`` and the DVC
+    stage both run. Returns the checkpoint."""
+    extra = {"clip": clip_features} if clip_features else None
+    checkpoint = train(load_inputs(features, semantics, cfg.semantics, extra), cfg)
+    save_checkpoint(checkpoint, output)
+    return checkpoint
 
 
 def describe_checkpoint(checkpoint: dict[str, Any]) -> str:

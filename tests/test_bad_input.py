@@ -191,6 +191,8 @@ CASES = {
     "code-running pickle as CLIP weights": (["extract", "--dataset", "folder", "--root", "{images}", "--backbone",
                                              "clip", "--model", "RN50", "--pretrained", "{evil}", "--output",
                                              "{tmp}/x.h5"], "evil.pt is not an open_clip checkpoint that loads safely"),
+    "ks zero": (["evaluate", "--model-file", "{model}", "--features", "{features}", "--semantics", "{semantics}",
+                 "--metrics", "{metrics}", "--ks", "0,5"], "'0,5': expected positive whole numbers"),
     "truncated model": (["evaluate", "--model-file", "{truncated_model}", "--features", "{features}", "--semantics",
                          "{semantics}", "--metrics", "{metrics}"], "not a model checkpoint this package can load"),
 }

@@ -129,8 +129,10 @@ def test_same_seed_same_metrics_and_cli_round_trip(cached, tmp_path):
         assert out.exit_code == 0, out.output
         out = runner.invoke(cli, ["evaluate", "--model-file", str(tmp_path / run / "model.pt"), "--features",
                                   str(features), "--semantics", str(semantics), "--metrics",
-                                  str(tmp_path / f"{run}.json"), "--plots", str(tmp_path / run / "plots")])
+                                  str(tmp_path / f"{run}.json"), "--plots", str(tmp_path / run / "plots"),
+                                  "--ks", "1,3"])
         assert out.exit_code == 0, out.output
+        assert set(json.loads((tmp_path / f"{run}.json").read_text())["czsl"]) >= {"hit@1", "hit@3"}
     assert json.loads((tmp_path / "a.json").read_text()) == json.loads((tmp_path / "b.json").read_text())
     # identical inputs, identical model bytes (no fit times inside): DVC sees no new model on a rerun
     assert (tmp_path / "a" / "model.pt").read_bytes() == (tmp_path / "b" / "model.pt").read_bytes()

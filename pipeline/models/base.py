@@ -21,7 +21,6 @@ import torch
 from pipeline.errors import PipelineError
 from pipeline.grid import GridSource
 
-
 ADJACENCIES = ("dgp", "symmetric")
 
 

@@ -16,24 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.device import resolve_device
 from pipeline.errors import PipelineError
 from pipeline.models.base import Graph, Semantics, Split, ZSLModel, seed_everything
 
 log = logging.getLogger(__name__)
 CHUNK = 8192  # rows per forward pass when embedding many images
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"``: CUDA when available, else CPU; otherwise the named torch device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise PipelineError(f"device {name!r} is not a torch device; use auto, cpu or cuda[:N]") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise PipelineError(f"device {name!r} asked for but CUDA is not available here; set device: auto or cpu")
-    return device
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
