@@ -246,8 +246,12 @@ def output_lock(output: Path) -> Iterator[None]:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             raise PipelineError(f"{output}: another extraction (pid {holder}) is writing it; let it finish "
                                 "(or stop it), then rerun this command to resume") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        except OSError as e:
+            raise PipelineError(f"{output}: cannot write in {path.parent} ({e.strerror or e}); make room there "
+                                "and rerun") from None
         yield
     finally:
         os.close(fd)

@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,10 +114,9 @@ def create_store(
     except BaseException as e:
         with contextlib.suppress(OSError):
             building.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            reason = os.strerror(e.errno) if e.errno else str(e).splitlines()[0]
-            raise PipelineError(f"{path}: cannot create the feature store ({reason}); choose a writable output "
-                                "folder with room for it") from None
+        if isinstance(e, (OSError, RuntimeError)):
+            raise PipelineError(f"{path}: cannot create the feature store ({_write_error(e)}); choose a writable "
+                                "output folder with room for it") from None
         raise
     building.replace(path)
 
@@ -193,14 +193,16 @@ class FeatureWriter:
         self.path = path
         # No chunk cache: each write goes straight to its allocated place in the file, so the
         # ``ok`` flags written after the features can never reach the disk before them.
-        self._f = h5py.File(path, "r+", rdcc_nbytes=0)
+        with self._disk_errors():
+            self._f = h5py.File(path, "r+", rdcc_nbytes=0)
         _check_schema(self._f, path, writable=True)
 
     def __enter__(self) -> FeatureWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._f.close()
+        with self._disk_errors():
+            self._f.close()
 
     def pending(self) -> np.ndarray:
         """Indices of rows not yet written, ascending."""
@@ -231,9 +233,8 @@ class FeatureWriter:
         """A failed write (full disk, I/O error) as one line: the rows finished before it are kept."""
         try:
             yield
-        except OSError as e:
-            reason = os.strerror(e.errno) if e.errno else str(e).splitlines()[0]
-            raise PipelineError(f"{self.path}: cannot write ({reason}); the rows finished so far are kept: "
+        except (OSError, RuntimeError) as e:  # HDF5 reports some failed writes (e.g. on close) as RuntimeError
+            raise PipelineError(f"{self.path}: cannot write ({_write_error(e)}); the rows finished so far are kept: "
                                 "make room and rerun the same command to resume") from None
 
     def finalize(self, failures: Mapping[int, str]) -> None:
@@ -257,6 +258,14 @@ class FeatureWriter:
             f.flush()
             f["complete"][0] = 1
             f.flush()
+
+
+def _write_error(e: Exception) -> str:
+    """The reason of a failed write: the OS's message (``No space left on device``) when there is one."""
+    if isinstance(e, OSError) and e.errno:
+        return os.strerror(e.errno)
+    found = re.search(r"error message = '([^']+)'", str(e))
+    return found.group(1) if found else (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def _truncated(reason: str) -> bytes:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -285,11 +286,15 @@ import numpy as np
 import pipeline
 from pipeline.backbones import load_backbone
 from pipeline.datasets.base import ImageDataset
+from pipeline.errors import PipelineError
 from pipeline.extract import extract
 d = json.loads(sys.argv[1])
 data = ImageDataset("tiny", Path(d["root"]), d["ids"], np.array(d["labels"]), d["classes"],
                     {k: np.array(v) for k, v in d["splits"].items()})
-extract(data, load_backbone("resnet18", None, d["ckpt"], 32), Path(d["output"]), workers=0, max_failures=3)
+try:
+    extract(data, load_backbone("resnet18", None, d["ckpt"], 32), Path(d["output"]), workers=0, max_failures=3)
+except PipelineError as e:
+    sys.exit(f"error: {e}")
 """
 
 
@@ -300,7 +305,7 @@ def _strace_works() -> bool:
 
 
 @pytest.mark.skipif(not _strace_works(), reason="needs strace (ptrace) to kill the process at exact system calls")
-def test_a_kill_at_any_write_while_finishing_loses_nothing_and_the_rerun_finishes(tmp_path, resnet18_checkpoint):
+def test_a_kill_or_a_full_disk_at_any_write_while_finishing_loses_nothing_and_the_rerun_finishes(tmp_path, resnet18_checkpoint):
     data = _tiny_dataset(tmp_path / "img")
     net = load_backbone("resnet18", None, str(resnet18_checkpoint), 32)
     output, partial, pristine = tmp_path / "f.h5", tmp_path / "f.h5.partial", tmp_path / "pristine.h5"
@@ -310,32 +315,39 @@ def test_a_kill_at_any_write_while_finishing_loses_nothing_and_the_rerun_finishe
     with FeatureStore(pristine) as store:
         ok, features, complete = store.ok, store.dataset("features")[:], store.complete
     assert not complete and ok.tolist() == [True, False, True, False, False, True]
-    spec = json.dumps({"root": str(data.root), "ids": data.image_ids, "labels": data.labels.tolist(),
-                       "classes": data.classes, "splits": {k: v.tolist() for k, v in data.splits.items()},
-                       "ckpt": str(resnet18_checkpoint), "output": str(output)})
 
-    def finish(*strace: str) -> subprocess.CompletedProcess:
-        """The same extraction in a new process (it only has to retry the failed rows and finish)."""
-        output.unlink(missing_ok=True)
-        shutil.copyfile(pristine, partial)
+    def finish(run: str, *strace: str) -> subprocess.CompletedProcess:
+        """The same extraction in a new process, on a copy of the partial store in ``tmp_path/run`` (it only
+        has to retry the failed rows and finish)."""
+        (tmp_path / run).mkdir()
+        shutil.copyfile(pristine, tmp_path / run / "f.h5.partial")
+        spec = json.dumps({"root": str(data.root), "ids": data.image_ids, "labels": data.labels.tolist(),
+                           "classes": data.classes, "splits": {k: v.tolist() for k, v in data.splits.items()},
+                           "ckpt": str(resnet18_checkpoint), "output": str(tmp_path / run / "f.h5")})
         return subprocess.run([*strace, sys.executable, "-c", _FINISH, spec], capture_output=True, text=True)
 
     calls = ("pwrite64", "ftruncate", "rename")
     trace = tmp_path / "trace"
-    assert finish("strace", "-f", "-qq", "-o", str(trace), "-e", f"trace={','.join(calls)}").returncode == 0
+    assert finish("clean", "strace", "-f", "-qq", "-o", str(trace), "-e", f"trace={','.join(calls)}").returncode == 0
     lines = [line.split(None, 1)[1] for line in trace.read_text().splitlines()]
     counts = {call: sum(line.startswith(f"{call}(") for line in lines) for call in calls}
     assert counts["pwrite64"] >= 4 and counts["rename"] == 1, counts  # NaN rows, reasons, complete byte; output
-    for call, count in counts.items():
-        for k in range(1, count + 1):
-            killed = finish("strace", "-f", "-qq", "-o", os.devnull, "-e", f"trace={call}",
-                            "-e", f"inject={call}:signal=KILL:when={k}")
-            assert killed.returncode != 0, (call, k)
-            rerun = extract(data, net, output, workers=0, max_failures=3)  # the user's rerun, as it is
-            assert sorted(rerun.failures) == [1, 3, 4] and not partial.exists(), (call, k)
-            with FeatureStore(output) as got:
-                assert got.complete and np.array_equal(got.ok, ok), (call, k)
-                np.testing.assert_array_equal(got.dataset("features")[ok], features[ok])
-                assert np.isnan(got.dataset("features")[~ok]).all()
-                assert sorted(got.failures) == [1, 3, 4] and "FileNotFoundError" in got.failures[4]
-                assert got.splits["trainval"].tolist() == [0, 2] and got.splits["test_seen"].tolist() == [5]
+    faults = [(call, k, "signal=KILL") for call, count in counts.items() for k in range(1, count + 1)]
+    faults += [("pwrite64", k, "error=ENOSPC") for k in range(1, counts["pwrite64"] + 1)]  # the disk fills there
+    with ThreadPoolExecutor(3) as pool:  # each fault in its own process and folder
+        runs = list(pool.map(lambda f: finish(f"{f[0]}-{f[1]}-{f[2][:5]}", "strace", "-f", "-qq", "-o", os.devnull,
+                                              "-e", f"trace={f[0]}", "-e", f"inject={f[0]}:{f[2]}:when={f[1]}"), faults))
+    for (call, k, fault), failed in zip(faults, runs, strict=True):
+        assert failed.returncode != 0, (call, k, fault)
+        if fault == "error=ENOSPC":  # one line, not a traceback or a crash
+            assert failed.returncode == 1 and "Traceback" not in failed.stderr, (k, failed.stderr[-2000:])
+            assert "No space left on device" in failed.stderr.strip().splitlines()[-1], (k, failed.stderr)
+        output = tmp_path / f"{call}-{k}-{fault[:5]}" / "f.h5"
+        rerun = extract(data, net, output, workers=0, max_failures=3)  # the user's rerun, as it is
+        assert sorted(rerun.failures) == [1, 3, 4] and not output.with_name("f.h5.partial").exists(), (call, k)
+        with FeatureStore(output) as got:
+            assert got.complete and np.array_equal(got.ok, ok), (call, k)
+            np.testing.assert_array_equal(got.dataset("features")[ok], features[ok])
+            assert np.isnan(got.dataset("features")[~ok]).all()
+            assert sorted(got.failures) == [1, 3, 4] and "FileNotFoundError" in got.failures[4]
+            assert got.splits["trainval"].tolist() == [0, 2] and got.splits["test_seen"].tolist() == [5]
