@@ -2,11 +2,19 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
 
-signal.signal(signal.SIGINT, lambda *_: sys.exit("interrupted while starting"))  # Ctrl-C in the imports: one line
+
+def _interrupted_while_starting(signum: int, frame: object) -> None:
+    """Ctrl-C during the imports: one line and out (an exception raised there can abort inside torch)."""
+    os.write(2, b"interrupted while starting\n")
+    os._exit(130)
+
+
+signal.signal(signal.SIGINT, _interrupted_while_starting)
 
 import click  # noqa: E402
 

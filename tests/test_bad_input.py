@@ -262,10 +262,11 @@ def test_outputs_into_a_read_only_folder_are_one_line_each(files, read_only_fold
         assert result.exit_code == 1 and len(errors) == 1 and culprit in errors[0], (command, result.output)
 
 
-def test_ctrl_c_while_starting_is_one_line():
+@pytest.mark.parametrize("delay", [0.3, 0.6, 1.0])
+def test_ctrl_c_while_starting_is_one_line(delay):
     proc = subprocess.Popen([sys.executable, str(REPO / "cli.py"), "info", "nothing.h5"], stderr=subprocess.PIPE,
                             text=True, cwd=REPO)
-    time.sleep(0.5)  # inside the imports (torch takes seconds)
+    time.sleep(delay)  # inside the imports (torch takes seconds), C++ initialisers included
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode != 0 and "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
