@@ -213,10 +213,11 @@ def evaluate(model_file: Path, features: Path, semantics: Path, clip_features: P
     P/R/F1@k for ZSL and GZSL); writes metrics JSON and plots."""
     import json
 
-    from pipeline.evaluate import evaluate_files
+    from pipeline.evaluate import evaluate_files, headline
 
     result = evaluate_files(model_file, features, semantics, metrics, plots, candidate_sets, clip_features, ks, tag_ks)
     click.echo(json.dumps(result, indent=2))
+    click.echo(headline(result))
 
 
 @cli.command("import-xlsa17")

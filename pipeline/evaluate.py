@@ -34,6 +34,7 @@ from pipeline.metrics import (
 from pipeline.models.base import ZSLModel
 from pipeline.outputs import write_whole
 from pipeline.scoring import search
+from pipeline.store import FeatureStore
 from pipeline.train import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,44 @@ def evaluate_files(model_file: Path, features: Path, semantics: Path, metrics: P
     inputs = load_inputs(features, semantics, checkpoint["config"]["semantics"],
                          {"clip": clip_features} if clip_features else None)
     sets = read_candidate_sets(candidate_sets, inputs.classes) if candidate_sets else None
-    result = evaluate(model, checkpoint, inputs, plots, sets, ks, tag_ks)
+    result = {"run": run_description(checkpoint, features), **evaluate(model, checkpoint, inputs, plots, sets, ks,
+                                                                        tag_ks)}
     write_metrics(result, metrics)
     return result
+
+
+def run_description(checkpoint: dict[str, Any], features: Path) -> dict[str, Any]:
+    """What produced a set of metrics, stored beside them: dataset, backbone and its weights, semantic
+    source, model with its chosen hyperparameters (one string: one column in ``dvc exp show``), seed,
+    package version."""
+    from pipeline import __version__
+
+    with FeatureStore(features) as store:
+        p = store.provenance
+    backbone = p.get("backbone", "?") + (f" {p['model']}" if p.get("model") and p.get("model") != p.get("backbone")
+                                         else "")
+    return {"dataset": p.get("dataset", "?"), "backbone": backbone, "weights": str(p.get("pretrained", "?")),
+            "semantics": checkpoint["config"]["semantics"], "model": checkpoint["model"],
+            "hparams": ", ".join(f"{k}={v}" for k, v in sorted(checkpoint["hparams"].items())),
+            "seed": checkpoint["config"]["seed"], "version": __version__}
+
+
+def headline(metrics: dict[str, Any]) -> str:
+    """One line: ``joint_gcn: CZSL 0.906 · GZSL H 0.634 (U 0.729, S 0.561) · AUSUC 0.587`` (multi-label:
+    the mAP and first F1@k of ZSL and GZSL)."""
+    name = metrics["model"]
+    if "czsl" in metrics:
+        line = f"{name}: CZSL {metrics['czsl']['acc']:.3f}"
+        if "gzsl" in metrics:
+            g = metrics["gzsl"]
+            line += f" · GZSL H {g['H']:.3f} (U {g['U']:.3f}, S {g['S']:.3f}) · AUSUC {metrics['ausuc']:.3f}"
+        return line
+    parts = []
+    for setting in ("zsl", "gzsl"):
+        m = metrics[setting]
+        f1 = next(k for k in m if k.startswith("F1@"))
+        parts.append(f"{setting.upper()} mAP {m['mAP']:.3f}, {f1} {m[f1]:.3f}")
+    return f"{name}: " + " · ".join(parts)
 
 
 def read_candidate_sets(path: Path, classes: list[str]) -> dict[str, np.ndarray]:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pipeline  # noqa: F401
 from pipeline.errors import PipelineError
-from pipeline.evaluate import evaluate_files
+from pipeline.evaluate import evaluate_files, headline
 from stages import FEATURES, METRICS, MODEL, PLOTS, SEMANTICS, load_params
 
 
@@ -20,6 +20,7 @@ def main() -> None:
     except PipelineError as err:
         sys.exit(f"error: {err}")
     print(json.dumps(metrics, indent=2))
+    print(headline(metrics))
 
 
 if __name__ == "__main__":

@@ -171,7 +171,9 @@ def test_cli_train_and_evaluate_write_tag_metrics(cached, tmp_path):
                                  "--plots", str(tmp_path / "plots")])
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert set(metrics) == {"model", "zsl", "gzsl"} and (tmp_path / "plots" / "f1_at_k.png").is_file()
+    assert set(metrics) == {"run", "model", "zsl", "gzsl"} and (tmp_path / "plots" / "f1_at_k.png").is_file()
+    assert metrics["run"]["model"] == "sdl" and "epochs=4" in metrics["run"]["hparams"]
+    assert result.output.strip().splitlines()[-1].startswith(f"sdl: ZSL mAP {metrics['zsl']['mAP']:.3f}, F1@3")
 
 
 def test_official_recipe_and_grid_head_train(cached):

