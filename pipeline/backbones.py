@@ -265,10 +265,11 @@ def _efficientnet_lite0(pretrained: str, image_size: int) -> Backbone:
                     {"backbone": "efficientnet_lite0", "model": arch, "pretrained": source}, head)
 
 
-def create_clip_model(model: str, pretrained: str) -> nn.Module:
+def create_clip_model(model: str, pretrained: str, option: str = "--pretrained") -> nn.Module:
     """The whole open_clip model (image and text towers), frozen, in eval mode on the CPU.
 
-    ``pretrained``: an open_clip tag, a local checkpoint path, or ``none`` (seeded random weights).
+    ``pretrained``: an open_clip tag, a local checkpoint path, or ``none`` (seeded random weights);
+    ``option``: the user's name for it, in error messages.
     """
     import open_clip
 
@@ -281,14 +282,14 @@ def create_clip_model(model: str, pretrained: str) -> nn.Module:
     elif Path(pretrained).is_file() or pretrained in tags:
         weights = pretrained
     else:
-        raise PipelineError(f"clip {model}: pretrained {pretrained!r} is not a file nor a known tag {tags}")
+        raise PipelineError(f"clip {model}: {option} {pretrained!r} is not a file nor a known tag {tags}")
     try:
         net = _seeded_init(lambda: open_clip.create_model(model, pretrained=weights, load_weights=weights is not None))
     except (OSError, RuntimeError, pickle.UnpicklingError, KeyError, ValueError) as e:
         if weights in tags:
             raise PipelineError(
                 f"clip {model}: cannot fetch pretrained={weights!r} ({type(e).__name__}); offline, download the "
-                "checkpoint elsewhere (open_clip.download_pretrained) and pass --pretrained /path/to/it.bin"
+                f"checkpoint elsewhere (open_clip.download_pretrained) and pass {option} /path/to/it.bin"
             ) from e
         reason = ("torch.load(weights_only=True) refused it" if isinstance(e, pickle.UnpicklingError)
                   else (str(e).strip().splitlines() or [type(e).__name__])[0][:160])

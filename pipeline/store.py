@@ -282,6 +282,9 @@ def _selection(indices: np.ndarray) -> slice | np.ndarray:
 
 def _check_schema(f: h5py.File, path: Path, writable: bool = False) -> None:
     missing = [k for k in _REQUIRED if k not in f]
+    if missing and "class_texts" in f:
+        raise PipelineError(f"{path}: a semantics file (made by python cli.py semantics), not a feature store; "
+                            "give the feature file made by python cli.py extract")
     version = f.attrs.get("schema_version")
     if missing or version not in _READABLE_SCHEMAS:
         raise PipelineError(

@@ -191,6 +191,11 @@ CASES = {
     "code-running pickle as CLIP weights": (["extract", "--dataset", "folder", "--root", "{images}", "--backbone",
                                              "clip", "--model", "RN50", "--pretrained", "{evil}", "--output",
                                              "{tmp}/x.h5"], "evil.pt is not an open_clip checkpoint that loads safely"),
+    "semantics file given to info": (["info", "{semantics}"], "a semantics file (made by python cli.py semantics), not a "
+                                                              "feature store"),
+    "unknown CLIP weights for class names": (["semantics", "--features", "{features}", "--output", "{tmp}/s.h5",
+                                              "--text", "clip", "--clip-pretrained", "no-such-tag"],
+                                             "--clip-pretrained (semantics.clip_pretrained) 'no-such-tag' is not a"),
     "ks zero": (["evaluate", "--model-file", "{model}", "--features", "{features}", "--semantics", "{semantics}",
                  "--metrics", "{metrics}", "--ks", "0,5"], "'0,5': expected positive whole numbers"),
     "truncated model": (["evaluate", "--model-file", "{truncated_model}", "--features", "{features}", "--semantics",

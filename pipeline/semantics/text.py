@@ -147,7 +147,7 @@ def clip_text_embeddings(names: Sequence[str], model: str = "ViT-B-32", pretrain
     weights with a warning) are those of the image backbone. ``batch_size`` counts prompts.
     """
     templates = _templates(templates)
-    net = create_clip_model(model, pretrained).to(device)
+    net = create_clip_model(model, pretrained, "--clip-pretrained (semantics.clip_pretrained)").to(device)
     tokenizer = _clip_tokenizer(model)
     prompts = [t.format(name) for name in names for t in templates]
     chunks = []
