@@ -232,19 +232,6 @@ def test_bad_cli_input_is_one_error_line_and_finished_outputs_stay(files, case):
     assert not MARKER.exists()
 
 
-@pytest.fixture
-def read_only_folder(tmp_path: Path):
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("mounting a read-only tmpfs needs root")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
-
-
 def test_outputs_into_a_read_only_folder_are_one_line_each(files, read_only_folder):
     ro = read_only_folder
     common = {"features": str(files["features"]), "semantics": str(files["semantics"]), "model": str(files["model"])}
