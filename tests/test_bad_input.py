@@ -196,6 +196,8 @@ CASES = {
     "unknown CLIP weights for class names": (["semantics", "--features", "{features}", "--output", "{tmp}/s.h5",
                                               "--text", "clip", "--clip-pretrained", "no-such-tag"],
                                              "--clip-pretrained (semantics.clip_pretrained) 'no-such-tag' is not a"),
+    "splits for a dataset without": (["extract", "--dataset", "folder", "--root", "{images}", "--splits", "{metrics}",
+                                      "--output", "{tmp}/x.h5"], "folder: --splits"),
     "ks zero": (["evaluate", "--model-file", "{model}", "--features", "{features}", "--semantics", "{semantics}",
                  "--metrics", "{metrics}", "--ks", "0,5"], "'0,5': expected positive whole numbers"),
     "truncated model": (["evaluate", "--model-file", "{truncated_model}", "--features", "{features}", "--semantics",

@@ -26,6 +26,9 @@ def load_dataset(name: str, root: Path, splits_file: Path | None = None) -> Imag
     from pipeline.datasets.tag_table import load_tag_table
 
     key = name.lower()
+    if key in ("synthetic", "folder", "nus_wide") and splits_file is not None:
+        raise PipelineError(f"{name}: --splits {splits_file} would be ignored ({name} brings its own splits); "
+                            "drop it (data.splits: null)")
     if key == "synthetic":
         return load_synthetic(root)
     if key == "folder":
