@@ -338,3 +338,10 @@ def test_clip_prompt_refuses_mismatched_or_missing_inputs(problem):
         make_model("clip_prompt").fit(cnn_only, problem.seen, semantics, seed=0)
     with pytest.raises(PipelineError, match="CLIP text"):
         make_model("clip_prompt").fit(problem.train, problem.seen, Semantics(problem.semantics.vectors), seed=0)
+
+
+@pytest.mark.parametrize("name, hparams", [("cfzsl", {"epochs": 3}), ("joint_gcn", {"epochs": 3})])
+def test_training_shows_a_progress_bar_with_the_loss(problem, capfd, name, hparams):
+    make_model(name, **hparams).fit(problem.train, problem.seen, problem.semantics, seed=0)
+    err = capfd.readouterr().err
+    assert f"{name}:" in err and "/3 [" in err and "epoch" in err and "loss=" in err, err

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 import scipy.sparse as sp
 import torch
+from tqdm import tqdm
 
 from pipeline.errors import PipelineError
 from pipeline.grid import GridSource
@@ -118,6 +119,11 @@ class Split:
         out = np.zeros((len(self), n_classes), dtype=bool)
         out[np.arange(len(self)), self.labels] = True
         return out
+
+
+def epoch_bar(epochs: int, name: str) -> tqdm:
+    """A progress bar over training epochs (loss and time left; cleared when done)."""
+    return tqdm(range(int(epochs)), desc=name, unit="epoch", leave=False)
 
 
 def typed_hparams(model: str, defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import PipelineError
-from pipeline.models.base import ADJACENCIES, Semantics, Split
+from pipeline.models.base import ADJACENCIES, Semantics, Split, epoch_bar
 from pipeline.models.classifiers import seen_classifiers, with_bias_input
 from pipeline.models.layers import GCN, TorchZSLModel, class_graph, l2_normalize, sparse_tensor
 
@@ -89,7 +89,7 @@ def _closed_form_output_layer(net: _AnchoredGCN, g: _GraphInputs, seen: torch.Te
 
 
 def fit_gcn(net: _AnchoredGCN, g: _GraphInputs, seen: np.ndarray, anchor_rows: np.ndarray, h: dict[str, Any],
-            extra_loss: Any = None) -> list[float]:
+            extra_loss: Any = None, name: str = "gcn") -> list[float]:
     """Fit ``net`` to the unit-norm ``anchor_rows`` [S, D'] of the ``seen`` nodes (module docstring):
     basis, closed-form output layer, then ``h["epochs"]`` Adam steps of DGP's loss (plus
     ``extra_loss(coordinates [V, r])`` when given). Returns DGP's loss after each stage (eval mode)."""
@@ -113,7 +113,8 @@ def fit_gcn(net: _AnchoredGCN, g: _GraphInputs, seen: np.ndarray, anchor_rows: n
     losses = [eval_loss()]
     if h["epochs"] > 0:
         optimizer = torch.optim.Adam(net.parameters(), lr=h["lr"], weight_decay=h["weight_decay"])
-        for _ in range(h["epochs"]):
+        bar = epoch_bar(h["epochs"], name)
+        for _ in bar:
             coordinates = net.coordinates(g)
             loss = dgp_loss(coordinates)
             if extra_loss is not None:
@@ -121,6 +122,7 @@ def fit_gcn(net: _AnchoredGCN, g: _GraphInputs, seen: np.ndarray, anchor_rows: n
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            bar.set_postfix(loss=f"{loss.item():.4f}")
         losses.append(eval_loss())
     return losses
 
@@ -155,7 +157,8 @@ class _AnchoredModel(TorchZSLModel):
         g = _GraphInputs(self.name, semantics, h, self.device)
         log.info("%s: %d anchors from %s supervision, graph of %d nodes", self.name, len(rows), self.supervision,
                  len(g.nodes))
-        return fit_gcn(self.net, g, seen, rows, h, self.extra_loss(seen, g.n_classes))  # type: ignore[arg-type]
+        net: _AnchoredGCN = self.net  # type: ignore[assignment]
+        return fit_gcn(net, g, seen, rows, h, self.extra_loss(seen, g.n_classes), self.name)
 
     def extra_loss(self, seen: np.ndarray, n_classes: int) -> Any:
         """A term added to DGP's loss during the Adam epochs (None: none)."""

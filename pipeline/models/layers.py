@@ -18,7 +18,7 @@ from torch import nn
 
 from pipeline.device import resolve_device
 from pipeline.errors import PipelineError
-from pipeline.models.base import Graph, Semantics, Split, ZSLModel, seed_everything
+from pipeline.models.base import Graph, Semantics, Split, ZSLModel, epoch_bar, seed_everything
 
 log = logging.getLogger(__name__)
 CHUNK = 8192  # rows per forward pass when embedding many images
@@ -203,7 +203,8 @@ def train_epochs(
     loss of each epoch, also logged at DEBUG. Full-batch training: ``n_rows=1, batch_size=1``.
     """
     losses = []
-    for epoch in range(epochs):
+    bar = epoch_bar(epochs, name)
+    for epoch in bar:
         order = torch.randperm(n_rows, generator=generator)
         total = 0.0
         for start in range(0, n_rows, batch_size):
@@ -216,6 +217,7 @@ def train_epochs(
                 scheduler.step()
             total += loss.item() * len(rows)
         losses.append(total / n_rows)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
         log.debug("%s epoch %d/%d: loss %.4f", name, epoch + 1, epochs, losses[-1])
     return losses
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import PipelineError
-from pipeline.models.base import Split
+from pipeline.models.base import Split, epoch_bar
 
 
 @dataclass
@@ -81,7 +81,8 @@ def train_on_grid(net: torch.nn.Module, train: Split, batch_loss: Callable[[Grid
     mean loss. Returns the mean loss of each epoch."""
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     losses = []
-    for _ in range(int(epochs)):
+    bar = epoch_bar(epochs, model)
+    for _ in bar:
         epoch_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
         total, count = 0.0, 0
         for batch in training_batches(train, int(batch_size), epoch_seed, device, model, class_index):
@@ -96,4 +97,5 @@ def train_on_grid(net: torch.nn.Module, train: Split, batch_loss: Callable[[Grid
             total += loss.item() * len(batch.labels)
             count += len(batch.labels)
         losses.append(total / max(count, 1))
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
     return losses
