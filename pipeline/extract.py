@@ -326,8 +326,9 @@ def _extract_locked(dataset: ImageDataset, backbone: Backbone, output: Path, *, 
             with FeatureStore(output) as store:
                 return ExtractResult(output, reused=int(store.ok.sum()), failures=store.failures)
         raise PipelineError(f"{output} exists with other settings; delete it or pass --overwrite to replace it")
-    if partial.exists() and _schema(partial) != SCHEMA_VERSION:
-        log.warning("%s was started by an older version (store schema %s); starting over", partial, _schema(partial))
+    started_by = _schema(partial) if partial.exists() else SCHEMA_VERSION
+    if started_by != SCHEMA_VERSION:
+        log.warning("%s was started by an older version (store schema %s); starting over", partial, started_by)
         partial.unlink()
     if partial.exists() and not (_same_settings(partial, wanted)[0] and not overwrite):
         log.warning("%s was started with other settings; starting over", partial)
