@@ -13,7 +13,7 @@ from pipeline.errors import PipelineError
 from pipeline.models import MODELS, make_model
 from pipeline.models.base import Graph, Semantics, Split, normalized_adjacency
 from pipeline.models.eszsl import ESZSL
-from pipeline.models.layers import GCN, GraphConv, class_graph, knn_graph, sparse_tensor
+from pipeline.models.layers import GCN, CPUFastDropout, GraphConv, class_graph, knn_graph, sparse_tensor
 
 TRAINABLE = ["eszsl", "joint_gcn", "gcn_regression", "cfzsl"]
 N_CLASSES, N_SEEN, PER_CLASS = 20, 15, 30
@@ -226,6 +226,21 @@ def test_gcn_layer_propagates_then_adds_the_bias_as_dgp():
         hidden = torch.as_tensor(adjacency.toarray()) @ torch.nn.functional.leaky_relu(gcn.layer1(nodes, a), 0.2)
         torch.testing.assert_close(gcn.hidden(nodes, a), hidden)
         torch.testing.assert_close(gcn(nodes, a), hidden @ gcn.layer2.weight + gcn.layer2.bias)
+
+
+@pytest.mark.parametrize("p", [0.5, 0.2])
+def test_fast_dropout_drops_the_given_fraction_keeps_the_mean_and_follows_the_seed(p):
+    x = torch.ones(400, 500)
+    dropout = CPUFastDropout(p)
+    torch.manual_seed(3)
+    first = dropout(x)
+    assert abs((first == 0).float().mean().item() - p) < 0.01  # the given fraction, element by element
+    assert abs(first.mean().item() - 1.0) < 0.02  # survivors scaled by 1 / (1 - p)
+    assert first.unique().tolist() == pytest.approx([0.0, 1 / (1 - p)])
+    torch.manual_seed(3)
+    torch.testing.assert_close(dropout(x), first)  # seed_everything fixes the masks
+    assert not torch.equal(dropout(x), first)  # and each call draws a new one
+    torch.testing.assert_close(dropout.eval()(x), x)
 
 
 def test_knn_graph_links_most_similar_classes_symmetrically():

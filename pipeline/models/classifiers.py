@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.linalg
-import torch
 
 from pipeline.errors import PipelineError
 from pipeline.models.base import Semantics, Split
@@ -23,17 +22,18 @@ def ridge_classifiers(features: np.ndarray, positions: np.ndarray, n_seen: int, 
 
     ``W = (X̃ᵀ X̃ + α I)⁻¹ X̃ᵀ Y`` with X̃ the features plus a column of ones, Y the 0/1 one-hot labels
     and ``α = ridge · trace(X̃ᵀ X̃) / dim`` (scale-free: ``ridge`` is relative to the mean feature
-    energy). The bias is regularised like the weights. A seen class without images gets the row
+    energy), solved as ``X̃ᵀ (X̃ X̃ᵀ + α I)⁻¹ Y`` when there are fewer images than dimensions (the same
+    solution, a smaller system). The bias is regularised like the weights. A seen class without images gets the row
     that predicts 0 for every image.
     """
-    x = torch.as_tensor(np.asarray(features), dtype=torch.float32)
-    x = torch.cat([x, torch.ones(len(x), 1)], dim=1)
-    gram = (x.T @ x).double()
-    y = torch.zeros(len(x), n_seen, dtype=torch.float32)
-    y[torch.arange(len(x)), torch.as_tensor(positions)] = 1.0
-    alpha = ridge * gram.diagonal().mean().item()
-    system = gram + alpha * torch.eye(len(gram), dtype=torch.float64)
-    w = scipy.linalg.solve(system.numpy(), (x.T @ y).double().numpy(), assume_a="pos")
+    x = np.hstack([np.asarray(features, dtype=np.float64), np.ones((len(features), 1))])
+    y = np.zeros((len(x), n_seen))
+    y[np.arange(len(x)), positions] = 1.0
+    alpha = ridge * float(np.einsum("ij,ij->", x, x)) / x.shape[1]
+    if len(x) < x.shape[1]:  # fewer images than dimensions: the same solution through the N x N system
+        w = x.T @ scipy.linalg.solve(x @ x.T + alpha * np.eye(len(x)), y, assume_a="pos")
+    else:
+        w = scipy.linalg.solve(x.T @ x + alpha * np.eye(x.shape[1]), x.T @ y, assume_a="pos")
     return w.T.astype(np.float32)
 
 

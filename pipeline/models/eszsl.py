@@ -23,8 +23,11 @@ def eszsl_solution(features: np.ndarray, targets: np.ndarray, signatures: np.nda
     """
     x = np.asarray(features, dtype=np.float64)
     s = np.asarray(signatures, dtype=np.float64)
-    left = scipy.linalg.solve(x.T @ x + gamma * np.eye(x.shape[1]), x.T @ (np.asarray(targets, np.float64) @ s),
-                              assume_a="pos")
+    ys = np.asarray(targets, np.float64) @ s
+    if len(x) < x.shape[1]:  # fewer images than dimensions: (XᵀX + γI)⁻¹Xᵀ = Xᵀ(XXᵀ + γI)⁻¹, an N x N system
+        left = x.T @ scipy.linalg.solve(x @ x.T + gamma * np.eye(len(x)), ys, assume_a="pos")
+    else:
+        left = scipy.linalg.solve(x.T @ x + gamma * np.eye(x.shape[1]), x.T @ ys, assume_a="pos")
     # right-multiplying by the symmetric (Sᵀ S + λ I)⁻¹ is solving with it on the transpose
     return scipy.linalg.solve(s.T @ s + lam * np.eye(s.shape[1]), left.T, assume_a="pos").T
 

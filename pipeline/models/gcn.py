@@ -69,10 +69,11 @@ class _AnchoredGCN(nn.Module):
 
 
 def _closed_form_output_layer(net: _AnchoredGCN, g: _GraphInputs, seen: torch.Tensor, targets: torch.Tensor,
-                              ridge: float) -> None:
+                              ridge: float) -> float:
     """Set the GCN's output layer to the ridge solution mapping the seen nodes' propagated first layer
     onto ``targets`` [S, r] (dropout off): ``W2 = Zcᵀ (Zc Zcᵀ + α I)⁻¹ (T − T̄)``, ``b2 = T̄ − Z̄ W2``, Zc the
-    centred rows, α = ``ridge`` · mean of diag(Zc Zcᵀ). An S x S system, whatever the hidden width."""
+    centred rows, α = ``ridge`` · mean of diag(Zc Zcᵀ). An S x S system, whatever the hidden width.
+    Returns DGP's loss of the result (eval mode)."""
     net.eval()
     with torch.no_grad():
         z = net.gcn.hidden(g.nodes, g.adjacency)[seen].double()
@@ -85,7 +86,10 @@ def _closed_form_output_layer(net: _AnchoredGCN, g: _GraphInputs, seen: torch.Te
         w2 = zc.T @ dual
         net.gcn.layer2.weight.copy_(w2.float())
         net.gcn.layer2.bias.copy_((t_mean - z_mean @ w2).float())
+        predicted = F.normalize(z.float() @ net.gcn.layer2.weight + net.gcn.layer2.bias, dim=-1)
+        loss = (predicted - targets).pow(2).sum().item() / (2 * len(targets))
     net.train()
+    return loss
 
 
 def fit_gcn(net: _AnchoredGCN, g: _GraphInputs, seen: np.ndarray, anchor_rows: np.ndarray, h: dict[str, Any],
@@ -109,8 +113,7 @@ def fit_gcn(net: _AnchoredGCN, g: _GraphInputs, seen: np.ndarray, anchor_rows: n
         net.train()
         return value
 
-    _closed_form_output_layer(net, g, seen_rows, targets, h["ridge"])
-    losses = [eval_loss()]
+    losses = [_closed_form_output_layer(net, g, seen_rows, targets, h["ridge"])]
     if h["epochs"] > 0:
         optimizer = torch.optim.Adam(net.parameters(), lr=h["lr"], weight_decay=h["weight_decay"])
         bar = epoch_bar(h["epochs"], name)
@@ -137,7 +140,8 @@ class _AnchoredModel(TorchZSLModel):
 
     def input_sizes(self, train: Split, semantics: Semantics) -> list[int]:
         graph = class_graph(self.name, semantics, self.hparams["k"])
-        return [graph.node_vectors.shape[1], train.features.shape[1] + 1, 0]  # rank filled in by train_net
+        dim = train.features.shape[1] + 1
+        return [graph.node_vectors.shape[1], dim, min(len(np.unique(train.labels)), dim)]  # rank: see train_net
 
     def build(self, sizes: list[int]) -> nn.Module:
         return _AnchoredGCN(sizes[0], sizes[1], max(sizes[2], 1), self.hparams)
@@ -152,8 +156,10 @@ class _AnchoredModel(TorchZSLModel):
         rows, self.supervision = seen_classifiers(self.name, train, positions, seen, semantics, h["supervision"],
                                                   h["feature_ridge"])
         rows = l2_normalize(rows)
-        self.sizes[2] = min(len(rows), rows.shape[1])  # the anchors' span: rebuild at that rank
-        self.net = self.build(self.sizes).to(self.device).train()
+        rank = min(len(rows), rows.shape[1])  # the anchors' span (seen classes without images included)
+        if rank != self.sizes[2]:
+            self.sizes[2] = rank
+            self.net = self.build(self.sizes).to(self.device).train()
         g = _GraphInputs(self.name, semantics, h, self.device)
         log.info("%s: %d anchors from %s supervision, graph of %d nodes", self.name, len(rows), self.supervision,
                  len(g.nodes))
