@@ -1,11 +1,30 @@
-"""Zero-shot recognition on cached image features."""
+"""Zero-shot recognition on cached image features.
+
+Importing the package is cheap (no torch): it sets the OpenMP wait policy and arranges for the
+torchvision fix of :mod:`pipeline.compat` to run before anything imports torchvision (open_clip and
+timm do), whether our modules or yours import it.
+"""
+import importlib.abc
 import os
+import sys
 
 # Image-decoding workers and torch's OpenMP threads share few cores; OpenMP's default
 # spin-waiting then burns the cores the other side needs (measured: extraction 3x, training
 # 5-10x slower on 2 cores). Must be set before torch loads its OpenMP runtime.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from pipeline import compat  # noqa: E402,F401  (must run before torchvision / open_clip / timm import)
-
 __version__ = "0.1.0"
+
+
+class _CompatBeforeTorchvision(importlib.abc.MetaPathFinder):
+    """Runs :mod:`pipeline.compat` the first time ``torchvision`` is imported, then steps aside (the
+    normal finders load torchvision)."""
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name == "torchvision":
+            sys.meta_path.remove(self)
+            from pipeline import compat  # noqa: F401
+
+
+if "torchvision" not in sys.modules and not any(isinstance(f, _CompatBeforeTorchvision) for f in sys.meta_path):
+    sys.meta_path.insert(0, _CompatBeforeTorchvision())

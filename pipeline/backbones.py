@@ -24,10 +24,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from pipeline.choices import BACKBONES
 from pipeline.errors import PipelineError
 from pipeline.store import Head
 
-BACKBONES = ("resnet18", "resnet50", "resnet101", "clip", "efficientnet_lite0")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # EfficientNet-Lite's TensorFlow training normalised pixels as (x - 127) / 128; in [0, 1] units:

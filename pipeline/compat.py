@@ -6,8 +6,8 @@ library ``torchvision/_C.so`` fails to load, and ``import torchvision`` then die
 we use need none of those compiled ops, so when the extension cannot load we declare the two
 op schemas torchvision registers unconditionally. Where the extension loads (a matching
 build), it is loaded as torchvision itself would and nothing else happens.
-This module is imported by ``pipeline/__init__.py`` before anything imports torchvision,
-open_clip or timm.
+``pipeline/__init__.py`` runs this module the first time anything imports torchvision (or
+open_clip or timm, which import it).
 """
 from __future__ import annotations
 

@@ -266,13 +266,14 @@ def _same_settings(path: Path, wanted: dict[str, Any]) -> tuple[bool, bool]:
     """(settings match, file complete) for an existing store at ``path``."""
     with FeatureStore(path) as store:
         have, complete = store.provenance, store.complete
-    mismatched = [k for k in _IDENTITY if _normal(have.get(k)) != _normal(wanted.get(k))]
+    mismatched = [k for k in _IDENTITY if normal_setting(have.get(k)) != normal_setting(wanted.get(k))]
     if mismatched:
         log.info("%s differs in %s", path, mismatched)
     return not mismatched, complete
 
 
-def _normal(value: Any) -> Any:
+def normal_setting(value: Any) -> Any:
+    """A provenance value in the form two runs compare (lists and tuples alike, floats to 6 places)."""
     return [round(v, 6) for v in value] if isinstance(value, (list, tuple)) else value
 
 

@@ -46,7 +46,9 @@ def _read_split(store: FeatureStore, split: str, rows: np.ndarray, extra: dict[s
                  tags[rows] if tags is not None else None)
 
 
-def _semantics(path: Path, source: str, classes: list[str], head: Head | None) -> Semantics:
+def read_semantics(path: Path, source: str, classes: list[str], head: Head | None) -> Semantics:
+    """The ``source`` semantics (attributes | text:<encoder>) of ``classes`` (checked against the file's) and
+    everything else the file holds; ``head`` gives the classifier rows (None: none)."""
     with SemanticsFile(path) as sem:
         if sem.classes != classes:
             raise PipelineError(f"{path}: its {len(sem.classes)} classes differ from the feature file's "
@@ -107,4 +109,4 @@ def load_inputs(features: Path, semantics: Path, source: str = "attributes",
     if empty:
         raise PipelineError(f"{features}: the {', '.join(empty)} split is empty (every image failed, or the split "
                             "file names no class with images); check the dataset and its split file")
-    return Inputs(classes, splits, _semantics(semantics, source, classes, head), unseen_tags)
+    return Inputs(classes, splits, read_semantics(semantics, source, classes, head), unseen_tags)

@@ -51,13 +51,13 @@ from typing import Any
 import h5py
 import numpy as np
 
+from pipeline.choices import DTYPES
 from pipeline.datasets.base import SPLIT_NAMES, ImageDataset
 from pipeline.errors import PipelineError
 
 SCHEMA_VERSION = 2
 _READABLE_SCHEMAS = (1, 2)
 REASON_BYTES = 240  # failure reasons are stored truncated to this many UTF-8 bytes
-DTYPES = ("float16", "float32")
 _CHUNK_BYTES = 1 << 21  # ~2 MiB per chunk: large sequential reads, small waste on partial reads
 _REQUIRED = ("features", "labels", "image_ids", "classes", "ok")
 _STR = h5py.string_dtype("utf-8")

@@ -40,6 +40,7 @@ from pipeline.multilabel import train_multilabel
 from pipeline.outputs import write_whole
 from pipeline.scoring import search
 from pipeline.selection import TrainConfig, choose, untimed
+from pipeline.store import FeatureStore
 
 log = logging.getLogger(__name__)
 
@@ -144,12 +145,18 @@ def train(inputs: Inputs, cfg: TrainConfig) -> dict[str, Any]:
     }
 
 
+BACKBONE_KEYS = ("backbone", "model", "pretrained", "image_size", "resize_size", "interpolation", "mean", "std",
+                 "feature_dim")  # what a checkpoint records of its features' backbone (predict checks images against it)
+
+
 def train_files(features: Path, semantics: Path, cfg: TrainConfig, output: Path,
                 clip_features: Path | None = None) -> dict[str, Any]:
     """Train on cached files and save the checkpoint to ``output``: what ``cli.py train`` and the DVC
     stage both run. Returns the checkpoint."""
     extra = {"clip": clip_features} if clip_features else None
     checkpoint = train(load_inputs(features, semantics, cfg.semantics, extra), cfg)
+    with FeatureStore(features) as store:  # what predict checks image files against
+        checkpoint["backbone"] = {k: store.provenance[k] for k in BACKBONE_KEYS if k in store.provenance}
     save_checkpoint(checkpoint, output)
     return checkpoint
 

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.choices import DATASETS
 from pipeline.datasets.base import ImageDataset
 from pipeline.errors import PipelineError
-
-DATASETS = ("synthetic", "folder", "imagenet", "cub", "awa2", "sun", "nus_wide", "coco", "tags")
 
 
 def load_dataset(name: str, root: Path, splits_file: Path | None = None) -> ImageDataset:

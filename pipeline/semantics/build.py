@@ -95,6 +95,13 @@ def encode_texts(encoder: str, texts: list[str], cfg: SemanticsConfig) -> tuple[
     raise PipelineError(f"unknown text encoder {encoder!r}; use one of {TEXT_ENCODERS}, glove:PATH or vectors:PATH")
 
 
+def class_name_embeddings(encoder: str, classes: list[str], cfg: SemanticsConfig) -> tuple[np.ndarray, dict[str, Any]]:
+    """Embeddings [C, E] of class names (wnids read as their first lemma, with the other lemmas when a
+    word-vector encoder knows no word of it) and their provenance."""
+    vectors, meta = encode_texts(encoder, _class_texts(classes), cfg)
+    return _other_lemmas_for_unknown_names(encoder, classes, vectors, meta, cfg)
+
+
 def _encoder_inputs(encoder: str, cfg: SemanticsConfig) -> list[Any]:
     if encoder == "clip":
         return [encoder, cfg.clip_model, cfg.clip_pretrained, _file_digest(cfg.clip_pretrained), cfg.templates]
@@ -204,8 +211,7 @@ def build_semantics(features: Path, output: Path, cfg: SemanticsConfig) -> list[
                     if encoder.startswith("vectors:"):
                         vectors, meta = _class_vectors(encoder, classes, cfg)
                     else:
-                        vectors, meta = encode_texts(encoder, texts, cfg)
-                        vectors, meta = _other_lemmas_for_unknown_names(encoder, classes, vectors, meta, cfg)
+                        vectors, meta = class_name_embeddings(encoder, classes, cfg)
                     g["values"] = vectors
                     _attrs(g, meta)
 

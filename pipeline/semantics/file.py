@@ -91,6 +91,10 @@ class SemanticsFile:
             "node_text": g.attrs.get("node_text"),
         }
 
+    def config(self) -> dict[str, Any]:
+        """The settings the file was built with (:class:`pipeline.semantics.build.SemanticsConfig` fields)."""
+        return _decoded(self._f.attrs).get("config", {})
+
     def provenance(self, group: str) -> dict[str, Any]:
         """What made ``group`` (e.g. ``attributes``, ``text/clip``, ``graph``)."""
         return _decoded(self._group(group).attrs)

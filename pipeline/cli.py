@@ -1,0 +1,303 @@
+"""The command line: ``zsl extract|info|synthesize|semantics|train|evaluate|predict|compare|import-xlsa17``
+(also ``python cli.py ...`` from the repository root; ``--help`` on each).
+
+``--help`` imports no torch (< 1 s): the commands import the library inside, and torch is loaded
+once a command runs, under a Ctrl-C handler that exits with one line (an exception raised inside
+torch's C++ initialisers can abort the process instead).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+
+def _interrupted_while_starting(signum: int, frame: object) -> None:
+    """Ctrl-C during the imports: one line and out (an exception raised there can abort inside torch)."""
+    os.write(2, b"interrupted while starting\n")
+    os._exit(130)
+
+
+signal.signal(signal.SIGINT, _interrupted_while_starting)
+
+import click  # noqa: E402
+
+from pipeline.choices import BACKBONES, DATASETS, DTYPES  # noqa: E402
+from pipeline.errors import PipelineError  # noqa: E402
+
+EXIT_IMAGES_FAILED = 3
+
+
+def _verbose(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        logging.getLogger().setLevel(logging.DEBUG)
+
+
+class _Command(click.Command):
+    """A sub-command: accepts ``-v/--verbose`` after its name too, loads torch (and the torchvision fix)
+    under the start-up Ctrl-C handler before running, and turns a PipelineError into one line on stderr
+    and exit status 1."""
+
+    def __init__(self, *args: object, **kwargs: object):
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.params.append(click.Option(["-v", "--verbose"], is_flag=True, expose_value=False, callback=_verbose,
+                                        help="Log debugging details."))
+
+    def invoke(self, ctx: click.Context) -> object:
+        signal.signal(signal.SIGINT, _interrupted_while_starting)
+        import pipeline.compat  # noqa: F401  (torch)
+
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on, Ctrl-C is click's "Aborted!"
+        try:
+            return super().invoke(ctx)
+        except PipelineError as e:
+            raise click.ClickException(str(e)) from e
+
+
+class _Group(click.Group):
+    command_class = _Command
+
+
+@click.group(cls=_Group)
+@click.option("-v", "--verbose", is_flag=True, help="Log debugging details.")
+def cli(verbose: bool) -> None:
+    """Zero-shot recognition on cached backbone features."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its probes for absent SIMD builds
+
+
+@cli.command()
+@click.option("--dataset", type=click.Choice(DATASETS, case_sensitive=False), default="synthetic", show_default=True)
+@click.option("--root", type=click.Path(path_type=Path), default=Path("data/synthetic"), show_default=True,
+              help="Dataset folder (see README for each dataset's layout).")
+@click.option("--splits", type=click.Path(path_type=Path), default=None,
+              help="imagenet-split.json (ImageNet), xlsa17 att_splits.mat (CUB, AWA2, SUN), cls_ids.pickle "
+                   "(COCO), unseen tag list (tags).")
+@click.option("--backbone", type=click.Choice(BACKBONES), default="efficientnet_lite0", show_default=True)
+@click.option("--model", default=None, help="open_clip architecture for --backbone clip [default: ViT-B-32].")
+@click.option("--pretrained", default="imagenet", show_default=True,
+              help="Weights: a tag (imagenet, IMAGENET1K_V2, openai, laion2b_s34b_b79k, ...), a local file, or none.")
+@click.option("--image-size", type=click.IntRange(min=16), default=None,
+              help="Crop size in px [default: 224; CLIP: the model's].")
+@click.option("--grid/--no-grid", default=False, show_default=True, help="Also store spatial features.")
+@click.option("--mid-grid/--no-mid-grid", default=False, show_default=True,
+              help="With --grid, also store an earlier stage's spatial features (grid_mid: DRMN multi-level fusion).")
+@click.option("--dtype", type=click.Choice(DTYPES), default="float16", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Image decoding workers (threads on CPU, processes on CUDA).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--output", type=click.Path(path_type=Path), required=True, help="HDF5 feature file to write.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output made with other settings.")
+@click.option("--max-failures", type=click.FloatRange(min=0), default=0.01, show_default=True,
+              help="Unreadable images allowed (recorded, exit status 3): a fraction below 1, else a count.")
+def extract(dataset: str, root: Path, splits: Path | None, backbone: str, model: str | None, pretrained: str,
+            image_size: int | None, output: Path, **options: object) -> None:
+    """Run a frozen backbone over every image once and store the features (resumable)."""
+    from pipeline.extract import extract_dataset
+
+    result = extract_dataset(dataset, root, splits, backbone, model, pretrained, image_size, output, **options)
+    click.echo(result.summary())
+    if result.failures:
+        sys.exit(EXIT_IMAGES_FAILED)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(path_type=Path))
+def info(file: Path) -> None:
+    """Print a feature file's schema, split counts, provenance and completeness."""
+    from pipeline.store import FeatureStore
+
+    with FeatureStore(file) as store:
+        click.echo(store.describe())
+
+
+@cli.command()
+@click.option("--output", type=click.Path(path_type=Path), default=Path("data/synthetic"), show_default=True)
+@click.option("--images-per-class", type=int, default=24, show_default=True)
+@click.option("--image-size", type=int, default=64, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--multilabel", is_flag=True, help="1-3 objects per image, tagged with their classes.")
+def synthesize(output: Path, images_per_class: int, image_size: int, seed: int, multilabel: bool) -> None:
+    """Draw the built-in synthetic zero-shot dataset (colour x pattern x shape)."""
+    from pipeline.datasets.synthetic import generate_synthetic, load_synthetic
+
+    generate_synthetic(output, images_per_class=images_per_class, image_size=image_size, seed=seed,
+                       multilabel=multilabel)
+    data = load_synthetic(output)
+    click.echo(f"{output}: {len(data)} images, {len(data.classes)} classes, "
+               + ", ".join(f"{k} {len(v)}" for k, v in data.splits.items()))
+
+
+@cli.command()
+@click.option("--features", type=click.Path(path_type=Path), required=True,
+              help="Feature file whose classes (and their order) the semantics follow.")
+@click.option("--output", type=click.Path(path_type=Path), required=True, help="Semantics HDF5 file to write.")
+@click.option("--attributes", default=None,
+              help="synthetic, an xlsa17 att_splits.mat / binaryAtt_splits.mat, or a class,attr1,... CSV/TSV.")
+@click.option("--attribute-key", default="att", show_default=True, help="att or original_att (.mat).")
+@click.option("--attribute-names", default=None, help="CUB_attributes.txt, AWA2_predicates.txt, SUN_attributes.mat.")
+@click.option("--normalisation", type=click.Choice(["l2", "none"]), default="l2", show_default=True)
+@click.option("--text", "text", multiple=True,
+              help="Class-name encoder, repeatable: clip, minilm, glove, glove:PATH, vectors:PATH (given vectors).")
+@click.option("--vector-names", default=None, help="Names of the rows of vectors:PATH (.txt/.pickle/.json).")
+@click.option("--clip-model", default="ViT-B-32", show_default=True)
+@click.option("--clip-pretrained", default="openai", show_default=True, help="Tag, local checkpoint, or none.")
+@click.option("--templates", default="imagenet7", show_default=True, help="Prompt set: simple, imagenet7, imagenet80.")
+@click.option("--attribute-vectors", default=None,
+              help="Attribute-name embeddings: a pickled [A, E] file or a text encoder (minilm, glove, clip).")
+@click.option("--graph", type=click.Choice(["none", "wordnet"]), default="none", show_default=True)
+@click.option("--wnids", default=None, help="JSON {class: wnid} when the classes are not wnids themselves.")
+@click.option("--graph-text", default="glove", show_default=True, help="Encoder of the graph's node names.")
+@click.option("--graph-links", type=click.Choice(["hypernyms+instances", "hypernyms"]), default="hypernyms+instances",
+              show_default=True, help="WordNet links followed upward (DGP: hypernyms).")
+@click.option("--data-root", default=None, help="Dataset root (for --attributes synthetic).")
+def semantics(features: Path, output: Path, text: tuple[str, ...], **settings: object) -> None:
+    """Class semantics: attributes, class-name embeddings, WordNet graph (cached per part)."""
+    from pipeline.semantics.build import SemanticsConfig, build_semantics
+    from pipeline.semantics.file import SemanticsFile
+
+    built = build_semantics(features, output, SemanticsConfig(text=text, **settings))
+    with SemanticsFile(output) as sem:
+        click.echo(sem.describe())
+    click.echo(f"built: {', '.join(built) or 'nothing (all parts up to date)'}")
+
+
+def _ks(ctx: click.Context, param: click.Parameter, text: str) -> tuple[int, ...]:
+    """Click callback: a comma-separated list of positive whole numbers, e.g. ``1,5,10``."""
+    try:
+        ks = tuple(int(k) for k in text.split(","))
+    except ValueError:
+        ks = ()
+    if not ks or min(ks) < 1:
+        raise click.BadParameter(f"{text!r}: expected positive whole numbers separated by commas, e.g. 1,5,10",
+                                 param=param)
+    return ks
+
+
+def _hparam(text: str) -> tuple[str, object]:
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise click.BadParameter(f"{text!r}: expected KEY=VALUE")
+    return key, yaml.safe_load(value)
+
+
+@cli.command()
+@click.option("--model", "model_name", required=True,
+              help="eszsl, joint_gcn, gcn_regression, conse, cfzsl, clip_prompt, msdn, drmn, sdl (multi-label).")
+@click.option("--features", type=click.Path(path_type=Path), default=Path("features/image_features.h5"),
+              show_default=True)
+@click.option("--semantics", type=click.Path(path_type=Path), default=Path("features/semantics.h5"), show_default=True)
+@click.option("--source", default="attributes", show_default=True, help="attributes or text:<encoder>.")
+@click.option("--clip-features", type=click.Path(path_type=Path), default=None,
+              help="CLIP features of the same images (cfzsl).")
+@click.option("--hparam", "hparams", multiple=True, help="Fixed hyperparameter KEY=VALUE (repeatable).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--select/--no-select", default=True, show_default=True, help="Grid search on validation.")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
+              show_default=True)
+@click.option("--val-folds", type=click.IntRange(min=1), default=None,
+              help="Validation draws averaged by selection [default: 5 for closed-form models, else 1].")
+@click.option("--output", type=click.Path(path_type=Path), default=Path("models/model.pt"), show_default=True)
+def train(model_name: str, features: Path, semantics: Path, source: str, clip_features: Path | None,
+          hparams: tuple[str, ...], seed: int, select: bool, val_fraction: float, val_folds: int | None,
+          output: Path) -> None:
+    """Train a model on cached features; hyperparameters and gamma chosen on validation only."""
+    from pipeline.train import TrainConfig, describe_checkpoint, train_files
+
+    cfg = TrainConfig(model_name, source, seed, select, val_fraction, dict(_hparam(h) for h in hparams), val_folds)
+    checkpoint = train_files(features, semantics, cfg, output, clip_features)
+    click.echo(f"{output}: {describe_checkpoint(checkpoint)}")
+
+
+@cli.command()
+@click.option("--model-file", type=click.Path(path_type=Path), default=Path("models/model.pt"), show_default=True)
+@click.option("--features", type=click.Path(path_type=Path), default=Path("features/image_features.h5"),
+              show_default=True)
+@click.option("--semantics", type=click.Path(path_type=Path), default=Path("features/semantics.h5"), show_default=True)
+@click.option("--clip-features", type=click.Path(path_type=Path), default=None)
+@click.option("--candidate-sets", type=click.Path(path_type=Path), default=None,
+              help="JSON {set: [class, ...]} (e.g. imagenet-testsets.json) for Hit@k per set.")
+@click.option("--metrics", type=click.Path(path_type=Path), default=Path("metrics.json"), show_default=True)
+@click.option("--plots", type=click.Path(path_type=Path), default=Path("plots"), show_default=True)
+@click.option("--ks", default="1,2,5,10,20", show_default=True, callback=_ks,
+              help="Hit@k at these k (comma-separated).")
+@click.option("--tag-ks", default="3,5", show_default=True, callback=_ks,
+              help="Multi-label data: P/R/F1 at these k.")
+def evaluate(model_file: Path, features: Path, semantics: Path, clip_features: Path | None,
+             candidate_sets: Path | None, metrics: Path, plots: Path, ks: tuple[int, ...],
+             tag_ks: tuple[int, ...]) -> None:
+    """CZSL, GZSL (U, S, H, AUSUC) and Hit@k of a trained model (multi-label data: tag mAP and
+    P/R/F1@k for ZSL and GZSL); writes metrics JSON and plots."""
+    import json
+
+    from pipeline.evaluate import evaluate_files, headline
+
+    result = evaluate_files(model_file, features, semantics, metrics, plots, candidate_sets, clip_features, ks, tag_ks)
+    click.echo(json.dumps(result, indent=2))
+    click.echo(headline(result))
+
+
+@cli.command()
+@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--features", type=click.Path(path_type=Path), default=None,
+              help="A feature store to label instead of image files (all its images, or --split).")
+@click.option("--split", default=None, help="With --features: only this split (e.g. test_unseen).")
+@click.option("--model-file", type=click.Path(path_type=Path), default=Path("models/model.pt"), show_default=True)
+@click.option("--semantics", type=click.Path(path_type=Path), default=Path("features/semantics.h5"),
+              show_default=True, help="The semantics file the model was trained with.")
+@click.option("--classes", default=None,
+              help="Candidate class names: a text file (one per line) or a comma list [default: the model's classes].")
+@click.option("-k", "--top-k", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--calibration/--no-calibration", default=True, show_default=True,
+              help="Penalise the model's seen classes by its gamma when the candidates mix seen and new classes.")
+@click.option("--output", type=click.Path(path_type=Path), default=None,
+              help="Write the predictions here (.csv or .json) [default: CSV on stdout].")
+@click.option("--backbone", type=click.Choice(BACKBONES), default="efficientnet_lite0", show_default=True,
+              help="For image files: the backbone the model's features came from (checked).")
+@click.option("--clip-model", default=None, help="open_clip architecture for --backbone clip [default: ViT-B-32].")
+@click.option("--pretrained", default="imagenet", show_default=True)
+@click.option("--image-size", type=click.IntRange(min=16), default=None)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def predict(images: tuple[Path, ...], features: Path | None, split: str | None, model_file: Path, semantics: Path,
+            classes: str | None, top_k: int, calibration: bool, output: Path | None, backbone: str,
+            clip_model: str | None, pretrained: str, image_size: int | None, batch_size: int, workers: int,
+            device: str) -> None:
+    """Label images (files, folders, or a feature store) with any class names: top-k classes and scores."""
+    from pipeline.predict import predict as run_predict
+    from pipeline.predict import read_class_names
+
+    result = run_predict(model_file, features=features, split=split, images=images,
+                         classes=read_class_names(classes) if classes else None, semantics=semantics, k=top_k,
+                         calibrate=calibration, backbone=backbone, backbone_model=clip_model, pretrained=pretrained,
+                         image_size=image_size, batch_size=batch_size, workers=workers, device=device)
+    if output is None:
+        click.echo(result.text("csv"), nl=False)
+    else:
+        result.write(output)
+    click.echo(result.summary() + (f"; written to {output}" if output else ""), err=output is None)
+
+
+@cli.command("import-xlsa17")
+@click.option("--res101", type=click.Path(path_type=Path), required=True, help="xlsa17 res101.mat")
+@click.option("--splits", type=click.Path(path_type=Path), required=True, help="xlsa17 att_splits.mat")
+@click.option("--output", type=click.Path(path_type=Path), required=True)
+@click.option("--dataset", default=None, help="Dataset name [default: att_splits.mat's folder name].")
+@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True)
+def import_xlsa17_cmd(res101: Path, splits: Path, output: Path, dataset: str | None, dtype: str) -> None:
+    """Import the benchmark's precomputed ResNet-101 features into a feature file."""
+    from pipeline.datasets.xlsa17 import import_xlsa17
+
+    import_xlsa17(res101, splits, output, dataset=dataset, dtype=dtype)
+    click.echo(f"{output}: imported (python cli.py info {output})")
+
+
+def main() -> None:
+    """The ``zsl`` console script."""
+    cli()

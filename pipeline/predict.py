@@ -1,0 +1,236 @@
+"""Label images with any class names: a trained model, the images' features and candidate names give
+each image's top-k classes with scores.
+
+* **Images**: the rows of a feature store (``features``, optionally one ``split``), or image files
+  and folders, extracted on the fly with the backbone the model was trained on (the checkpoint
+  records it; a different backbone is refused).
+* **Candidates**: any class names. Names among the model's classes take their semantic vectors from
+  the semantics file; new names are embedded by the encoder the model was trained with
+  (``text:<encoder>``). A new name that needs an attribute row or a WordNet node gets a one-line
+  error saying what to supply.
+* **Calibration**: when the candidates mix the model's seen classes with others, the seen ones are
+  penalised by the checkpoint's γ (calibrated stacking, chosen on validation), as GZSL evaluation does.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.datasets.base import ImageDataset
+from pipeline.datasets.folder import find_images
+from pipeline.errors import PipelineError
+from pipeline.extract import extract, normal_setting
+from pipeline.grid import GridSource
+from pipeline.inputs import read_semantics
+from pipeline.models.base import Semantics, Split, ZSLModel
+from pipeline.outputs import write_whole
+from pipeline.scoring import search
+from pipeline.semantics.build import SemanticsConfig, class_name_embeddings
+from pipeline.semantics.file import SemanticsFile
+from pipeline.store import FeatureStore
+from pipeline.train import load_checkpoint
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Each image's ``k`` best candidate classes, best first."""
+
+    images: list[str]  # image paths (relative to the dataset root for a feature store)
+    classes: list[str]  # the candidate class names; ``top`` indexes them
+    top: np.ndarray  # [N, k] int64
+    scores: np.ndarray  # [N, k] float32 (γ already subtracted from seen classes when calibrated)
+    truth: list[str] | None = None  # each image's class, when the feature store knows it
+    calibrated: bool = False
+
+    @property
+    def labels(self) -> list[str]:
+        """Each image's best class."""
+        return [self.classes[row[0]] for row in self.top]
+
+    def accuracy(self) -> float | None:
+        """Top-1 accuracy over the images whose true class is a candidate (None: none is)."""
+        if self.truth is None:
+            return None
+        known = [(p, t) for p, t in zip(self.labels, self.truth) if t in set(self.classes)]
+        return sum(p == t for p, t in known) / len(known) if known else None
+
+    def summary(self) -> str:
+        """One line: how many images, over how many candidates, and the accuracy when it is known."""
+        counts: dict[str, int] = {}
+        for label in self.labels:
+            counts[label] = counts.get(label, 0) + 1
+        common = ", ".join(f"{name} {n}" for name, n in sorted(counts.items(), key=lambda kv: -kv[1])[:3])
+        acc = self.accuracy()
+        return (f"{len(self.images)} images over {len(self.classes)} candidate classes"
+                f"{' (seen classes calibrated)' if self.calibrated else ''}; most predicted: {common}"
+                + (f"; top-1 accuracy {acc:.3f} where the true class is a candidate" if acc is not None else ""))
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per image: ``image``, ``truth`` (when known), then ``class_i`` / ``score_i`` for i = 1..k."""
+        out = []
+        for i, image in enumerate(self.images):
+            row: dict[str, Any] = {"image": image}
+            if self.truth is not None:
+                row["truth"] = self.truth[i]
+            for j, (c, s) in enumerate(zip(self.top[i], self.scores[i]), start=1):
+                row[f"class_{j}"], row[f"score_{j}"] = (self.classes[c], round(float(s), 6)) if c >= 0 else ("", "")
+            out.append(row)
+        return out
+
+    def text(self, fmt: str) -> str:
+        """The rows as ``csv`` or ``json``."""
+        rows = self.rows()
+        if fmt == "json":
+            return json.dumps(rows, indent=1) + "\n"
+        if fmt != "csv":
+            raise PipelineError(f"format {fmt!r} unknown; use csv or json")
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["image"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return buffer.getvalue()
+
+    def write(self, path: Path) -> None:
+        """Write the rows to ``path`` (``.json``, else CSV) atomically."""
+        write_whole(path, self.text("json" if path.suffix == ".json" else "csv").encode(), "predictions")
+
+
+def read_class_names(text: str) -> list[str]:
+    """Candidate names from a text file (one per line) or a comma-separated list."""
+    path = Path(text)
+    names = path.read_text().splitlines() if path.is_file() else text.split(",")
+    names = [n.strip() for n in names if n.strip()]
+    if not names:
+        raise PipelineError(f"{text!r}: no class names (give a file with one name per line, or a comma list)")
+    if len(set(names)) != len(names):
+        raise PipelineError(f"{text!r}: class names repeat: {sorted({n for n in names if names.count(n) > 1})[:5]}")
+    return names
+
+
+def predict(model_file: str | Path, *, features: str | Path | None = None, split: str | None = None,
+            images: Sequence[str | Path] = (), classes: Sequence[str] | None = None,
+            semantics: str | Path = "features/semantics.h5", k: int = 5, calibrate: bool = True,
+            backbone: str = "efficientnet_lite0", backbone_model: str | None = None, pretrained: str = "imagenet",
+            image_size: int | None = None, batch_size: int = 64, workers: int = 2,
+            device: str = "auto") -> Predictions:
+    """Top-``k`` ``classes`` (default: all of the model's) of the images of a feature store or of image
+    files/folders (see the module docstring); image files go through ``backbone`` (``zsl extract``'s
+    options and defaults), which must be the one the model's features came from."""
+    model_file, semantics = Path(model_file), Path(semantics)
+    features, images = (Path(features) if features is not None else None), [Path(i) for i in images]
+    if (features is None) == (not images):
+        raise PipelineError("predict: give either a feature store (--features) or image files/folders, not both")
+    if k < 1:
+        raise PipelineError(f"predict: k must be >= 1, got {k}")
+    model, checkpoint = load_checkpoint(model_file)
+    if checkpoint.get("multilabel"):
+        raise PipelineError(f"{model_file}: a multi-label model; predict labels single-label models")
+    known = list(checkpoint["classes"])
+    candidates = list(classes) if classes else known
+    sem, rows = candidate_semantics(model_file, checkpoint, semantics, candidates)
+    if features is not None:
+        data, ids, truth = _store_rows(features, split, model, known)
+    else:
+        settings = {"name": backbone, "model": backbone_model, "pretrained": pretrained, "image_size": image_size}
+        data, ids, truth = _extracted(images, checkpoint, model_file, settings, batch_size, workers, device)
+    class_emb = model.class_embeddings(sem)[rows]
+    seen = np.isin(candidates, [known[c] for c in checkpoint["seen"]])
+    calibrated = calibrate and bool(seen.any()) and not bool(seen.all())
+    bias = np.where(seen, -float(checkpoint["gamma"]), 0.0).astype(np.float32) if calibrated else None
+    scores, top = search(model.image_embeddings(data), class_emb, min(k, len(candidates)), class_bias=bias)
+    return Predictions(ids, candidates, top.astype(np.int64), scores.astype(np.float32), truth, calibrated)
+
+
+def candidate_semantics(model_file: Path, checkpoint: dict[str, Any], path: Path,
+                        candidates: list[str]) -> tuple[Semantics, np.ndarray]:
+    """The model's semantics with rows appended for candidates it does not know, and each candidate's row."""
+    known = list(checkpoint["classes"])
+    source = checkpoint["config"]["semantics"]
+    sem = read_semantics(path, source, known, None)
+    new = [c for c in candidates if c not in set(known)]
+    if new:
+        if not source.startswith("text:"):
+            raise PipelineError(f"{new[0]!r} is not among the {len(known)} classes of {model_file}, which reads "
+                                f"{source}: add a row for it to an attribute table and rebuild the semantics and "
+                                "model, or train on class-name vectors (train.semantics: text:minilm)")
+        if sem.graph is not None and sem.graph.node_encoder is not None and len(sem.graph.node_vectors) > len(known):
+            raise PipelineError(f"{new[0]!r} has no node in the WordNet graph of {path}: name new classes by wnid "
+                                "in a dataset, rebuild the semantics with them, and retrain")
+        with SemanticsFile(path) as f:
+            built = f.config()
+        cfg = SemanticsConfig(**{**built, "text": tuple(built.get("text", ()))})
+        extra, _ = class_name_embeddings(source.partition(":")[2], new, cfg)
+        text = {source.partition(":")[2]: np.vstack([sem.vectors, extra])}
+        sem = replace(sem, vectors=text[source.partition(":")[2]], text=text, classifiers=None)
+    index = {name: i for i, name in enumerate(known + new)}
+    return sem, np.array([index[c] for c in candidates], dtype=np.int64)
+
+
+def _store_rows(path: Path, split: str | None, model: ZSLModel,
+                known: list[str]) -> tuple[Split, list[str], list[str] | None]:
+    with FeatureStore(path) as store:
+        if not store.complete:
+            raise PipelineError(f"{path}: extraction is unfinished; rerun: zsl extract ...")
+        if split is not None and split not in store.splits:
+            raise PipelineError(f"{path}: no split {split!r}; it has {sorted(store.splits)}")
+        rows = store.splits[split] if split is not None else np.flatnonzero(store.ok)
+        features = store.features(rows)
+        if not np.isfinite(features).all():
+            raise PipelineError(f"{path}: feature rows with NaN or inf; re-extract the features")
+        labels = store.labels[rows]
+        truth = [store.classes[c] if c >= 0 else "" for c in labels] if (labels >= 0).any() else None
+        grid = GridSource(store.path, rows) if store.has_grid else None
+        ids = [store.image_ids[r] for r in rows]
+    return Split(features, np.full(len(rows), -1), grid=grid), ids, truth
+
+
+def _image_list(images: Sequence[Path]) -> tuple[Path, list[str]]:
+    """The images named (files, or folders searched as :func:`find_images` does) as a common root and
+    paths relative to it."""
+    files: list[Path] = []
+    for item in images:
+        if item.is_dir():
+            files += [item / f for f in find_images(item)]
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise PipelineError(f"{item}: no such image file or folder")
+    if not files:
+        raise PipelineError(f"no images in {', '.join(map(str, images))}")
+    resolved = [f.resolve() for f in files]
+    root = Path(os.path.commonpath([p.parent for p in resolved]))
+    return root, [p.relative_to(root).as_posix() for p in resolved]
+
+
+def _extracted(images: Sequence[Path], checkpoint: dict[str, Any], model_file: Path, backbone: dict[str, Any],
+               batch_size: int, workers: int, device: str) -> tuple[Split, list[str], None]:
+    from pipeline.backbones import load_backbone
+
+    trained_on = checkpoint.get("backbone")
+    if not trained_on:
+        raise PipelineError(f"{model_file} does not record its backbone (trained before predict existed): "
+                            "extract the images first (zsl extract --dataset folder ...) and pass --features")
+    net = load_backbone(backbone["name"], backbone["model"], backbone["pretrained"], backbone["image_size"])
+    differ = {k: (trained_on[k], net.provenance.get(k)) for k in trained_on
+              if normal_setting(net.provenance.get(k)) != normal_setting(trained_on[k])}
+    if differ:
+        wanted = ", ".join(f"{k} {a!r} (here {b!r})" for k, (a, b) in differ.items())
+        raise PipelineError(f"{model_file} was trained on features with {wanted}: pass the backbone options it was "
+                            "extracted with (--backbone, --pretrained, --image-size)")
+    root, ids = _image_list(images)
+    dataset = ImageDataset("predict", root, ids, np.full(len(ids), -1), [], {})
+    with tempfile.TemporaryDirectory() as tmp:
+        extract(dataset, net, Path(tmp) / "features.h5", batch_size=batch_size, workers=workers, device=device,
+                max_failures=0)
+        with FeatureStore(Path(tmp) / "features.h5") as store:
+            features = store.features(np.arange(len(ids)))
+    return Split(features, np.full(len(ids), -1)), [str(root / i) for i in ids], None

@@ -1,0 +1,86 @@
+"""The README's Python example runs as written, and `zsl predict` labels images with names old and new."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import pipeline  # noqa: F401
+from pipeline.api import extract, predict, semantics, train
+from pipeline.datasets.synthetic import generate_synthetic
+from pipeline.errors import PipelineError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A small synthetic dataset laid out as after the Quick start (features, semantics with MiniLM)."""
+    root = tmp_path_factory.mktemp("api")
+    generate_synthetic(root / "data/synthetic", images_per_class=4, image_size=48, seed=0)
+    extract("synthetic", root / "data/synthetic", root / "features/image_features.h5", grid=True, mid_grid=True,
+            workers=0)
+    semantics(root / "features/image_features.h5", root / "features/semantics.h5", attributes="synthetic",
+              data_root=str(root / "data/synthetic"), text=["minilm"])
+    return root
+
+
+def readme_example() -> str:
+    text = (REPO / "README.md").read_text()
+    return re.search(r"<!-- python example -->\n```python\n(.*?)```", text, re.S).group(1)
+
+
+def test_readme_python_example_runs_and_labels_images(workdir, monkeypatch, capsys):
+    monkeypatch.chdir(workdir)
+    exec(compile(readme_example(), "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert re.search(r"eszsl: CZSL [01]\.\d{3} · GZSL H", out), out  # the evaluation's headline
+    assert "images over 3 candidate classes" in out, out
+    assert (workdir / "models/minilm.pt").is_file() and (workdir / "metrics-minilm.json").is_file()
+
+
+def test_new_class_names_are_embedded_by_the_models_encoder(workdir):
+    model = workdir / "minilm-model.pt"
+    train(workdir / "features/image_features.h5", workdir / "features/semantics.h5", model, model="eszsl",
+          source="text:minilm", select=False)
+    known = ["red solid square", "blue solid star"]
+    images = [workdir / "data/synthetic/images" / c.replace(" ", "_") for c in known]
+    result = predict(model, images=images, classes=known + ["purple zigzag hexagon"],
+                     semantics=workdir / "features/semantics.h5", k=3, workers=0)
+    assert result.classes == known + ["purple zigzag hexagon"] and result.top.shape == (8, 3)
+    assert sorted(set(result.top[:, :3].ravel().tolist())) == [0, 1, 2]  # the new name is scored too
+    truth = [c for c in known for _ in range(4)]
+    assert sum(p == t for p, t in zip(result.labels, truth)) >= 6  # 8 images of two known classes
+
+
+def test_names_a_model_on_attributes_cannot_embed_are_one_line_errors(workdir):
+    model = workdir / "attributes-model.pt"
+    train(workdir / "features/image_features.h5", workdir / "features/semantics.h5", model, model="eszsl",
+          select=False)
+    with pytest.raises(PipelineError, match="'a new class' is not among the 48 classes .* attribute table"):
+        predict(model, features=workdir / "features/image_features.h5", classes=["a new class"],
+                semantics=workdir / "features/semantics.h5")
+
+
+def test_zsl_predict_on_a_feature_store_matches_what_evaluate_reports(workdir):
+    model = workdir / "models/minilm.pt"
+    if not model.is_file():
+        train(workdir / "features/image_features.h5", workdir / "features/semantics.h5", model, model="eszsl",
+              source="text:minilm", select=False)
+    run = subprocess.run([sys.executable, str(REPO / "cli.py"), "predict", "--features", "features/image_features.h5",
+                          "--split", "test_unseen", "--model-file", str(model), "-k", "2", "--output", "p.json"],
+                         cwd=workdir, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert run.returncode == 0, run.stderr
+    assert re.search(r"48 images over 48 candidate classes \(seen classes calibrated\).*top-1 accuracy", run.stdout)
+    assert (workdir / "p.json").read_text().startswith("[")
+
+
+def test_zsl_help_is_fast_and_needs_no_torch():
+    run = subprocess.run([sys.executable, "-X", "importtime", str(REPO / "cli.py"), "predict", "--help"],
+                         capture_output=True, text=True, cwd=REPO)
+    assert run.returncode == 0 and "--classes" in run.stdout
+    assert not re.search(r"\| +torch$", run.stderr, re.M)  # importtime lists every module imported
