@@ -23,13 +23,14 @@ def eszsl_solution(features: np.ndarray, targets: np.ndarray, signatures: np.nda
     """
     x = np.asarray(features, dtype=np.float64)
     s = np.asarray(signatures, dtype=np.float64)
+
+    def times_right(m: np.ndarray) -> np.ndarray:  # m (Sᵀ S + λ I)⁻¹: a solve on the transpose (symmetric)
+        return scipy.linalg.solve(s.T @ s + lam * np.eye(s.shape[1]), m.T, assume_a="pos").T
+
     ys = np.asarray(targets, np.float64) @ s
-    if len(x) < x.shape[1]:  # fewer images than dimensions: (XᵀX + γI)⁻¹Xᵀ = Xᵀ(XXᵀ + γI)⁻¹, an N x N system
-        left = x.T @ scipy.linalg.solve(x @ x.T + gamma * np.eye(len(x)), ys, assume_a="pos")
-    else:
-        left = scipy.linalg.solve(x.T @ x + gamma * np.eye(x.shape[1]), x.T @ ys, assume_a="pos")
-    # right-multiplying by the symmetric (Sᵀ S + λ I)⁻¹ is solving with it on the transpose
-    return scipy.linalg.solve(s.T @ s + lam * np.eye(s.shape[1]), left.T, assume_a="pos").T
+    if len(x) < x.shape[1]:  # fewer images than dimensions: (XᵀX + γI)⁻¹Xᵀ = Xᵀ(XXᵀ + γI)⁻¹, N x N systems
+        return x.T @ times_right(scipy.linalg.solve(x @ x.T + gamma * np.eye(len(x)), ys, assume_a="pos"))
+    return times_right(scipy.linalg.solve(x.T @ x + gamma * np.eye(x.shape[1]), x.T @ ys, assume_a="pos"))
 
 
 class ESZSL(ZSLModel):
