@@ -50,6 +50,26 @@ def test_folder_classes_images_and_nesting(tmp_path: Path) -> None:
     assert load_folder(root, name="custom").name == "custom"
 
 
+def test_folder_with_unseen_list_is_a_zero_shot_dataset(tmp_path: Path) -> None:
+    root = tmp_path / "pets"
+    for c, n in (("cat", 5), ("dog", 5), ("owl", 1), ("yak", 3)):
+        for i in range(n):
+            _image(root / c / f"{i}.png", "PNG")
+    (tmp_path / "unseen.txt").write_text("# never trained on\nyak\n")
+    ds = load_folder(root, unseen=tmp_path / "unseen.txt")
+    by_class = {name: {ds.classes[c] for c in ds.labels[ds.splits[name]]} for name in ds.splits}
+    assert by_class == {"trainval": {"cat", "dog", "owl"}, "test_seen": {"cat", "dog"}, "test_unseen": {"yak"}}
+    assert [len(ds.splits[n]) for n in ("trainval", "test_seen", "test_unseen")] == [4 + 4 + 1, 1 + 1, 3]
+    assert load_folder(root, unseen=tmp_path / "unseen.txt").splits["test_seen"].tolist() == \
+        ds.splits["test_seen"].tolist()  # the same draw every time
+    (tmp_path / "typo.txt").write_text("yek\n")
+    with pytest.raises(PipelineError, match="did you mean 'yak'"):
+        load_folder(root, unseen=tmp_path / "typo.txt")
+    (tmp_path / "all.txt").write_text("cat\ndog\nowl\nyak\n")
+    with pytest.raises(PipelineError, match="between 1 and 3"):
+        load_folder(root, unseen=tmp_path / "all.txt")
+
+
 def test_folder_errors(tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match="not found"):
         load_folder(tmp_path / "absent")

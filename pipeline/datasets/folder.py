@@ -1,7 +1,10 @@
-"""Class-per-folder image trees (ImageNet style): ``root/<class>/**/<image>``."""
+"""Class-per-folder image trees (ImageNet style): ``root/<class>/**/<image>``, optionally with a zero-shot
+split from a list of unseen classes."""
 from __future__ import annotations
 
+import difflib
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,7 @@ from pipeline.datasets.base import ImageDataset
 from pipeline.errors import PipelineError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+TEST_SEEN_FRACTION = 0.2  # of each seen class's images, held out as test_seen (GBU's protocol)
 
 
 def find_images(directory: Path) -> list[str]:
@@ -30,10 +34,12 @@ def find_images(directory: Path) -> list[str]:
     return sorted(found)
 
 
-def load_folder(root: Path, name: str | None = None) -> ImageDataset:
+def load_folder(root: Path, name: str | None = None, unseen: Path | None = None) -> ImageDataset:
     """Images under ``root/<class>/`` (any depth); class = top-level folder name, classes sorted.
 
-    Images are ordered by relative POSIX path; files directly in ``root`` are ignored; no splits.
+    Images are ordered by relative POSIX path; files directly in ``root`` are ignored. Without
+    ``unseen`` there are no splits (extract, predict); with it (a text file, one class folder name per
+    line) the tree becomes a zero-shot dataset, see :func:`zero_shot_splits`.
     """
     root = Path(root)
     if not root.is_dir():
@@ -47,6 +53,45 @@ def load_folder(root: Path, name: str | None = None) -> ImageDataset:
     classes = sorted(set(top))
     index = {c: i for i, c in enumerate(classes)}
     labels = np.array([index[c] for c in top], dtype=np.int64)
+    splits = zero_shot_splits(image_ids, labels, classes, read_unseen(unseen, classes)) if unseen else {}
     return ImageDataset(
-        name=name or root.resolve().name, root=root, image_ids=image_ids, labels=labels, classes=classes
+        name=name or root.resolve().name, root=root, image_ids=image_ids, labels=labels, classes=classes, splits=splits
     )
+
+
+def read_unseen(path: Path, classes: list[str]) -> list[str]:
+    """The unseen class names listed in ``path`` (one per line; blank lines and ``#`` comments skipped),
+    each checked against the tree's ``classes``."""
+    if not path.is_file():
+        raise PipelineError(f"{path}: unseen-class list not found; give a text file with one class folder name per line")
+    names = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
+    names = [n for n in names if n]
+    unknown = [n for n in names if n not in classes]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], classes, n=1)
+        raise PipelineError(f"{path}: {len(unknown)} unseen classes have no folder, e.g. {unknown[0]!r}"
+                            + (f" (did you mean {close[0]!r}?)" if close else "") + f"; the {len(classes)} folders "
+                            f"are {', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''}")
+    if not names or len(set(names)) == len(classes):
+        raise PipelineError(f"{path}: list between 1 and {len(classes) - 1} of the {len(classes)} classes as unseen")
+    return names
+
+
+def zero_shot_splits(image_ids: list[str], labels: np.ndarray, classes: list[str],
+                     unseen: list[str]) -> dict[str, np.ndarray]:
+    """``test_unseen``: every image of the unseen classes; each seen class keeps
+    ``TEST_SEEN_FRACTION`` of its images (at least one when it has two) as ``test_seen``, drawn with a
+    seed from the class name (the same whatever the other classes), and trains on the rest
+    (``trainval``; training carves validation classes from it)."""
+    unseen_index = {classes.index(n) for n in unseen}
+    splits: dict[str, list[int]] = {"trainval": [], "test_seen": [], "test_unseen": []}
+    for c, name in enumerate(classes):
+        rows = np.flatnonzero(labels == c)
+        if c in unseen_index:
+            splits["test_unseen"] += rows.tolist()
+            continue
+        held = max(1, round(TEST_SEEN_FRACTION * len(rows))) if len(rows) > 1 else 0
+        order = np.random.default_rng(zlib.crc32(name.encode())).permutation(len(rows))
+        splits["test_seen"] += rows[order[:held]].tolist()
+        splits["trainval"] += rows[order[held:]].tolist()
+    return {k: np.array(sorted(v), dtype=np.int64) for k, v in splits.items()}
