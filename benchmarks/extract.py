@@ -169,7 +169,7 @@ def device_name(device: torch.device) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backbone", choices=BACKBONES, default="efficientnet_lite0")
-    p.add_argument("--model", default=None, help="open_clip architecture for --backbone clip (default ViT-B-32)")
+    p.add_argument("--clip-model", default=None, help="open_clip architecture for --backbone clip (default ViT-B-32)")
     p.add_argument("--pretrained", default=None, help="default: imagenet for efficientnet_lite0, else none")
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--images", type=int, default=512)
@@ -195,7 +195,7 @@ def benchmark(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     data = make_dataset(args.source, args.images, out_dir)
-    backbone = load_backbone(args.backbone, args.model, args.pretrained, args.image_size)
+    backbone = load_backbone(args.backbone, args.clip_model, args.pretrained, args.image_size)
     report: dict[str, Any] = {
         "backbone": args.backbone, "model": backbone.provenance["model"], "pretrained": args.pretrained,
         "image_size": backbone.preprocess.image_size, "grid": args.grid, "source": args.source,

@@ -74,16 +74,17 @@ def cli(verbose: bool) -> None:
               help="Dataset folder (see README for each dataset's layout).")
 @click.option("--splits", type=click.Path(path_type=Path), default=None,
               help="imagenet-split.json (ImageNet), xlsa17 att_splits.mat (CUB, AWA2, SUN), cls_ids.pickle "
-                   "(COCO), unseen tag list (tags).")
+                   "(COCO), unseen tag list (tags), unseen class list (folder: makes it a zero-shot dataset).")
 @click.option("--backbone", type=click.Choice(BACKBONES), default="efficientnet_lite0", show_default=True)
-@click.option("--model", default=None, help="open_clip architecture for --backbone clip [default: ViT-B-32].")
+@click.option("--clip-model", default=None, help="open_clip architecture for --backbone clip [default: ViT-B-32].")
 @click.option("--pretrained", default="imagenet", show_default=True,
               help="Weights: a tag (imagenet, IMAGENET1K_V2, openai, laion2b_s34b_b79k, ...), a local file, or none.")
 @click.option("--image-size", type=click.IntRange(min=16), default=None,
               help="Crop size in px [default: 224; CLIP: the model's].")
-@click.option("--grid/--no-grid", default=False, show_default=True, help="Also store spatial features.")
-@click.option("--mid-grid/--no-mid-grid", default=False, show_default=True,
-              help="With --grid, also store an earlier stage's spatial features (grid_mid: DRMN multi-level fusion).")
+@click.option("--grid/--no-grid", default=True, show_default=True, help="Also store spatial features (attention models).")
+@click.option("--mid-grid/--no-mid-grid", default=None,
+              help="With --grid, also store an earlier stage's spatial features (grid_mid: DRMN multi-level fusion) "
+                   "[default: as --grid].")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float16", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
@@ -93,12 +94,14 @@ def cli(verbose: bool) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing output made with other settings.")
 @click.option("--max-failures", type=click.FloatRange(min=0), default=0.01, show_default=True,
               help="Unreadable images allowed (recorded, exit status 3): a fraction below 1, else a count.")
-def extract(dataset: str, root: Path, splits: Path | None, backbone: str, model: str | None, pretrained: str,
+def extract(dataset: str, root: Path, splits: Path | None, backbone: str, clip_model: str | None, pretrained: str,
             image_size: int | None, output: Path, **options: object) -> None:
     """Run a frozen backbone over every image once and store the features (resumable)."""
     from pipeline.extract import extract_dataset
 
-    result = extract_dataset(dataset, root, splits, backbone, model, pretrained, image_size, output, **options)
+    if options["mid_grid"] is None:
+        options["mid_grid"] = options["grid"]
+    result = extract_dataset(dataset, root, splits, backbone, clip_model, pretrained, image_size, output, **options)
     click.echo(result.summary())
     if result.failures:
         sys.exit(EXIT_IMAGES_FAILED)

@@ -63,7 +63,7 @@ def _list(item: Check, example: str) -> Check:
 SCHEMA: dict[str, dict[str, Check]] = {
     "data": {"dataset": _choice(*DATASETS), "root": _text(), "splits": _text(optional=True)},
     "synthetic": {"images_per_class": _whole(2), "image_size": _whole(16), "seed": _whole(0), "multilabel": _flag},
-    "extract": {"backbone": _choice(*BACKBONES), "model": _text(optional=True), "pretrained": _text(),
+    "extract": {"backbone": _choice(*BACKBONES), "clip_model": _text(optional=True), "pretrained": _text(),
                 "image_size": _whole(16, optional=True), "grid": _flag, "mid_grid": _flag, "dtype": _choice(*DTYPES),
                 "batch_size": _whole(1), "workers": _whole(0), "device": _text(), "max_failures": _number(0)},
     "semantics": {"attributes": _text(optional=True), "attribute_key": _text(), "attribute_names": _text(optional=True),
@@ -72,7 +72,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
                   "templates": _text(), "attribute_vectors": _text(optional=True), "graph": _choice("none", "wordnet"),
                   "wnids": _text(optional=True), "graph_text": _text(),
                   "graph_links": _choice("hypernyms+instances", "hypernyms")},
-    "train": {"semantics": _text(), "seed": _whole(0), "select": _flag, "val_fraction": _number(0, 1, open_low=True),
+    "train": {"source": _text(), "seed": _whole(0), "select": _flag, "val_fraction": _number(0, 1, open_low=True),
               "val_folds": _whole(1, optional=True), "clip_features": _text(optional=True)},
     "evaluate": {"candidate_sets": _text(optional=True), "ks": _list(_whole(1), "[1, 5]"),
                  "tag_ks": _list(_whole(1), "[3, 5]")},

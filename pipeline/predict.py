@@ -161,7 +161,7 @@ def candidate_semantics(model_file: Path, checkpoint: dict[str, Any], path: Path
         if not source.startswith("text:"):
             raise PipelineError(f"{new[0]!r} is not among the {len(known)} classes of {model_file}, which reads "
                                 f"{source}: add a row for it to an attribute table and rebuild the semantics and "
-                                "model, or train on class-name vectors (train.semantics: text:minilm)")
+                                "model, or train on class-name vectors (train.source: text:minilm)")
         if sem.graph is not None and sem.graph.node_encoder is not None and len(sem.graph.node_vectors) > len(known):
             raise PipelineError(f"{new[0]!r} has no node in the WordNet graph of {path}: name new classes by wnid "
                                 "in a dataset, rebuild the semantics with them, and retrain")

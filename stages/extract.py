@@ -13,7 +13,7 @@ def main() -> None:
     data, p = params["data"], dict(params["extract"])
     splits = Path(data["splits"]) if data.get("splits") else None
     try:
-        result = extract_dataset(data["dataset"], Path(data["root"]), splits, p.pop("backbone"), p.pop("model"),
+        result = extract_dataset(data["dataset"], Path(data["root"]), splits, p.pop("backbone"), p.pop("clip_model"),
                                  p.pop("pretrained"), p.pop("image_size"), FEATURES, **p)
     except PipelineError as e:
         sys.exit(f"error: {e}")

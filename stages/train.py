@@ -11,7 +11,7 @@ from stages import FEATURES, MODEL, SEMANTICS, load_params
 def main() -> None:
     params = load_params("train")
     model, t = params["model"], params["train"]
-    cfg = TrainConfig(model=model, semantics=t["semantics"], seed=t["seed"], select=t["select"],
+    cfg = TrainConfig(model=model, semantics=t["source"], seed=t["seed"], select=t["select"],
                       val_fraction=t["val_fraction"], hparams=params.get(model) or {}, val_folds=t["val_folds"])
     try:
         checkpoint = train_files(FEATURES, SEMANTICS, cfg, MODEL, Path(t["clip_features"]) if t["clip_features"] else None)

@@ -125,8 +125,10 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         Image.new("RGB", (40, 40), (60 * k, 90, 30)).save(images / f"c{k}" / "0.jpg")
     evil = tmp / "evil.pt"
     torch.save({"state_dict": _RunsCode()}, evil)
+    unseen = tmp / "unseen.txt"
+    unseen.write_text("c1\nc2\n")  # c2 has no folder
     return {"features": features, "semantics": semantics, "model": model, "metrics": metrics, "tmp": tmp,
-            "images": images, "evil": evil}
+            "images": images, "evil": evil, "unseen": unseen}
 
 
 class _RunsCode:
@@ -186,18 +188,20 @@ CASES = {
     "random bytes as model": (["evaluate", "--model-file", "{random_model}", "--features", "{features}", "--semantics",
                                "{semantics}", "--metrics", "{metrics}"], "not a model checkpoint this package can load"),
     "random bytes as CLIP weights": (["extract", "--dataset", "folder", "--root", "{images}", "--backbone", "clip",
-                                      "--model", "RN50", "--pretrained", "{random_model}", "--output", "{tmp}/x.h5"],
+                                      "--clip-model", "RN50", "--pretrained", "{random_model}", "--output", "{tmp}/x.h5"],
                                      "random.pt is not an open_clip checkpoint that loads safely"),
     "code-running pickle as CLIP weights": (["extract", "--dataset", "folder", "--root", "{images}", "--backbone",
-                                             "clip", "--model", "RN50", "--pretrained", "{evil}", "--output",
+                                             "clip", "--clip-model", "RN50", "--pretrained", "{evil}", "--output",
                                              "{tmp}/x.h5"], "evil.pt is not an open_clip checkpoint that loads safely"),
     "semantics file given to info": (["info", "{semantics}"], "a semantics file (made by python cli.py semantics), not a "
                                                               "feature store"),
     "unknown CLIP weights for class names": (["semantics", "--features", "{features}", "--output", "{tmp}/s.h5",
                                               "--text", "clip", "--clip-pretrained", "no-such-tag"],
                                              "--clip-pretrained (semantics.clip_pretrained) 'no-such-tag' is not a"),
-    "splits for a dataset without": (["extract", "--dataset", "folder", "--root", "{images}", "--splits", "{metrics}",
-                                      "--output", "{tmp}/x.h5"], "folder: --splits"),
+    "splits for a dataset without": (["extract", "--dataset", "synthetic", "--root", "{images}", "--splits",
+                                      "{metrics}", "--output", "{tmp}/x.h5"], "synthetic: --splits"),
+    "unseen class without a folder": (["extract", "--dataset", "folder", "--root", "{images}", "--splits",
+                                       "{unseen}", "--output", "{tmp}/x.h5"], "unseen classes have no folder"),
     "ks zero": (["evaluate", "--model-file", "{model}", "--features", "{features}", "--semantics", "{semantics}",
                  "--metrics", "{metrics}", "--ks", "0,5"], "'0,5': expected positive whole numbers"),
     "truncated model": (["evaluate", "--model-file", "{truncated_model}", "--features", "{features}", "--semantics",
@@ -224,7 +228,7 @@ def test_bad_cli_input_is_one_error_line_and_finished_outputs_stay(files, case):
     (tmp / "random.pt").write_bytes(os.urandom(4096))
     (tmp / "truncated.pt").write_bytes(files["model"].read_bytes()[:300])
     names |= {"random_model": str(tmp / "random.pt"), "truncated_model": str(tmp / "truncated.pt"),
-              "images": str(files["images"]), "evil": str(files["evil"])}
+              "images": str(files["images"]), "evil": str(files["evil"]), "unseen": str(files["unseen"])}
     model_bytes = files["model"].read_bytes()
     result = CliRunner().invoke(cli, [a.format(**names) for a in args])
     assert result.exit_code != 0 and not isinstance(result.exception, (TypeError, KeyError, IndexError, ValueError))

@@ -28,7 +28,7 @@ class CLIPPrompt(ZSLModel):
     unit-norm, prompt-ensembled ``semantics.text["clip"]``; the score is their cosine.
 
     ``fit`` only checks the inputs. The image and text encoders must be the same CLIP model
-    (``extract.model`` and ``semantics.clip_model``); a dimension mismatch is an error, an equal
+    (``extract.clip_model`` and ``semantics.clip_model``); a dimension mismatch is an error, an equal
     dimension cannot be told apart (a 512-d ResNet-18 feature passes), so non-negative features (ReLU
     CNN features; CLIP embeddings have negative entries) are warned about.
     """
