@@ -287,6 +287,24 @@ def predict(images: tuple[Path, ...], features: Path | None, split: str | None, 
     click.echo(result.summary() + (f"; written to {output}" if output else ""), err=output is None)
 
 
+@cli.command()
+@click.argument("sources", nargs=-1)
+@click.option("--table", type=click.Path(path_type=Path), default=Path("comparison.md"), show_default=True,
+              help="Markdown table to write (also printed).")
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=Path("comparison.csv"), show_default=True)
+@click.option("--plot", type=click.Path(path_type=Path), default=Path("comparison.png"), show_default=True,
+              help="Overlay of the seen-unseen curves, operating points marked.")
+def compare(sources: tuple[str, ...], table: Path, csv_path: Path, plot: Path) -> None:
+    """Compare runs: metrics files (FILE or FILE::PLOTS_DIR) or git revisions / DVC experiment names
+    [default: metrics.json and every DVC experiment] as one table and one overlay plot."""
+    from pipeline.compare import compare as run_compare
+    from pipeline.compare import markdown
+
+    runs = run_compare(list(sources), table, csv_path, plot)
+    click.echo(markdown(runs), nl=False)
+    click.echo(f"{len(runs)} runs: {table}, {csv_path}, {plot}", err=True)
+
+
 @cli.command("import-xlsa17")
 @click.option("--res101", type=click.Path(path_type=Path), required=True, help="xlsa17 res101.mat")
 @click.option("--splits", type=click.Path(path_type=Path), required=True, help="xlsa17 att_splits.mat")

@@ -22,13 +22,14 @@ from pipeline.errors import PipelineError
 from pipeline.inputs import Inputs, load_inputs
 from pipeline.metrics import (
     BestScores,
+    Curve,
     ausuc,
     curve_points,
     gzsl,
     hit_at_k,
     hit_at_k_over,
     per_class_accuracy,
-    plot_seen_unseen_curve,
+    plot_seen_unseen_curves,
     seen_unseen_curve,
 )
 from pipeline.models.base import ZSLModel
@@ -170,10 +171,12 @@ def _gzsl_metrics(test_emb: np.ndarray, test_labels: np.ndarray, class_emb: np.n
     gamma = checkpoint["gamma"]
     s, u, gammas = seen_unseen_curve(best, test_labels, seen, unseen, n_points=CURVE_POINTS)
     plots.mkdir(parents=True, exist_ok=True)
-    plot_seen_unseen_curve(s, u, plots / "seen_unseen.png", checkpoint["model"])
+    calibrated = gzsl(best, test_labels, seen, unseen, gamma)
+    plot_seen_unseen_curves([Curve("", s, u, (calibrated["S"], calibrated["U"]))], plots / "seen_unseen.png",
+                            checkpoint["model"])
     write_whole(plots / "seen_unseen.json", json.dumps(curve_points(s, u, gammas), indent=1), "plot")
     return {
-        "gzsl": {**gzsl(best, test_labels, seen, unseen, gamma), "gamma": gamma},
+        "gzsl": {**calibrated, "gamma": gamma},
         "gzsl_uncalibrated": gzsl(best, test_labels, seen, unseen, 0.0),
         "ausuc": ausuc(*seen_unseen_curve(best, test_labels, seen, unseen)[:2]),  # the exact curve
     }

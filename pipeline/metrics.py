@@ -202,22 +202,35 @@ def curve_points(s: np.ndarray, u: np.ndarray, gammas: np.ndarray, path: str | P
     return points
 
 
-def plot_seen_unseen_curve(s: np.ndarray, u: np.ndarray, path: str | Path, title: str = "") -> Path:
-    """Write the curve (U against S, AUSUC in the legend) as a PNG; returns ``path``.
+@dataclass(frozen=True)
+class Curve:
+    """One model's seen-unseen curve for a plot: ``s``, ``u`` [P] and its operating point (S, U) at the
+    chosen γ (None: not marked)."""
 
-    Uses matplotlib's Agg canvas through ``Figure`` (no pyplot, no display, no global backend).
-    """
+    label: str
+    s: np.ndarray
+    u: np.ndarray
+    point: tuple[float, float] | None = None
+
+
+def plot_seen_unseen_curves(curves: list[Curve], path: str | Path, title: str = "") -> Path:
+    """Write the curves (U against S, each labelled with its AUSUC, its operating point marked) as one
+    PNG; returns ``path``. Uses matplotlib's Agg canvas through ``Figure`` (no pyplot, no display)."""
     try:
         from matplotlib.figure import Figure
     except ImportError as e:
-        raise PipelineError(f"plot_seen_unseen_curve: matplotlib is missing ({e}); pip install matplotlib") from e
+        raise PipelineError(f"plot_seen_unseen_curves: matplotlib is missing ({e}); pip install matplotlib") from e
     path = Path(path)
-    fig = Figure(figsize=(4.5, 4.5))
+    fig = Figure(figsize=(4.5, 4.5) if len(curves) == 1 else (6, 6))
     ax = fig.subplots()
-    ax.plot(s, u, marker="." if len(s) <= 50 else None, label=f"AUSUC {ausuc(s, u):.3f}")
+    for curve in curves:
+        line, = ax.plot(curve.s, curve.u, marker="." if len(curve.s) <= 50 else None,
+                        label=f"{curve.label + ': ' if curve.label else ''}AUSUC {ausuc(curve.s, curve.u):.3f}")
+        if curve.point is not None:
+            ax.plot(*curve.point, marker="o", markersize=8, markerfacecolor="none", color=line.get_color())
     ax.set(xlabel="S: accuracy on seen classes", ylabel="U: accuracy on unseen classes",
            xlim=(0, 1), ylim=(0, 1), title=title)
-    ax.legend(loc="upper right")
+    ax.legend(loc="upper right", title="○: operating point (chosen γ)", title_fontsize="small", fontsize="small")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     with written_whole(path, "plot") as partial:

@@ -9,6 +9,7 @@ import pytest
 from pipeline.errors import PipelineError
 from pipeline.metrics import (
     BestScores,
+    Curve,
     ausuc,
     curve_points,
     czsl_accuracy,
@@ -16,7 +17,7 @@ from pipeline.metrics import (
     hit_at_k,
     hit_at_k_over,
     per_class_accuracy,
-    plot_seen_unseen_curve,
+    plot_seen_unseen_curves,
     seen_unseen_curve,
     select_gamma,
 )
@@ -192,7 +193,7 @@ def test_curve_points_and_plot_are_written_for_dvc(tmp_path):
     points = curve_points(s, u, gammas, tmp_path / "curve.json")
     assert points[0] == {"S": 1.0, "U": 0.0, "gamma": pytest.approx(-1.7)}
     assert json.loads((tmp_path / "curve.json").read_text()) == points
-    png = plot_seen_unseen_curve(s, u, tmp_path / "plots" / "curve.png", "hand")
+    png = plot_seen_unseen_curves([Curve("hand", s, u, (0.5, 0.5))], tmp_path / "plots" / "curve.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -1,0 +1,62 @@
+"""`zsl compare`: metrics files and DVC experiments as one table and one overlay plot."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cli import cli
+from pipeline.compare import compare, read_run
+from pipeline.errors import PipelineError
+
+
+def _run_files(folder: Path, model: str, czsl: float, h: float) -> Path:
+    """A metrics file as ``evaluate`` writes it, and its curve in ``folder/plots``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    metrics = {"run": {"dataset": "synthetic", "backbone": "efficientnet_lite0", "semantics": "attributes",
+                       "model": model, "hparams": "ridge=1.0"},
+               "model": model, "czsl": {"acc": czsl}, "gzsl": {"U": h, "S": h, "H": h, "gamma": 0.1}, "ausuc": h / 2}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "plots").mkdir(exist_ok=True)
+    curve = [{"S": 1.0 - t, "U": t * h * 2, "gamma": t} for t in (0.0, 0.25, 0.5)]
+    (folder / "plots/seen_unseen.json").write_text(json.dumps(curve))
+    return folder / "metrics.json"
+
+
+def test_compare_metrics_files_writes_one_table_and_one_plot(tmp_path):
+    a = _run_files(tmp_path / "a", "eszsl", 0.7, 0.4)
+    b = _run_files(tmp_path / "b", "joint_gcn", 0.8, 0.5)
+    runs = compare([str(a), f"{b}::{tmp_path / 'b/plots'}"], tmp_path / "t.md", tmp_path / "t.csv", tmp_path / "t.png")
+    assert [r.curve is not None for r in runs] == [True, True]
+    table = (tmp_path / "t.md").read_text().splitlines()
+    assert len(table) == 4 and "| eszsl |" in table[2] and "| 0.8 | 0.5 | 0.5 | 0.5 | 0.25 |" in table[3]
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "t.csv").read_text())))
+    assert [(r["model"], float(r["H"])) for r in rows] == [("eszsl", 0.4), ("joint_gcn", 0.5)]
+    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_reads_git_revisions_and_dvc_experiments(tmp_path, monkeypatch):
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    git("config", "user.email", "t@t")
+    git("config", "user.name", "t")
+    _run_files(tmp_path, "eszsl", 0.7, 0.4)
+    git("add", ".")
+    git("commit", "-qm", "eszsl")
+    git("update-ref", "refs/exps/ab/cdef0123/lucid-gcn", "HEAD")  # where dvc exp run keeps an experiment
+    _run_files(tmp_path, "joint_gcn", 0.8, 0.5)  # the workspace moved on
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["compare"])  # default: metrics.json and every experiment
+    assert result.exit_code == 0, result.output
+    assert "| metrics.json | joint_gcn |" in result.output and "| lucid-gcn | eszsl |" in result.output
+    assert read_run("HEAD").metrics["model"] == "eszsl" and read_run("HEAD").curve is not None
+    assert (tmp_path / "comparison.png").is_file() and (tmp_path / "comparison.csv").is_file()
+    with pytest.raises(PipelineError, match="neither a metrics file nor a git revision"):
+        read_run("no-such-run")
