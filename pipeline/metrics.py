@@ -230,7 +230,7 @@ def plot_seen_unseen_curves(curves: list[Curve], path: str | Path, title: str = 
             ax.plot(*curve.point, marker="o", markersize=8, markerfacecolor="none", color=line.get_color())
     ax.set(xlabel="S: accuracy on seen classes", ylabel="U: accuracy on unseen classes",
            xlim=(0, 1), ylim=(0, 1), title=title)
-    ax.legend(loc="upper right", title="○: operating point (chosen γ)", title_fontsize="small", fontsize="small")
+    ax.legend(loc="lower left", title="○: operating point (chosen γ)", title_fontsize="small", fontsize="small")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     with written_whole(path, "plot") as partial:
