@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def _interrupted_while_starting(signum: int, frame: object) -> None:
@@ -40,8 +41,8 @@ class _Command(click.Command):
     under the start-up Ctrl-C handler before running, and turns a PipelineError into one line on stderr
     and exit status 1."""
 
-    def __init__(self, *args: object, **kwargs: object):
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
         self.params.append(click.Option(["-v", "--verbose"], is_flag=True, expose_value=False, callback=_verbose,
                                         help="Log debugging details."))
 

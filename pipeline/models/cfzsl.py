@@ -58,7 +58,7 @@ class _FusionNet(nn.Module):
         return F.normalize(self.semantic(semantic), dim=-1)
 
 
-class CFZSL(TorchZSLModel):
+class CFZSL(TorchZSLModel[_FusionNet]):
     """Two image branches fused by summing their unit-norm outputs, one semantic branch; score = cosine.
 
     * CNN branch: standardised ``features`` (training mean/std) -> MLP -> ``joint_dim``, L2-normalised.
@@ -83,12 +83,12 @@ class CFZSL(TorchZSLModel):
     def input_sizes(self, train: Split, semantics: Semantics) -> list[int]:
         return [train.features.shape[1], clip_features(train).shape[1], semantic_inputs(semantics).shape[1]]
 
-    def build(self, sizes: list[int]) -> nn.Module:
+    def build(self, sizes: list[int]) -> _FusionNet:
         return _FusionNet(sizes[0], sizes[1], sizes[2], self.hparams)
 
     def train_net(self, train: Split, positions: np.ndarray, seen: np.ndarray, semantics: Semantics,
                   generator: torch.Generator) -> list[float]:
-        net: _FusionNet = self.trained()  # type: ignore[assignment]
+        net = self.trained()
         h = self.hparams
         cnn, clip = self.tensor(train.features), self.tensor(clip_features(train))
         net.cnn_standardize.set_from(cnn)
@@ -113,7 +113,7 @@ class CFZSL(TorchZSLModel):
                             generator=generator, name=self.name)
 
     def image_embeddings(self, data: Split) -> np.ndarray:
-        net: _FusionNet = self.trained()  # type: ignore[assignment]
+        net = self.trained()
         clip = clip_features(data)
         if data.features.shape[1] != self.sizes[0] or clip.shape[1] != self.sizes[1]:
             raise PipelineError(f"cfzsl: features are {data.features.shape[1]}-d + CLIP {clip.shape[1]}-d but the "
@@ -121,7 +121,7 @@ class CFZSL(TorchZSLModel):
         return self.embed_rows(net.images, data.features, clip)
 
     def class_embeddings(self, semantics: Semantics) -> np.ndarray:
-        net: _FusionNet = self.trained()  # type: ignore[assignment]
+        net = self.trained()
         inputs = semantic_inputs(semantics)
         if inputs.shape[1] != self.sizes[2]:
             raise PipelineError(f"cfzsl: attributes + CLIP text are {inputs.shape[1]}-d but the model was fitted on "

@@ -151,7 +151,7 @@ class DRMNNet(nn.Module):
         return (1.0 - global_weight) * a + global_weight * g
 
 
-class DRMN(TorchZSLModel):
+class DRMN(TorchZSLModel[DRMNNet]):
     """Dual Relation Mining Network on cached grid features; see the module docstring.
 
     Hyperparameters: ``epochs``, ``lr``, ``batch_size``, ``weight_decay`` (AdamW); ``heads``, ``layers``
@@ -188,7 +188,7 @@ class DRMN(TorchZSLModel):
         mid = list(train.grid.with_mid().level_dims[:1]) if self.hparams["multi_level"] and train.grid.has_mid else []
         return [train.grid.shape[1], train.features.shape[1], n_attributes, semantics.attribute_vectors.shape[1], *mid]
 
-    def build(self, sizes: list[int]) -> nn.Module:
+    def build(self, sizes: list[int]) -> DRMNNet:
         return DRMNNet(sizes[0], sizes[1], sizes[2], sizes[3], self.hparams, tuple(sizes[4:]))
 
     def _levels(self, data: Split) -> Split:
@@ -203,7 +203,7 @@ class DRMN(TorchZSLModel):
 
     def train_net(self, train: Split, positions: np.ndarray, seen: np.ndarray, semantics: Semantics,
                   generator: torch.Generator) -> list[float]:
-        net: DRMNNet = self.trained()  # type: ignore[assignment]
+        net = self.trained()
         h = self.hparams
         assert semantics.attribute_vectors is not None
         net.attribute_vectors.copy_(self.tensor(l2_normalize(semantics.attribute_vectors)))
@@ -229,7 +229,7 @@ class DRMN(TorchZSLModel):
                              class_index=class_index)
 
     def image_embeddings(self, data: Split) -> np.ndarray:
-        net: DRMNNet = self.trained()  # type: ignore[assignment]
+        net = self.trained()
         if data.grid is not None and data.grid.shape[1] != self.sizes[0]:
             raise PipelineError(f"drmn: grid features are {data.grid.shape[1]}-d but the model was fitted on "
                                 f"{self.sizes[0]}-d ones (another backbone?)")

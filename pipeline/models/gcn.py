@@ -130,7 +130,7 @@ def fit_gcn(net: _AnchoredGCN, g: _GraphInputs, seen: np.ndarray, anchor_rows: n
     return losses
 
 
-class _AnchoredModel(TorchZSLModel):
+class _AnchoredModel(TorchZSLModel[_AnchoredGCN]):
     """What both GCN models share: anchors, the anchored GCN, and the class embeddings it predicts."""
 
     selection_folds = 5  # the closed form stands in for the Adam epochs during selection
@@ -143,7 +143,7 @@ class _AnchoredModel(TorchZSLModel):
         dim = train.features.shape[1] + 1
         return [graph.node_vectors.shape[1], dim, min(len(np.unique(train.labels)), dim)]  # rank: see train_net
 
-    def build(self, sizes: list[int]) -> nn.Module:
+    def build(self, sizes: list[int]) -> _AnchoredGCN:
         return _AnchoredGCN(sizes[0], sizes[1], max(sizes[2], 1), self.hparams)
 
     def fit(self, train: Split, seen: np.ndarray, semantics: Semantics, seed: int) -> dict[str, Any]:
@@ -163,7 +163,7 @@ class _AnchoredModel(TorchZSLModel):
         g = _GraphInputs(self.name, semantics, h, self.device)
         log.info("%s: %d anchors from %s supervision, graph of %d nodes", self.name, len(rows), self.supervision,
                  len(g.nodes))
-        net: _AnchoredGCN = self.net  # type: ignore[assignment]
+        net = self.trained()
         return fit_gcn(net, g, seen, rows, h, self.extra_loss(seen, g.n_classes), self.name)
 
     def extra_loss(self, seen: np.ndarray, n_classes: int) -> Any:
@@ -179,7 +179,7 @@ class _AnchoredModel(TorchZSLModel):
 
     @torch.no_grad()
     def _coordinates(self, semantics: Semantics) -> torch.Tensor:
-        net: _AnchoredGCN = self.trained()  # type: ignore[assignment]
+        net = self.trained()
         g = _GraphInputs(self.name, semantics, self.hparams, self.device)
         if g.nodes.shape[1] != self.sizes[0]:
             raise PipelineError(f"{self.name}: node vectors are {g.nodes.shape[1]}-d but the model was "
@@ -207,7 +207,7 @@ class GCNRegression(_AnchoredModel):
         return self._check_features(data)
 
     def class_embeddings(self, semantics: Semantics) -> np.ndarray:
-        net: _AnchoredGCN = self.trained()  # type: ignore[assignment]
+        net = self.trained()
         return (self._coordinates(semantics) @ net.basis).float().cpu().numpy()
 
 
@@ -238,7 +238,7 @@ class JointGCN(_AnchoredModel):
         return separation
 
     def image_embeddings(self, data: Split) -> np.ndarray:
-        net: _AnchoredGCN = self.trained()  # type: ignore[assignment]
+        net = self.trained()
         x = torch.as_tensor(self._check_features(data), device=self.device)
         return F.normalize(x @ net.basis.T, dim=-1).cpu().numpy()
 

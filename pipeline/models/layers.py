@@ -8,7 +8,7 @@ import math
 import time
 from abc import abstractmethod
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -21,6 +21,7 @@ from pipeline.errors import PipelineError
 from pipeline.models.base import Graph, Semantics, Split, ZSLModel, epoch_bar, seed_everything
 
 log = logging.getLogger(__name__)
+NetT = TypeVar("NetT", bound=nn.Module)
 CHUNK = 8192  # rows per forward pass when embedding many images
 
 
@@ -239,7 +240,7 @@ def train_epochs(
     return losses
 
 
-class TorchZSLModel(ZSLModel):
+class TorchZSLModel(ZSLModel, Generic[NetT]):
     """A model whose trained part is one ``nn.Module`` (``self.net``) built from a few input sizes.
 
     Subclasses implement :meth:`build` (sizes -> module, using ``self.hparams``) and :meth:`train_net`;
@@ -249,11 +250,11 @@ class TorchZSLModel(ZSLModel):
     def __init__(self, **hparams: Any):
         super().__init__(**hparams)
         self.device = resolve_device(self.hparams["device"])
-        self.net: nn.Module | None = None
+        self.net: NetT | None = None
         self.sizes: list[int] = []
 
     @abstractmethod
-    def build(self, sizes: list[int]) -> nn.Module:
+    def build(self, sizes: list[int]) -> NetT:
         """The untrained module for input sizes ``sizes`` (see each subclass)."""
 
     @abstractmethod
@@ -281,7 +282,7 @@ class TorchZSLModel(ZSLModel):
         log.info("%s: fitted on %d images of %d seen classes in %.1f s", self.name, len(positions), len(seen), seconds)
         return {"loss": losses, "seconds": seconds}
 
-    def trained(self) -> nn.Module:
+    def trained(self) -> NetT:
         if self.net is None:
             raise PipelineError(f"{self.name}: the model is not trained; call fit or load_state first")
         return self.net

@@ -103,7 +103,7 @@ class _MSDNNet(nn.Module):
         return {"psi": psi, "phi": phi, "alpha": alpha, "gamma": gamma}
 
 
-class MSDN(TorchZSLModel):
+class MSDN(TorchZSLModel[_MSDNNet]):
     """Mutually Semantic Distillation Network over grid features; see the module docstring.
 
     Needs ``Split.grid`` (extract with ``--grid``) and ``semantics.attribute_vectors`` [A, E] whose A
@@ -143,7 +143,7 @@ class MSDN(TorchZSLModel):
                                 "(params: extract.grid: true)")
         return [int(train.grid.shape[1]), len(vectors), vectors.shape[1]]
 
-    def build(self, sizes: list[int]) -> nn.Module:
+    def build(self, sizes: list[int]) -> _MSDNNet:
         return _MSDNNet(sizes[0], sizes[1], sizes[2], bool(self.hparams["normalize_attribute_vectors"]))
 
     def _classes(self, semantics: Semantics) -> np.ndarray:
@@ -151,7 +151,7 @@ class MSDN(TorchZSLModel):
 
     def train_net(self, train: Split, positions: np.ndarray, seen: np.ndarray, semantics: Semantics,
                   generator: torch.Generator) -> list[float]:
-        net: _MSDNNet = self.trained()  # type: ignore[assignment]
+        net = self.trained()
         h = self.hparams
         with torch.no_grad():
             net.attribute_vectors.copy_(self.tensor(self._attribute_vectors(semantics)))
@@ -193,12 +193,12 @@ class MSDN(TorchZSLModel):
     def attention(self, grid: np.ndarray | torch.Tensor) -> dict[str, np.ndarray]:
         """The sub-networks on grid features [B, R, D]: ``alpha`` [B, A, R] (sums to 1 over regions),
         ``gamma`` [B, R, A] (sums to 1 over attributes), ``psi`` and ``phi`` [B, A]."""
-        net: _MSDNNet = self.trained()  # type: ignore[assignment]
+        net = self.trained()
         out = net(torch.as_tensor(np.asarray(grid), dtype=torch.float32, device=self.device))
         return {k: v.float().cpu().numpy() for k, v in out.items()}
 
     def image_embeddings(self, data: Split) -> np.ndarray:
-        net: _MSDNNet = self.trained()  # type: ignore[assignment]
+        net = self.trained()
         self._check_grid(data)
         w = float(self.hparams["combine"])
 

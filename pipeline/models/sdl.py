@@ -125,7 +125,7 @@ class _SDLNet(nn.Module):
         return self.head(self.standardize(pooled)).view(len(pooled), self.k, self.embed_dim)
 
 
-class SDL(TorchZSLModel):
+class SDL(TorchZSLModel[_SDLNet]):
     """K principal vectors per image, the SDL ranking loss with semantic-diversity weighting."""
 
     name = "sdl"
@@ -170,12 +170,12 @@ class SDL(TorchZSLModel):
         grid_dim = int(train.grid.shape[1]) if self._uses_grid(train) else 0  # type: ignore[union-attr]
         return [train.features.shape[1], grid_dim, semantics.vectors.shape[1]]
 
-    def build(self, sizes: list[int]) -> nn.Module:
+    def build(self, sizes: list[int]) -> _SDLNet:
         return _SDLNet(sizes[0], sizes[1], sizes[2], self.hparams)
 
     def train_net(self, train: Split, positions: np.ndarray, seen: np.ndarray, semantics: Semantics,
                   generator: torch.Generator) -> list[float]:
-        net: _SDLNet = self.trained()  # type: ignore[assignment]
+        net = self.trained()
         h = self.hparams
         vectors = l2_normalize(semantics.vectors)[seen]
         tags = self.tensor(vectors)
@@ -206,7 +206,7 @@ class SDL(TorchZSLModel):
                             scheduler=schedule)
 
     def image_embeddings(self, data: Split) -> np.ndarray:
-        net: _SDLNet = self.trained()  # type: ignore[assignment]
+        net = self.trained()
         if data.features.shape[1] != self.sizes[0]:
             raise PipelineError(f"sdl: features are {data.features.shape[1]}-d but the model was fitted on "
                                 f"{self.sizes[0]}-d")
