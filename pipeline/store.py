@@ -54,6 +54,7 @@ import numpy as np
 from pipeline.choices import DTYPES
 from pipeline.datasets.base import SPLIT_NAMES, ImageDataset
 from pipeline.errors import PipelineError
+from pipeline.hdf5 import decoded, open_for_reading, strings
 
 SCHEMA_VERSION = 2
 _READABLE_SCHEMAS = (1, 2)
@@ -301,12 +302,7 @@ class FeatureStore:
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
-        if not self.path.is_file():
-            raise PipelineError(f"{self.path}: feature file not found; create it with: python cli.py extract ...")
-        try:
-            self._f = h5py.File(self.path, "r")
-        except OSError as e:
-            raise PipelineError(f"{self.path}: not a readable HDF5 file ({e}); delete it and extract again") from e
+        self._f = open_for_reading(self.path, "feature file", "zsl extract ...")
         _check_schema(self._f, self.path)
 
     def __enter__(self) -> FeatureStore:
@@ -329,25 +325,16 @@ class FeatureStore:
 
     @property
     def provenance(self) -> dict[str, Any]:
-        """All file attributes, arrays as lists and JSON-encoded dicts decoded."""
-        out: dict[str, Any] = {}
-        for key, value in self._f.attrs.items():
-            if isinstance(value, np.ndarray):
-                value = value.tolist()
-            elif isinstance(value, np.generic):
-                value = value.item()
-            if isinstance(value, str) and value.startswith("{"):
-                value = json.loads(value)
-            out[key] = value
-        return out
+        """All file attributes, arrays as lists and JSON-encoded lists and dicts decoded."""
+        return decoded(self._f.attrs)
 
     @property
     def classes(self) -> list[str]:
-        return [c.decode() for c in self._f["classes"][:]]
+        return strings(self._f["classes"])
 
     @property
     def image_ids(self) -> list[str]:
-        return [c.decode() for c in self._f["image_ids"][:]]
+        return strings(self._f["image_ids"])
 
     @property
     def labels(self) -> np.ndarray:
@@ -380,7 +367,7 @@ class FeatureStore:
         if "head" not in self._f:
             return None
         return Head(self._f["head/weight"][:], self._f["head/bias"][:],
-                    [c.decode() for c in self._f["head/classes"][:]])
+                    strings(self._f["head/classes"]))
 
     @property
     def has_grid(self) -> bool:

@@ -1,7 +1,6 @@
 """Read access to the semantics file written by :mod:`pipeline.semantics.build` (schema there)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -9,15 +8,7 @@ import h5py
 import numpy as np
 
 from pipeline.errors import PipelineError
-
-
-def _decoded(attrs: h5py.AttributeManager) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in attrs.items():
-        if isinstance(value, str) and value[:1] and value[:1] in "[{":
-            value = json.loads(value)
-        out[key] = value.item() if isinstance(value, np.generic) else value
-    return out
+from pipeline.hdf5 import decoded, open_for_reading, strings
 
 
 class SemanticsFile:
@@ -25,12 +16,7 @@ class SemanticsFile:
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
-        if not self.path.is_file():
-            raise PipelineError(f"{self.path}: semantics file not found; build it with: python cli.py semantics ...")
-        try:
-            self._f = h5py.File(self.path, "r")
-        except OSError as e:
-            raise PipelineError(f"{self.path}: not a readable HDF5 file ({e}); delete it and rebuild") from e
+        self._f = open_for_reading(self.path, "semantics file", "zsl semantics ...")
         if "classes" not in self._f or "class_texts" not in self._f:
             raise PipelineError(f"{self.path}: not a semantics file; build it with: python cli.py semantics ...")
 
@@ -42,11 +28,11 @@ class SemanticsFile:
 
     @property
     def classes(self) -> list[str]:
-        return [c.decode() for c in self._f["classes"][:]]
+        return strings(self._f["classes"])
 
     @property
     def class_texts(self) -> list[str]:
-        return [c.decode() for c in self._f["class_texts"][:]]
+        return strings(self._f["class_texts"])
 
     def has(self, name: str) -> bool:
         """Whether the part ``name`` (``attributes``, ``text/clip``, ``attribute_text``, ``graph``) was built."""
@@ -60,7 +46,7 @@ class SemanticsFile:
     def attributes(self) -> tuple[np.ndarray, list[str]]:
         """Class-attribute matrix [C, A] and attribute names."""
         g = self._group("attributes")
-        return g["values"][:].astype(np.float32), [n.decode() for n in g["names"][:]]
+        return g["values"][:].astype(np.float32), strings(g["names"])
 
     def text(self, encoder: str) -> np.ndarray:
         """Class-name embeddings [C, E] of ``encoder`` (clip, minilm, glove)."""
@@ -78,11 +64,11 @@ class SemanticsFile:
         """The knowledge graph: wnids, names, n_classes, edges (child -> parent), ancestor edges/distances,
         node vectors and ``node_text``, the encoder that made them (None in files of older versions)."""
         g = self._group("graph")
-        wnids = [w.decode() for w in g["wnids"][:]]
+        wnids = strings(g["wnids"])
         edges = g["edges"][:]
         return {
             "wnids": wnids,
-            "names": [n.decode() for n in g["names"][:]],
+            "names": strings(g["names"]),
             "n_classes": int(g.attrs["n_classes"]),
             "edges": edges,
             "ancestor_edges": g["ancestor_edges"][:],
@@ -93,11 +79,11 @@ class SemanticsFile:
 
     def config(self) -> dict[str, Any]:
         """The settings the file was built with (:class:`pipeline.semantics.build.SemanticsConfig` fields)."""
-        return _decoded(self._f.attrs).get("config", {})
+        return decoded(self._f.attrs).get("config", {})
 
     def provenance(self, group: str) -> dict[str, Any]:
         """What made ``group`` (e.g. ``attributes``, ``text/clip``, ``graph``)."""
-        return _decoded(self._group(group).attrs)
+        return decoded(self._group(group).attrs)
 
     def describe(self) -> str:
         """Human-readable summary of every group, its shape and provenance."""
@@ -107,7 +93,7 @@ class SemanticsFile:
             if isinstance(obj, h5py.Dataset) and name not in ("classes", "class_texts"):
                 lines.append(f"  {name:28s} {str(obj.shape):16s} {obj.dtype}")
             elif isinstance(obj, h5py.Group):
-                meta = {k: v for k, v in _decoded(obj.attrs).items() if k != "inputs"}
+                meta = {k: v for k, v in decoded(obj.attrs).items() if k != "inputs"}
                 if meta:
                     shown = {k: (f"{len(v)} items" if isinstance(v, list) and len(v) > 8 else v) for k, v in meta.items()}
                     lines.append(f"  {name}: {shown}")
