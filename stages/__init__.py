@@ -1,6 +1,9 @@
-"""Thin DVC stage entry points: each reads its section of params.yaml and calls into pipeline/."""
+"""Thin DVC stage entry points: each takes the paths it reads and writes from its ``cmd`` in dvc.yaml
+(every path a stage touches is visible there), reads its sections of params.yaml and calls into
+pipeline/."""
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,11 +13,13 @@ import yaml
 from pipeline.errors import PipelineError
 from pipeline.params import check_params
 
-FEATURES = Path("features/image_features.h5")
-SEMANTICS = Path("features/semantics.h5")
-MODEL = Path("models/model.pt")
-METRICS = Path("metrics.json")
-PLOTS = Path("plots")
+
+def stage_paths(*names: str) -> argparse.Namespace:
+    """The stage's ``--name PATH`` arguments (all required), as Paths."""
+    parser = argparse.ArgumentParser()
+    for name in names:
+        parser.add_argument(f"--{name}", type=Path, required=True)
+    return parser.parse_args()
 
 
 def load_params(*sections: str, path: Path = Path("params.yaml")) -> dict[str, Any]:

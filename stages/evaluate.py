@@ -6,14 +6,15 @@ from pathlib import Path
 import pipeline  # noqa: F401
 from pipeline.errors import PipelineError
 from pipeline.evaluate import evaluate_files, headline
-from stages import FEATURES, METRICS, MODEL, PLOTS, SEMANTICS, load_params
+from stages import load_params, stage_paths
 
 
 def main() -> None:
+    paths = stage_paths("model", "features", "semantics", "metrics", "plots")
     params = load_params("train", "evaluate")
     t, e = params["train"], params["evaluate"]
     try:
-        metrics = evaluate_files(MODEL, FEATURES, SEMANTICS, METRICS, PLOTS,
+        metrics = evaluate_files(paths.model, paths.features, paths.semantics, paths.metrics, paths.plots,
                                  Path(e["candidate_sets"]) if e["candidate_sets"] else None,
                                  Path(t["clip_features"]) if t["clip_features"] else None, tuple(e["ks"]),
                                  tuple(e["tag_ks"]))

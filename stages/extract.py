@@ -5,16 +5,17 @@ from pathlib import Path
 import pipeline  # noqa: F401
 from pipeline.errors import PipelineError
 from pipeline.extract import extract_dataset
-from stages import FEATURES, load_params
+from stages import load_params, stage_paths
 
 
 def main() -> None:
+    paths = stage_paths("output")
     params = load_params("data", "extract")
     data, p = params["data"], dict(params["extract"])
     splits = Path(data["splits"]) if data.get("splits") else None
     try:
         result = extract_dataset(data["dataset"], Path(data["root"]), splits, p.pop("backbone"), p.pop("clip_model"),
-                                 p.pop("pretrained"), p.pop("image_size"), FEATURES, **p)
+                                 p.pop("pretrained"), p.pop("image_size"), paths.output, **p)
     except PipelineError as e:
         sys.exit(f"error: {e}")
     print(result.summary())  # failures within extract.max_failures are recorded, not fatal: the stage succeeds

@@ -4,18 +4,20 @@ import sys
 import pipeline  # noqa: F401
 from pipeline.errors import PipelineError
 from pipeline.semantics.build import SemanticsConfig, build_semantics
-from stages import FEATURES, SEMANTICS, load_params
+from stages import load_params, stage_paths
 
 
 def main() -> None:
+    paths = stage_paths("features", "output")
     params = load_params("data", "semantics")
     settings = dict(params["semantics"])
     settings["text"] = tuple(settings.get("text") or ())
     try:
-        built = build_semantics(FEATURES, SEMANTICS, SemanticsConfig(data_root=params["data"]["root"], **settings))
+        cfg = SemanticsConfig(data_root=params["data"]["root"], **settings)
+        built = build_semantics(paths.features, paths.output, cfg)
     except PipelineError as e:
         sys.exit(f"error: {e}")
-    print(f"{SEMANTICS}: built {', '.join(built) or 'nothing (all parts up to date)'}")
+    print(f"{paths.output}: built {', '.join(built) or 'nothing (all parts up to date)'}")
 
 
 if __name__ == "__main__":

@@ -5,19 +5,21 @@ from pathlib import Path
 import pipeline  # noqa: F401
 from pipeline.errors import PipelineError
 from pipeline.train import TrainConfig, describe_checkpoint, train_files
-from stages import FEATURES, MODEL, SEMANTICS, load_params
+from stages import load_params, stage_paths
 
 
 def main() -> None:
+    paths = stage_paths("features", "semantics", "output")
     params = load_params("train")
     model, t = params["model"], params["train"]
     cfg = TrainConfig(model=model, semantics=t["source"], seed=t["seed"], select=t["select"],
                       val_fraction=t["val_fraction"], hparams=params.get(model) or {}, val_folds=t["val_folds"])
     try:
-        checkpoint = train_files(FEATURES, SEMANTICS, cfg, MODEL, Path(t["clip_features"]) if t["clip_features"] else None)
+        checkpoint = train_files(paths.features, paths.semantics, cfg, paths.output,
+                                 Path(t["clip_features"]) if t["clip_features"] else None)
     except PipelineError as e:
         sys.exit(f"error: {e}")
-    print(f"{MODEL}: {describe_checkpoint(checkpoint)}")
+    print(f"{paths.output}: {describe_checkpoint(checkpoint)}")
 
 
 if __name__ == "__main__":

@@ -88,7 +88,8 @@ def test_a_stage_with_bad_parameters_stops_before_touching_anything(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(bad))
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "model.pt").write_bytes(b"finished model")
-    run = subprocess.run([sys.executable, "-m", "stages.train"], cwd=tmp_path, capture_output=True, text=True,
+    run = subprocess.run([sys.executable, "-m", "stages.train", "--features", "f.h5", "--semantics", "s.h5",
+                          "--output", "models/model.pt"], cwd=tmp_path, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert run.returncode == 1 and "Traceback" not in run.stderr
     lines = run.stderr.strip().splitlines()
