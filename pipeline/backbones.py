@@ -14,6 +14,7 @@ every run gets the same ones).
 """
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import pickle
 import warnings
@@ -24,7 +25,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from pipeline.choices import BACKBONES
+from pipeline.choices import BACKBONES, TIMM_PREFIX
 from pipeline.errors import PipelineError
 from pipeline.store import Head
 
@@ -123,6 +124,30 @@ class _EfficientNetBody(nn.Module):
         mid = n.blocks[: self.mid_stage + 1](x)
         x = n.bn2(n.conv_head(n.blocks[self.mid_stage + 1 :](mid)))
         return x.mean(dim=(2, 3)), _regions(x), _pooled_to(mid, x)
+
+
+class _TimmBody(nn.Module):
+    """Any timm model through ``forward_intermediates``: pooled features are what its classifier reads
+    (``forward_head(pre_logits=True)``), the grid its final feature map (a transformer's: the last
+    block's patch tokens), the mid grid the last stride-16 stage average-pooled to the final grid (a
+    transformer's: the patch tokens after two thirds of the blocks)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        reductions = [f["reduction"] for f in net.feature_info]
+        self.last = len(reductions) - 1
+        if len(set(reductions)) == 1:  # every block at one stride: a vision transformer
+            self.mid = round(2 * len(reductions) / 3) - 1
+            self.mid_source = "patch tokens after two thirds of the blocks"
+        else:
+            self.mid = max(i for i, r in enumerate(reductions) if r <= 16)
+            self.mid_source = f"the stride-{reductions[self.mid]} stage, average-pooled to the final grid"
+
+    def forward(self, x: torch.Tensor) -> Features:
+        final, (mid, last) = self.net.forward_intermediates(x, indices=[self.mid, self.last], output_fmt="NCHW")
+        grid = final if final.ndim == 4 else last
+        return self.net.forward_head(final, pre_logits=True), _regions(grid), _pooled_to(mid, grid)
 
 
 class _ClipViTBody(nn.Module):
@@ -265,6 +290,42 @@ def _efficientnet_lite0(pretrained: str, image_size: int) -> Backbone:
                     {"backbone": "efficientnet_lite0", "model": arch, "pretrained": source}, head)
 
 
+def _timm(name: str, pretrained: str, image_size: int | None) -> Backbone:
+    """``timm:<name>``: any timm model (``resnet50.tv_in1k``, ``convnext_base``, ``vit_base_patch16_224``, ...)
+    with the preprocessing timm resolves for it (``resolve_data_config``; ``image_size`` overrides the
+    crop, the resize keeping its crop fraction). ``pretrained``: ``imagenet`` = timm's pretrained weights
+    for that name (downloaded; offline, pass the file), a local checkpoint, or ``none``."""
+    import timm
+    from timm.data import resolve_data_config
+
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=3)
+        raise PipelineError(f"timm: unknown model {name!r}" + (f"; similar: {', '.join(close)}" if close else ""))
+    if pretrained == "none":
+        _warn_random(f"timm:{name}")
+    elif pretrained != "imagenet" and not Path(pretrained).is_file():
+        raise PipelineError(f"timm:{name}: --pretrained {pretrained!r} is neither 'imagenet', 'none' nor a file")
+    try:
+        net = _seeded_init(lambda: timm.create_model(name, pretrained=pretrained == "imagenet"))
+    except (OSError, RuntimeError, ValueError) as e:  # no network, no weights for this name
+        raise PipelineError(f"timm:{name}: cannot fetch its pretrained weights ({type(e).__name__}); offline, save "
+                            "them elsewhere (timm.create_model(name, pretrained=True).state_dict()) and pass "
+                            "--pretrained /path/to/it.pth") from None
+    if pretrained not in ("none", "imagenet"):
+        _load_state(net, _read_checkpoint(Path(pretrained)), pretrained)
+    net.eval()
+    cfg = resolve_data_config({}, model=net)
+    size = image_size or cfg["input_size"][-1]
+    pre = Preprocess(size, round(size / cfg["crop_pct"]), cfg["interpolation"], tuple(cfg["mean"]), tuple(cfg["std"]))
+    classifier = net.get_classifier()
+    head = (_imagenet_head(classifier) if pretrained != "none" and isinstance(classifier, nn.Linear)
+            and classifier.out_features == 1000 else None)
+    tag = net.pretrained_cfg.get("tag") if pretrained == "imagenet" else None
+    source = f"timm:{name}" + (f".{tag}" if tag and not name.endswith(f".{tag}") else "") if pretrained == "imagenet" \
+        else pretrained
+    return Backbone(_TimmBody(net), pre, {"backbone": f"timm:{name}", "model": name, "pretrained": source}, head)
+
+
 def create_clip_model(model: str, pretrained: str, option: str = "--pretrained") -> nn.Module:
     """The whole open_clip model (image and text towers), frozen, in eval mode on the CPU.
 
@@ -331,4 +392,6 @@ def load_backbone(backbone: str, model: str | None, pretrained: str, image_size:
         return _efficientnet_lite0(pretrained, image_size or 224)
     if backbone == "clip":
         return _clip(model or "ViT-B-32", pretrained, image_size)
-    raise PipelineError(f"unknown backbone {backbone!r}; choose one of {BACKBONES}")
+    if backbone.startswith(TIMM_PREFIX):
+        return _timm(backbone[len(TIMM_PREFIX):], pretrained, image_size)
+    raise PipelineError(f"unknown backbone {backbone!r}; choose one of {BACKBONES} or {TIMM_PREFIX}<timm model name>")

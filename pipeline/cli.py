@@ -25,10 +25,21 @@ signal.signal(signal.SIGINT, _interrupted_while_starting)
 
 import click  # noqa: E402
 
-from pipeline.choices import BACKBONES, DATASETS, DTYPES  # noqa: E402
+from pipeline.choices import BACKBONES, DATASETS, DTYPES, TIMM_PREFIX  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
 
 EXIT_IMAGES_FAILED = 3
+
+
+def _backbone(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Click callback: a built-in backbone name or timm:<model>."""
+    if value in BACKBONES or (value.startswith(TIMM_PREFIX) and len(value) > len(TIMM_PREFIX)):
+        return value
+    raise click.BadParameter(f"{value!r}: use one of {', '.join(BACKBONES)}, or {TIMM_PREFIX}<timm model name> "
+                             f"(e.g. {TIMM_PREFIX}convnext_tiny)", param=param)
+
+
+BACKBONE_HELP = f"{', '.join(BACKBONES)}, or {TIMM_PREFIX}<any timm model> (e.g. {TIMM_PREFIX}resnet50.tv_in1k)."
 
 
 def _verbose(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -76,7 +87,7 @@ def cli(verbose: bool) -> None:
 @click.option("--splits", type=click.Path(path_type=Path), default=None,
               help="imagenet-split.json (ImageNet), xlsa17 att_splits.mat (CUB, AWA2, SUN), cls_ids.pickle "
                    "(COCO), unseen tag list (tags), unseen class list (folder: makes it a zero-shot dataset).")
-@click.option("--backbone", type=click.Choice(BACKBONES), default="efficientnet_lite0", show_default=True)
+@click.option("--backbone", default="efficientnet_lite0", show_default=True, callback=_backbone, help=BACKBONE_HELP)
 @click.option("--clip-model", default=None, help="open_clip architecture for --backbone clip [default: ViT-B-32].")
 @click.option("--pretrained", default="imagenet", show_default=True,
               help="Weights: a tag (imagenet, IMAGENET1K_V2, openai, laion2b_s34b_b79k, ...), a local file, or none.")
@@ -261,8 +272,8 @@ def evaluate(model_file: Path, features: Path, semantics: Path, clip_features: P
               help="Penalise the model's seen classes by its gamma when the candidates mix seen and new classes.")
 @click.option("--output", type=click.Path(path_type=Path), default=None,
               help="Write the predictions here (.csv or .json) [default: CSV on stdout].")
-@click.option("--backbone", type=click.Choice(BACKBONES), default="efficientnet_lite0", show_default=True,
-              help="For image files: the backbone the model's features came from (checked).")
+@click.option("--backbone", default="efficientnet_lite0", show_default=True, callback=_backbone,
+              help="For image files: the backbone the model's features came from (checked): " + BACKBONE_HELP)
 @click.option("--clip-model", default=None, help="open_clip architecture for --backbone clip [default: ViT-B-32].")
 @click.option("--pretrained", default="imagenet", show_default=True)
 @click.option("--image-size", type=click.IntRange(min=16), default=None)

@@ -13,10 +13,8 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from pipeline.backbones import BACKBONES
-from pipeline.datasets import DATASETS
+from pipeline.choices import BACKBONES, DATASETS, DTYPES, TIMM_PREFIX
 from pipeline.errors import PipelineError
-from pipeline.store import DTYPES
 
 Check = Callable[[Any], tuple[bool, Any, str]]  # value -> (ok, value to use, what it should be)
 
@@ -27,6 +25,11 @@ def _text(optional: bool = False) -> Check:
 
 def _choice(*choices: str) -> Check:
     return lambda v: (v in choices, v, f"one of {', '.join(choices)}")
+
+
+def _backbone(v: Any) -> tuple[bool, Any, str]:
+    ok = v in BACKBONES or (isinstance(v, str) and v.startswith(TIMM_PREFIX) and len(v) > len(TIMM_PREFIX))
+    return ok, v, f"one of {', '.join(BACKBONES)}, or {TIMM_PREFIX}<timm model name>"
 
 
 def _flag(v: Any) -> tuple[bool, Any, str]:
@@ -63,7 +66,7 @@ def _list(item: Check, example: str) -> Check:
 SCHEMA: dict[str, dict[str, Check]] = {
     "data": {"dataset": _choice(*DATASETS), "root": _text(), "splits": _text(optional=True)},
     "synthetic": {"images_per_class": _whole(2), "image_size": _whole(16), "seed": _whole(0), "multilabel": _flag},
-    "extract": {"backbone": _choice(*BACKBONES), "clip_model": _text(optional=True), "pretrained": _text(),
+    "extract": {"backbone": _backbone, "clip_model": _text(optional=True), "pretrained": _text(),
                 "image_size": _whole(16, optional=True), "grid": _flag, "mid_grid": _flag, "dtype": _choice(*DTYPES),
                 "batch_size": _whole(1), "workers": _whole(0), "device": _text(), "max_failures": _number(0)},
     "semantics": {"attributes": _text(optional=True), "attribute_key": _text(), "attribute_names": _text(optional=True),

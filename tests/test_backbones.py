@@ -122,3 +122,32 @@ def test_unknown_names_are_errors():
         load_backbone("vgg16", None, "none", 64)
     with pytest.raises(PipelineError, match="unknown pretrained"):
         load_backbone("resnet18", None, "IMAGENET9K", 64)
+
+
+def test_timm_backbone_gives_what_its_classifier_reads_and_its_stages(tmp_path: Path):
+    with pytest.warns(UserWarning, match="RANDOM"):
+        backbone = load_backbone("timm:resnet18", None, "none", 64)
+    net = backbone.body.net
+    assert backbone.feature_dim == 512 and backbone.grid_shape == (4, 512) and backbone.mid_grid_shape == (4, 256)
+    assert backbone.head is None and backbone.provenance["backbone"] == "timm:resnet18"
+    assert backbone.preprocess.interpolation == "bicubic" and backbone.preprocess.resize_size == round(64 / 0.95)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        pooled, grid, _ = backbone(x)
+        torch.testing.assert_close(pooled, net.forward_head(net.forward_features(x), pre_logits=True))
+        torch.testing.assert_close(grid, net.forward_features(x).flatten(2).transpose(1, 2))
+
+
+def test_timm_backbone_from_a_local_file_matches_the_builtin_lite0(tmp_path: Path):
+    builtin = load_backbone("efficientnet_lite0", None, "imagenet", 224)
+    weights = tmp_path / "lite0.pth"
+    torch.save(builtin.body.net.state_dict(), weights)  # timm's names: a file timm users have
+    backbone = load_backbone("timm:tf_efficientnet_lite0", None, str(weights), None)
+    assert backbone.provenance["pretrained"] == str(weights) and backbone.head is not None
+    np.testing.assert_array_equal(backbone.head.weight, builtin.head.weight)
+    x = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        for ours, theirs in zip(backbone(x), builtin(x)):
+            torch.testing.assert_close(ours, theirs)  # same architecture, same weights: same three outputs
+    with pytest.raises(PipelineError, match="timm: unknown model 'resnet5000'; similar: "):
+        load_backbone("timm:resnet5000", None, "none", 64)
