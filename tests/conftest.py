@@ -1,4 +1,5 @@
-"""Shared fixtures: the real benchmark metadata in ../shared, when present; small real file systems."""
+"""Shared fixtures: the real benchmark metadata in ../shared, when present; small real file systems; toy
+feature stores."""
 from __future__ import annotations
 
 import os
@@ -6,9 +7,12 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import pipeline  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)
+from pipeline.datasets.base import ImageDataset
+from pipeline.store import FeatureWriter, create_store
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -45,3 +49,26 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 def read_only_folder(tmp_path: Path) -> Iterator[Path]:
     """A read-only tmpfs."""
     yield from _tmpfs(tmp_path / "ro", "ro,size=64k")
+
+
+def write_toy_store(path: Path, labels: np.ndarray, n_classes: int | list[str],
+                    splits: dict[str, np.ndarray] | None = None, pooled: np.ndarray | None = None,
+                    grid: np.ndarray | None = None, mid: np.ndarray | None = None, *,
+                    finish: bool = True) -> Path:
+    """A feature store of images ``0.jpg ...`` with these ``labels`` and classes (a count, named ``c0 ...``,
+    or the names), ``splits`` (default: every image in trainval) and, when ``pooled`` is given, these
+    rows written (``grid`` / ``mid``: their spatial features) and, with ``finish``, the store finished.
+    Without rows it stays a pending store that only fixes the classes and their order."""
+    classes = [f"c{i}" for i in range(n_classes)] if isinstance(n_classes, int) else list(n_classes)
+    n = len(labels)
+    data = ImageDataset("toy", Path("/nowhere"), [f"{i}.jpg" for i in range(n)], np.asarray(labels), classes,
+                        {"trainval": np.arange(n)} if splits is None else splits)
+    create_store(path, data, pooled.shape[1] if pooled is not None else 4, "float32",
+                 grid.shape[1:] if grid is not None else None, {},
+                 mid_grid_shape=mid.shape[1:] if mid is not None else None)
+    if pooled is not None:
+        with FeatureWriter(path) as w:
+            w.write(np.arange(n), pooled, *(a for a in (grid, mid) if a is not None))
+            if finish:
+                w.finalize({})
+    return path

@@ -16,15 +16,14 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from conftest import write_toy_store
 from PIL import Image
 
 from cli import cli
-from pipeline.datasets.base import ImageDataset
 from pipeline.errors import PipelineError
 from pipeline.models import make_model
 from pipeline.params import SCHEMA, check_params
 from pipeline.semantics.build import SemanticsConfig, build_semantics
-from pipeline.store import FeatureWriter, create_store
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -105,12 +104,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     classes = ["a", "b", "c", "d"]
     labels = np.array([0, 1, 0, 1, 0, 1, 2, 3])
     splits = {"trainval": np.arange(4), "test_seen": np.array([4, 5]), "test_unseen": np.array([6, 7])}
-    data = ImageDataset("toy", Path("/nowhere"), [f"{i}.jpg" for i in range(8)], labels, classes, splits)
-    features = tmp / "features.h5"
-    create_store(features, data, 4, "float32", None, {})
-    with FeatureWriter(features) as w:
-        w.write(np.arange(8), np.random.default_rng(0).normal(size=(8, 4)))
-        w.finalize({})
+    features = write_toy_store(tmp / "features.h5", labels, classes, splits,
+                               np.random.default_rng(0).normal(size=(8, 4)))
     table = tmp / "attributes.csv"
     table.write_text("class,red,round,furry\na,1,0,0\nb,0,1,0\nc,0,0,1\nd,1,1,0\n")
     semantics = tmp / "semantics.h5"

@@ -7,14 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_toy_store
 
-from pipeline.datasets.base import ImageDataset
 from pipeline.errors import PipelineError
 from pipeline.grid import GridSource
 from pipeline.models import make_model
 from pipeline.models.base import Semantics, Split
 from pipeline.models.drmn import DRMN, DRMNNet, LevelFusion
-from pipeline.store import FeatureWriter, create_store
 
 C, A, R, D, E, D_MID = 12, 10, 16, 32, 8, 12
 UNSEEN = np.array([9, 10, 11])
@@ -51,13 +50,8 @@ def _store(folder: Path, signal_in: str) -> dict:
     pooled = stages["grid"].mean(axis=1)
     train_rows = np.arange(len(SEEN) * per_train)
     test_rows = np.arange(len(train_rows), n)
-    path = folder / "store.h5"
-    dataset = ImageDataset("toy", Path("/nowhere"), [f"{i}.jpg" for i in range(n)], labels,
-                           [f"c{i}" for i in range(C)], {"trainval": train_rows, "test_unseen": test_rows})
-    create_store(path, dataset, D, "float32", (R, D), {}, mid_grid_shape=(R, D_MID))
-    with FeatureWriter(path) as w:
-        w.write(np.arange(n), pooled, stages["grid"], stages["grid_mid"])
-        w.finalize({})
+    path = write_toy_store(folder / "store.h5", labels, C, {"trainval": train_rows, "test_unseen": test_rows},
+                           pooled, stages["grid"], stages["grid_mid"])
 
     def split(rows: np.ndarray) -> Split:
         return Split(pooled[rows], labels[rows], grid=GridSource(path, rows))
@@ -187,12 +181,8 @@ def test_needs_grid(data: dict):
 
 def test_model_fusing_grid_mid_refuses_a_store_without_it(trained: DRMN, data: dict, tmp_path: Path):
     test = data["test"]
-    path = tmp_path / "single_level.h5"
-    dataset = ImageDataset("toy", Path("/nowhere"), [f"{i}.jpg" for i in range(len(test))], test.labels,
-                           [f"c{i}" for i in range(C)], {"test_unseen": np.arange(len(test))})
-    create_store(path, dataset, D, "float32", (R, D), {})
-    with FeatureWriter(path) as w:
-        w.write(np.arange(len(test)), test.features, np.zeros((len(test), R, D), np.float32))
+    path = write_toy_store(tmp_path / "single_level.h5", test.labels, C, {"test_unseen": np.arange(len(test))},
+                           test.features, np.zeros((len(test), R, D), np.float32), finish=False)
     other = Split(test.features, test.labels, grid=GridSource(path, np.arange(len(test))))
     with pytest.raises(PipelineError, match="lacks; extract with --grid --mid-grid"):
         trained.image_embeddings(other)

@@ -12,6 +12,7 @@ import psutil
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import write_toy_store
 
 from pipeline.datasets.base import ImageDataset
 from pipeline.errors import PipelineError
@@ -19,7 +20,7 @@ from pipeline.grid import GridSource
 from pipeline.models import MODELS, make_model
 from pipeline.models.base import Semantics, Split
 from pipeline.models.msdn import MSDN, calibration_loss, distillation_loss
-from pipeline.store import FeatureWriter, create_store
+from pipeline.store import create_store
 
 C, A, R, D, E, PER_CLASS = 12, 10, 16, 32, 8, 30
 SEEN, UNSEEN = np.arange(9), np.arange(9, 12)
@@ -51,11 +52,7 @@ class Problem:
             self.where[i, present] = rng.choice(R, len(present), replace=False)
             grid[i, self.where[i, present]] += patterns[present]
         pooled = grid.mean(axis=1)
-        self.path = root / "grid.h5"
-        create_store(self.path, _dataset(len(labels), labels, C), D, "float32", (R, D), {})
-        with FeatureWriter(self.path) as w:
-            w.write(np.arange(len(labels)), pooled, grid)
-            w.finalize({})
+        self.path = write_toy_store(root / "grid.h5", labels, C, pooled=pooled, grid=grid)
         data = Split(pooled, labels, grid=GridSource(self.path, np.arange(len(labels))))
         self.grid = grid
         self.train = data.subset(np.flatnonzero(labels < len(SEEN)))

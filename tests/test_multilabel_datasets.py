@@ -7,16 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_toy_store
 
 from pipeline.datasets import load_dataset
 from pipeline.datasets import nus_wide as nus
-from pipeline.datasets.base import ImageDataset
 from pipeline.datasets.coco import load_coco
 from pipeline.datasets.tag_table import load_tag_table
 from pipeline.errors import PipelineError
 from pipeline.semantics.build import SemanticsConfig, build_semantics
 from pipeline.semantics.file import SemanticsFile
-from pipeline.store import create_store
 
 # --- NUS-WIDE ------------------------------------------------------------------------------------
 
@@ -223,10 +222,7 @@ def test_tag_table_errors_name_the_fix(tmp_path):
 
 def _feature_file(path: Path, classes: list[str]) -> Path:
     """A (pending) feature store whose only role here is to fix the class list and order."""
-    n = len(classes)
-    data = ImageDataset("toy", Path("/nowhere"), [f"{i}.jpg" for i in range(n)], np.arange(n), classes)
-    create_store(path, data, 4, "float32", None, {})
-    return path
+    return write_toy_store(path, np.arange(len(classes)), classes)
 
 
 def _pickle(path: Path, obj: object) -> Path:

@@ -9,24 +9,20 @@ import numpy as np
 import pytest
 import scipy.io
 from click.testing import CliRunner
+from conftest import write_toy_store
 
 from cli import cli
-from pipeline.datasets.base import ImageDataset
 from pipeline.datasets.synthetic import generate_synthetic, synthetic_attributes
 from pipeline.errors import PipelineError
 from pipeline.semantics.attributes import align, normalise, read_attribute_names, read_attributes
 from pipeline.semantics.build import SemanticsConfig, build_semantics
 from pipeline.semantics.file import SemanticsFile
 from pipeline.semantics.text import WordVectors
-from pipeline.store import create_store
 
 
 def _feature_file(path: Path, classes: list[str]) -> Path:
     """A (pending) feature store whose only role here is to fix the class list and order."""
-    n = len(classes)
-    data = ImageDataset("toy", Path("/nowhere"), [f"{i}.jpg" for i in range(n)], np.arange(n), classes)
-    create_store(path, data, 4, "float32", None, {})
-    return path
+    return write_toy_store(path, np.arange(len(classes)), classes)
 
 
 @pytest.mark.parametrize("name, shape", [("CUB", (200, 312)), ("SUN", (717, 102)), ("AWA2", (50, 85))])
