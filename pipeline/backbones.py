@@ -18,6 +18,7 @@ import difflib
 import importlib.util
 import pickle
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -194,7 +195,24 @@ def _seeded_init(build: Callable[[], nn.Module]) -> nn.Module:
 
 def _warn_random(name: str) -> None:
     warnings.warn(f"{name}: pretrained=none, using RANDOM weights; features will not be meaningful for recognition",
-                  stacklevel=2)
+                  stacklevel=3)
+
+
+def resolve_weights(name: str, pretrained: str, tags: Sequence[str], option: str = "--pretrained") -> tuple[str, str]:
+    """What ``pretrained`` names for backbone ``name``, the same for every family: ``("none", "")`` (random
+    weights, with a warning), ``("file", path)`` (a local checkpoint) or ``("tag", tag)`` (one of ``tags``,
+    which the family downloads or ships); anything else is a one-line error listing the tags (``option``:
+    the user's name for the setting)."""
+    if pretrained == "none":
+        _warn_random(name)
+        return "none", ""
+    if Path(pretrained).is_file():
+        return "file", pretrained
+    if pretrained in tags:
+        return "tag", pretrained
+    shown = ", ".join(list(tags)[:8]) + (", ..." if len(tags) > 8 else "")
+    raise PipelineError(f"{name}: {option} {pretrained!r} is not a file nor a known tag ({shown}); use a tag, a "
+                        "local checkpoint file, or none")
 
 
 def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
@@ -223,18 +241,12 @@ def _resnet(arch: str, pretrained: str, image_size: int) -> Backbone:
     import torchvision
 
     net = _seeded_init(lambda: torchvision.models.get_model(arch, weights=None))
-    source = pretrained
-    if pretrained == "none":
-        _warn_random(arch)
-    elif Path(pretrained).is_file():
-        _load_state(net, _read_checkpoint(Path(pretrained)), pretrained)
-    else:
-        tag = "DEFAULT" if pretrained == "imagenet" else pretrained
-        try:
-            weights = torchvision.models.get_model_weights(arch)[tag]
-        except KeyError:
-            known = ["imagenet", *torchvision.models.get_model_weights(arch).__members__]
-            raise PipelineError(f"{arch}: unknown pretrained {pretrained!r}; use one of {known}, a file or none")
+    kind, value = resolve_weights(arch, pretrained, ["imagenet", *torchvision.models.get_model_weights(arch).__members__])
+    source = value
+    if kind == "file":
+        _load_state(net, _read_checkpoint(Path(value)), value)
+    elif kind == "tag":
+        weights = torchvision.models.get_model_weights(arch)["DEFAULT" if value == "imagenet" else value]
         source = f"torchvision:{weights}"
         try:
             state = weights.get_state_dict(progress=False)
@@ -245,8 +257,8 @@ def _resnet(arch: str, pretrained: str, image_size: int) -> Backbone:
             ) from e
         net.load_state_dict(state)
     pre = Preprocess(image_size, round(image_size / 0.875), "bilinear", IMAGENET_MEAN, IMAGENET_STD)
-    head = None if pretrained == "none" else _imagenet_head(net.fc)
-    return Backbone(_ResNetBody(net), pre, {"backbone": arch, "model": arch, "pretrained": source}, head)
+    head = None if kind == "none" else _imagenet_head(net.fc)
+    return Backbone(_ResNetBody(net), pre, {"backbone": arch, "model": arch, "pretrained": source or "none"}, head)
 
 
 def lite0_package_weights() -> Path:
@@ -267,13 +279,10 @@ def _efficientnet_lite0(pretrained: str, image_size: int) -> Backbone:
 
     arch = "tf_efficientnet_lite0"
     net = _seeded_init(lambda: timm.create_model(arch, pretrained=False))
-    source = pretrained
-    if pretrained == "none":
-        _warn_random("efficientnet_lite0")
-    else:
-        path = lite0_package_weights() if pretrained == "imagenet" else Path(pretrained)
-        if not path.is_file():
-            raise PipelineError(f"efficientnet_lite0: {pretrained!r} is neither 'imagenet', 'none' nor a file")
+    kind, value = resolve_weights("efficientnet_lite0", pretrained, ["imagenet"])
+    source = "none"
+    if kind != "none":
+        path = lite0_package_weights() if kind == "tag" else Path(value)
         state = _read_checkpoint(path)
         if all(k.startswith("_") for k in state):
             # The package uses the EfficientNet-PyTorch names (_conv_stem, _blocks.N._expand_conv, ...);
@@ -283,9 +292,9 @@ def _efficientnet_lite0(pretrained: str, image_size: int) -> Backbone:
                 raise PipelineError(f"{path}: not an EfficientNet-Lite0 checkpoint")
             state = dict(zip(own, state.values()))
         _load_state(net, state, str(path))
-        source = str(path) if pretrained != "imagenet" else f"{LITE0_PACKAGE}:imagenet"
+        source = str(path) if kind == "file" else f"{LITE0_PACKAGE}:imagenet"
     pre = Preprocess(image_size, round(image_size / 0.875), "bicubic", TF_LITE_MEAN, TF_LITE_STD)
-    head = None if pretrained == "none" else _imagenet_head(net.classifier)
+    head = None if kind == "none" else _imagenet_head(net.classifier)
     return Backbone(_EfficientNetBody(net, mid_stage=4), pre,
                     {"backbone": "efficientnet_lite0", "model": arch, "pretrained": source}, head)
 
@@ -301,28 +310,25 @@ def _timm(name: str, pretrained: str, image_size: int | None) -> Backbone:
     if not timm.is_model(name):
         close = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=3)
         raise PipelineError(f"timm: unknown model {name!r}" + (f"; similar: {', '.join(close)}" if close else ""))
-    if pretrained == "none":
-        _warn_random(f"timm:{name}")
-    elif pretrained != "imagenet" and not Path(pretrained).is_file():
-        raise PipelineError(f"timm:{name}: --pretrained {pretrained!r} is neither 'imagenet', 'none' nor a file")
+    kind, value = resolve_weights(f"timm:{name}", pretrained, ["imagenet"])
     try:
-        net = _seeded_init(lambda: timm.create_model(name, pretrained=pretrained == "imagenet"))
+        net = _seeded_init(lambda: timm.create_model(name, pretrained=kind == "tag"))
     except (OSError, RuntimeError, ValueError) as e:  # no network, no weights for this name
         raise PipelineError(f"timm:{name}: cannot fetch its pretrained weights ({type(e).__name__}); offline, save "
                             "them elsewhere (timm.create_model(name, pretrained=True).state_dict()) and pass "
                             "--pretrained /path/to/it.pth") from None
-    if pretrained not in ("none", "imagenet"):
-        _load_state(net, _read_checkpoint(Path(pretrained)), pretrained)
+    if kind == "file":
+        _load_state(net, _read_checkpoint(Path(value)), value)
     net.eval()
     cfg = resolve_data_config({}, model=net)
     size = image_size or cfg["input_size"][-1]
     pre = Preprocess(size, round(size / cfg["crop_pct"]), cfg["interpolation"], tuple(cfg["mean"]), tuple(cfg["std"]))
     classifier = net.get_classifier()
-    head = (_imagenet_head(classifier) if pretrained != "none" and isinstance(classifier, nn.Linear)
+    head = (_imagenet_head(classifier) if kind != "none" and isinstance(classifier, nn.Linear)
             and classifier.out_features == 1000 else None)
-    tag = net.pretrained_cfg.get("tag") if pretrained == "imagenet" else None
-    source = f"timm:{name}" + (f".{tag}" if tag and not name.endswith(f".{tag}") else "") if pretrained == "imagenet" \
-        else pretrained
+    tag = net.pretrained_cfg.get("tag") if kind == "tag" else None
+    source = {"none": "none", "file": value}.get(kind) or f"timm:{name}" + (
+        f".{tag}" if tag and not name.endswith(f".{tag}") else "")
     return Backbone(_TimmBody(net), pre, {"backbone": f"timm:{name}", "model": name, "pretrained": source}, head)
 
 
@@ -337,13 +343,8 @@ def create_clip_model(model: str, pretrained: str, option: str = "--pretrained")
     if model not in open_clip.list_models():
         raise PipelineError(f"clip: unknown model {model!r}; see open_clip.list_models(), e.g. ViT-B-32, RN50")
     tags = open_clip.list_pretrained_tags_by_model(model)
-    if pretrained == "none":
-        _warn_random(f"clip {model}")
-        weights = None
-    elif Path(pretrained).is_file() or pretrained in tags:
-        weights = pretrained
-    else:
-        raise PipelineError(f"clip {model}: {option} {pretrained!r} is not a file nor a known tag {tags}")
+    kind, value = resolve_weights(f"clip {model}", pretrained, tags, option)
+    weights = value if kind != "none" else None
     try:
         net = _seeded_init(lambda: open_clip.create_model(model, pretrained=weights, load_weights=weights is not None))
     except (OSError, RuntimeError, pickle.UnpicklingError, KeyError, ValueError) as e:

@@ -120,7 +120,7 @@ def test_offline_tag_is_a_clear_error_that_names_the_local_file_option():
 def test_unknown_names_are_errors():
     with pytest.raises(PipelineError, match="unknown backbone"):
         load_backbone("vgg16", None, "none", 64)
-    with pytest.raises(PipelineError, match="unknown pretrained"):
+    with pytest.raises(PipelineError, match="--pretrained 'IMAGENET9K' is not a file nor a known tag"):
         load_backbone("resnet18", None, "IMAGENET9K", 64)
 
 
