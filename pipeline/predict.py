@@ -136,9 +136,9 @@ def predict(model_file: str | Path, *, features: str | Path | None = None, split
         raise PipelineError(f"{model_file}: a multi-label model; predict labels single-label models")
     known = list(checkpoint["classes"])
     candidates = list(classes) if classes else known
-    sem, rows = candidate_semantics(model_file, checkpoint, semantics, candidates)
+    sem, rows = candidate_semantics(model_file, model, checkpoint, semantics, candidates)
     if features is not None:
-        data, ids, truth = _store_rows(features, split, model, known)
+        data, ids, truth = _store_rows(features, split)
     else:
         settings = {"name": backbone, "model": backbone_model, "pretrained": pretrained, "image_size": image_size}
         data, ids, truth = _extracted(images, checkpoint, model_file, settings, batch_size, workers, device)
@@ -150,7 +150,7 @@ def predict(model_file: str | Path, *, features: str | Path | None = None, split
     return Predictions(ids, candidates, top.astype(np.int64), scores.astype(np.float32), truth, calibrated)
 
 
-def candidate_semantics(model_file: Path, checkpoint: dict[str, Any], path: Path,
+def candidate_semantics(model_file: Path, model: ZSLModel, checkpoint: dict[str, Any], path: Path,
                         candidates: list[str]) -> tuple[Semantics, np.ndarray]:
     """The model's semantics with rows appended for candidates it does not know, and each candidate's row."""
     known = list(checkpoint["classes"])
@@ -162,21 +162,20 @@ def candidate_semantics(model_file: Path, checkpoint: dict[str, Any], path: Path
             raise PipelineError(f"{new[0]!r} is not among the {len(known)} classes of {model_file}, which reads "
                                 f"{source}: add a row for it to an attribute table and rebuild the semantics and "
                                 "model, or train on class-name vectors (train.source: text:minilm)")
-        if sem.graph is not None and sem.graph.node_encoder is not None and len(sem.graph.node_vectors) > len(known):
-            raise PipelineError(f"{new[0]!r} has no node in the WordNet graph of {path}: name new classes by wnid "
-                                "in a dataset, rebuild the semantics with them, and retrain")
+        if model.reads_graph and sem.graph is not None:
+            raise PipelineError(f"{new[0]!r} has no node in the WordNet graph of {path} that {model.name} propagates "
+                                "over: name new classes by wnid in a dataset, rebuild the semantics, and retrain")
         with SemanticsFile(path) as f:
             built = f.config()
         cfg = SemanticsConfig(**{**built, "text": tuple(built.get("text", ()))})
         extra, _ = class_name_embeddings(source.partition(":")[2], new, cfg)
         text = {source.partition(":")[2]: np.vstack([sem.vectors, extra])}
-        sem = replace(sem, vectors=text[source.partition(":")[2]], text=text, classifiers=None)
+        sem = replace(sem, vectors=text[source.partition(":")[2]], text=text, graph=None, classifiers=None)
     index = {name: i for i, name in enumerate(known + new)}
     return sem, np.array([index[c] for c in candidates], dtype=np.int64)
 
 
-def _store_rows(path: Path, split: str | None, model: ZSLModel,
-                known: list[str]) -> tuple[Split, list[str], list[str] | None]:
+def _store_rows(path: Path, split: str | None) -> tuple[Split, list[str], list[str] | None]:
     with FeatureStore(path) as store:
         if not store.complete:
             raise PipelineError(f"{path}: extraction is unfinished; rerun: zsl extract ...")

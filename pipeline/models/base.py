@@ -163,6 +163,7 @@ class ZSLModel(ABC):
     defaults: ClassVar[dict[str, Any]] = {}
     grid: ClassVar[dict[str, list[Any]]] = {}
     multilabel: ClassVar[bool] = False  # trains on ``Split.tags`` (several classes per image)
+    reads_graph: ClassVar[bool] = False  # class embeddings propagate over ``Semantics.graph`` (when there is one)
     # validation folds selection averages by default (pipeline.train.validation_folds): 1 for networks
     # trained by gradient, 5 for closed forms, whose fits take milliseconds
     selection_folds: int = 1
