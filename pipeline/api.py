@@ -89,9 +89,17 @@ def train(features: str | Path, semantics: str | Path, output: str | Path, *, mo
 
 @dataclass(frozen=True)
 class Evaluation:
-    """The metrics ``zsl evaluate`` writes: ``czsl`` / ``gzsl`` (single-label) or ``zsl`` / ``gzsl`` tag
-    metrics (multi-label), ``run`` (what produced them), and ``metrics``, the whole JSON."""
+    """The metrics ``zsl evaluate`` writes. ``czsl``: accuracy and Hit@k among the unseen classes;
+    ``gzsl``: U, S, H at the chosen γ (multi-label data: tag mAP and P/R/F1@k); ``zsl``: multi-label only;
+    ``ausuc``: the area under the seen-unseen curve (single-label); ``run``: what produced them;
+    ``metrics``: the whole JSON."""
 
+    model: str
+    run: dict[str, Any]
+    czsl: dict[str, Any] | None
+    zsl: dict[str, Any] | None
+    gzsl: dict[str, Any] | None
+    ausuc: float | None
     metrics: dict[str, Any]
 
     @property
@@ -99,18 +107,12 @@ class Evaluation:
         """``joint_gcn: CZSL 0.906 · GZSL H 0.634 (U 0.729, S 0.561) · AUSUC 0.587``."""
         return headline(self.metrics)
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.metrics[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
 
 def evaluate(model_file: str | Path, features: str | Path, semantics: str | Path, *,
              metrics: str | Path = "metrics.json", plots: str | Path = "plots",
              candidate_sets: str | Path | None = None, ks: Sequence[int] = (1, 2, 5, 10, 20),
              tag_ks: Sequence[int] = (3, 5)) -> Evaluation:
     """``zsl evaluate``: metrics of a trained model on the test splits (written to ``metrics`` and ``plots``)."""
-    return Evaluation(evaluate_files(Path(model_file), Path(features), Path(semantics), Path(metrics), Path(plots),
-                                     Path(candidate_sets) if candidate_sets else None, None, tuple(ks),
-                                     tuple(tag_ks)))
+    m = evaluate_files(Path(model_file), Path(features), Path(semantics), Path(metrics), Path(plots),
+                       Path(candidate_sets) if candidate_sets else None, None, tuple(ks), tuple(tag_ks))
+    return Evaluation(m["model"], m["run"], m.get("czsl"), m.get("zsl"), m.get("gzsl"), m.get("ausuc"), m)
