@@ -25,7 +25,7 @@ signal.signal(signal.SIGINT, _interrupted_while_starting)
 
 import click  # noqa: E402
 
-from pipeline.choices import BACKBONES, DATASETS, DTYPES, TIMM_PREFIX  # noqa: E402
+from pipeline.choices import BACKBONES, DATASETS, DTYPES, TIMM_PREFIX, is_backbone  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
 
 EXIT_IMAGES_FAILED = 3
@@ -33,7 +33,7 @@ EXIT_IMAGES_FAILED = 3
 
 def _backbone(ctx: click.Context, param: click.Parameter, value: str) -> str:
     """Click callback: a built-in backbone name or timm:<model>."""
-    if value in BACKBONES or (value.startswith(TIMM_PREFIX) and len(value) > len(TIMM_PREFIX)):
+    if is_backbone(value):
         return value
     raise click.BadParameter(f"{value!r}: use one of {', '.join(BACKBONES)}, or {TIMM_PREFIX}<timm model name> "
                              f"(e.g. {TIMM_PREFIX}convnext_tiny)", param=param)
@@ -93,7 +93,8 @@ def cli(verbose: bool) -> None:
               help="Weights: a tag (imagenet, IMAGENET1K_V2, openai, laion2b_s34b_b79k, ...), a local file, or none.")
 @click.option("--image-size", type=click.IntRange(min=16), default=None,
               help="Crop size in px [default: 224; CLIP: the model's].")
-@click.option("--grid/--no-grid", default=True, show_default=True, help="Also store spatial features (attention models).")
+@click.option("--grid/--no-grid", default=True, show_default=True,
+              help="Also store spatial features (attention models).")
 @click.option("--mid-grid/--no-mid-grid", default=None,
               help="With --grid, also store an earlier stage's spatial features (grid_mid: DRMN multi-level fusion) "
                    "[default: as --grid].")

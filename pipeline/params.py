@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from pipeline.choices import BACKBONES, DATASETS, DTYPES, TIMM_PREFIX
+from pipeline.choices import BACKBONES, DATASETS, DTYPES, TIMM_PREFIX, is_backbone
 from pipeline.errors import PipelineError
 
 Check = Callable[[Any], tuple[bool, Any, str]]  # value -> (ok, value to use, what it should be)
@@ -28,8 +28,7 @@ def _choice(*choices: str) -> Check:
 
 
 def _backbone(v: Any) -> tuple[bool, Any, str]:
-    ok = v in BACKBONES or (isinstance(v, str) and v.startswith(TIMM_PREFIX) and len(v) > len(TIMM_PREFIX))
-    return ok, v, f"one of {', '.join(BACKBONES)}, or {TIMM_PREFIX}<timm model name>"
+    return is_backbone(v), v, f"one of {', '.join(BACKBONES)}, or {TIMM_PREFIX}<timm model name>"
 
 
 def _flag(v: Any) -> tuple[bool, Any, str]:
