@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from conftest import write_toy_store
 
 import pipeline  # noqa: F401
 from pipeline.api import extract, predict, semantics, train
@@ -84,3 +86,19 @@ def test_zsl_help_is_fast_and_needs_no_torch():
                          capture_output=True, text=True, cwd=REPO)
     assert run.returncode == 0 and "--classes" in run.stdout
     assert not re.search(r"\| +torch$", run.stderr, re.M)  # importtime lists every module imported
+
+
+def test_a_graph_model_refuses_names_outside_its_wordnet_graph(tmp_path):
+    wnids = ["n02084071", "n02121808", "n02374451", "n01503061"]  # dog, cat, horse, bird
+    labels = np.repeat(np.arange(4), 4)
+    splits = {"trainval": np.array([0, 1, 2, 4, 5, 6, 8, 9, 10]), "test_seen": np.array([3, 7, 11]),
+              "test_unseen": np.arange(12, 16)}
+    features = write_toy_store(tmp_path / "f.h5", labels, wnids, splits, np.random.default_rng(0).normal(size=(16, 8)))
+    semantics(features, tmp_path / "s.h5", text=["glove"], graph="wordnet", graph_text="glove")
+    model = tmp_path / "gcn.pt"
+    train(features, tmp_path / "s.h5", model, model="gcn_regression", source="text:glove", select=False,
+          val_fraction=0.34)
+    known = predict(model, features=features, semantics=tmp_path / "s.h5", classes=["n02374451", "n01503061"])
+    assert known.classes == ["n02374451", "n01503061"] and known.top.shape == (16, 2)
+    with pytest.raises(PipelineError, match="'zebra' has no node in the WordNet graph .* gcn_regression propagates"):
+        predict(model, features=features, semantics=tmp_path / "s.h5", classes=["n02374451", "zebra"])
