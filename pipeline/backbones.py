@@ -241,7 +241,8 @@ def _resnet(arch: str, pretrained: str, image_size: int) -> Backbone:
     import torchvision
 
     net = _seeded_init(lambda: torchvision.models.get_model(arch, weights=None))
-    kind, value = resolve_weights(arch, pretrained, ["imagenet", *torchvision.models.get_model_weights(arch).__members__])
+    tags = ["imagenet", *torchvision.models.get_model_weights(arch).__members__]
+    kind, value = resolve_weights(arch, pretrained, tags)
     source = value
     if kind == "file":
         _load_state(net, _read_checkpoint(Path(value)), value)
@@ -326,9 +327,11 @@ def _timm(name: str, pretrained: str, image_size: int | None) -> Backbone:
     classifier = net.get_classifier()
     head = (_imagenet_head(classifier) if kind != "none" and isinstance(classifier, nn.Linear)
             and classifier.out_features == 1000 else None)
-    tag = net.pretrained_cfg.get("tag") if kind == "tag" else None
-    source = {"none": "none", "file": value}.get(kind) or f"timm:{name}" + (
-        f".{tag}" if tag and not name.endswith(f".{tag}") else "")
+    if kind == "tag":  # the name with timm's pretrained tag, e.g. timm:resnet50.a1_in1k
+        tag = net.pretrained_cfg.get("tag")
+        source = f"timm:{name}" + (f".{tag}" if tag and not name.endswith(f".{tag}") else "")
+    else:
+        source = value or "none"
     return Backbone(_TimmBody(net), pre, {"backbone": f"timm:{name}", "model": name, "pretrained": source}, head)
 
 

@@ -31,18 +31,21 @@ class Inputs:
         return np.unique(self.splits[split].labels)
 
 
-def _read_split(store: FeatureStore, split: str, rows: np.ndarray, extra: dict[str, FeatureStore],
-                tags: np.ndarray | None) -> Split:
+def read_split(store: FeatureStore, split: str, rows: np.ndarray, extra: dict[str, FeatureStore] | None = None,
+               tags: np.ndarray | None = None, labelled: bool = True) -> Split:
+    """The ``rows`` of ``store`` (named ``split`` in errors) as a Split: pooled features checked for NaN,
+    ``extra`` stores' features of the same rows, the grid when stored, ``tags`` rows; ``labelled``: every
+    image must have a label (single-label training and evaluation)."""
     features = store.features(rows)
     bad = np.flatnonzero(~np.isfinite(features).all(axis=1))
     if len(bad):
         raise PipelineError(f"{store.path}: split {split} has {len(bad)} feature rows with NaN or inf (rows "
                             f"{rows[bad[:5]].tolist()}); re-extract the features")
     labels = store.labels[rows]
-    if tags is None and (labels < 0).any():
+    if labelled and tags is None and (labels < 0).any():
         raise PipelineError(f"{store.path}: a split holds images without a label (-1)")
     grid = GridSource(store.path, rows) if store.has_grid else None
-    return Split(features, labels, {name: other.features(rows) for name, other in extra.items()}, grid,
+    return Split(features, labels, {name: other.features(rows) for name, other in (extra or {}).items()}, grid,
                  tags[rows] if tags is not None else None)
 
 
@@ -96,7 +99,7 @@ def load_inputs(features: Path, semantics: Path, source: str = "attributes",
                     raise PipelineError(f"{other.path}: its images differ from {features}'s; extract the {name} "
                                         "features from the same dataset")
             tags = store.tags
-            splits = {name: _read_split(store, name, rows, others, tags) for name, rows in store.splits.items()}
+            splits = {name: read_split(store, name, rows, others, tags) for name, rows in store.splits.items()}
         finally:
             for other in others.values():
                 other.close()

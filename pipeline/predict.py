@@ -25,12 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.backbones import load_backbone
 from pipeline.datasets.base import ImageDataset
 from pipeline.datasets.folder import find_images
 from pipeline.errors import PipelineError
 from pipeline.extract import extract, normal_setting
-from pipeline.grid import GridSource
-from pipeline.inputs import read_semantics
+from pipeline.inputs import read_semantics, read_split
 from pipeline.models.base import Semantics, Split, ZSLModel
 from pipeline.outputs import write_whole
 from pipeline.scoring import search
@@ -182,14 +182,10 @@ def _store_rows(path: Path, split: str | None) -> tuple[Split, list[str], list[s
         if split is not None and split not in store.splits:
             raise PipelineError(f"{path}: no split {split!r}; it has {sorted(store.splits)}")
         rows = store.splits[split] if split is not None else np.flatnonzero(store.ok)
-        features = store.features(rows)
-        if not np.isfinite(features).all():
-            raise PipelineError(f"{path}: feature rows with NaN or inf; re-extract the features")
-        labels = store.labels[rows]
-        truth = [store.classes[c] if c >= 0 else "" for c in labels] if (labels >= 0).any() else None
-        grid = GridSource(store.path, rows) if store.has_grid else None
+        data = read_split(store, split or "of all images", rows, labelled=False)
+        truth = [store.classes[c] if c >= 0 else "" for c in data.labels] if (data.labels >= 0).any() else None
         ids = [store.image_ids[r] for r in rows]
-    return Split(features, np.full(len(rows), -1), grid=grid), ids, truth
+    return data, ids, truth
 
 
 def _image_list(images: Sequence[Path]) -> tuple[Path, list[str]]:
@@ -212,8 +208,6 @@ def _image_list(images: Sequence[Path]) -> tuple[Path, list[str]]:
 
 def _extracted(images: Sequence[Path], checkpoint: dict[str, Any], model_file: Path, backbone: dict[str, Any],
                batch_size: int, workers: int, device: str) -> tuple[Split, list[str], None]:
-    from pipeline.backbones import load_backbone
-
     trained_on = checkpoint.get("backbone")
     if not trained_on:
         raise PipelineError(f"{model_file} does not record its backbone (trained before predict existed): "
