@@ -1,7 +1,7 @@
 """Real images: the IN200 photos (../shared/data/imagen200) through the default pipeline.
 
 The default backbone must classify the photos of its own ImageNet classes exactly as the reference
-pipeline for its weights does, and the flagship model must beat the training-free baseline on the
+pipeline for its weights does, and every trained model must beat the training-free baseline on the
 unseen classes (benchmarks/in200.py measures every model; README "Real images: IN200").
 """
 from __future__ import annotations
@@ -49,17 +49,35 @@ def test_default_backbone_classifies_its_imagenet_classes_as_the_reference_does(
     assert ours["images"] == 750 and ours["top1"] >= 0.78  # 0.801 (TF padding, bicubic, (x-127)/128); 0.617 before
 
 
-@pytest.mark.parametrize("model", ["joint_gcn", "gcn_regression"])
-def test_graph_models_beat_the_training_free_baseline_on_real_unseen_classes(model, in200, tmp_path):
-    _, features, semantics = in200
+def _train_and_evaluate(model: str, features: Path, semantics: Path, plots: Path) -> tuple[dict, dict]:
+    """(checkpoint, metrics) of ``model`` trained with selection on MiniLM class names."""
     inputs = load_inputs(features, semantics, "text:minilm")
-    metrics = {}
-    for name in (model, "conse"):
-        checkpoint = train(inputs, TrainConfig(name, "text:minilm"))
-        trained = make_model(checkpoint["model"], **checkpoint["hparams"])
-        trained.load_state(checkpoint["state"])
-        metrics[name] = evaluate(trained, checkpoint, inputs, tmp_path / name)
-        assert checkpoint["fit"]["supervision"] == "head"  # the backbone's classifier rows of the seen classes
-    # measured: graph models 0.256 CZSL Hit@1, GZSL H 0.33; ConSE 0.136 / 0.19; DGP's own code 0.236 / 0.095
-    assert metrics[model]["czsl"]["hit@1"] >= 0.2 > metrics["conse"]["czsl"]["hit@1"] >= 0.1
-    assert metrics[model]["gzsl"]["H"] >= 0.25
+    checkpoint = train(inputs, TrainConfig(model, "text:minilm"))
+    trained = make_model(checkpoint["model"], **checkpoint["hparams"])
+    trained.load_state(checkpoint["state"])
+    return checkpoint, evaluate(trained, checkpoint, inputs, plots)
+
+
+@pytest.fixture(scope="module")
+def baseline(in200, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Metrics of the training-free baseline, the paper's ConSE (the backbone's softmax, no graph)."""
+    _, features, semantics = in200
+    checkpoint, metrics = _train_and_evaluate("conse", features, semantics, tmp_path_factory.mktemp("conse"))
+    assert checkpoint["hparams"]["graph_steps"] == 0 and checkpoint["fit"]["supervision"] == "head"
+    return metrics
+
+
+# measured (CZSL Hit@1, GZSL H): joint_gcn 0.26 / 0.33, gcn_regression 0.26 / 0.34, eszsl 0.248 / 0.257;
+# ConSE 0.136 / 0.19; DGP's own code 0.236 / 0.095
+FLOORS = {"joint_gcn": (0.2, 0.25), "gcn_regression": (0.2, 0.25), "eszsl": (0.2, 0.2)}
+
+
+@pytest.mark.parametrize("model", sorted(FLOORS))
+def test_models_beat_the_training_free_baseline_on_real_unseen_classes(model, in200, baseline, tmp_path):
+    _, features, semantics = in200
+    checkpoint, metrics = _train_and_evaluate(model, features, semantics, tmp_path)
+    if model != "eszsl":  # the GCNs regress the backbone's classifier rows of the seen classes
+        assert checkpoint["fit"]["supervision"] == "head"
+    czsl, h = FLOORS[model]
+    assert metrics["czsl"]["hit@1"] >= czsl > baseline["czsl"]["hit@1"] >= 0.1
+    assert metrics["gzsl"]["H"] >= h

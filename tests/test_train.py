@@ -84,8 +84,9 @@ def test_joint_gcn_is_validated_through_its_closed_form_and_refined_once_chosen(
     with caplog.at_level("INFO", logger="pipeline.train"):
         checkpoint = train(inputs, TrainConfig("joint_gcn"))
     validated = [r.getMessage() for r in caplog.records if "val per-class accuracy" in r.getMessage()]
-    assert len(validated) == 4 and all("'epochs': 0," in line for line in validated)
-    assert all(row["hparams"].keys() == {"ridge", "supervision"} for row in checkpoint["validation"]["table"])
+    assert len(validated) == 8 and all("'epochs': 0," in line for line in validated)
+    assert all(row["hparams"].keys() == {"ridge", "supervision", "graph_steps"}
+               for row in checkpoint["validation"]["table"])
     assert checkpoint["hparams"]["epochs"] == 100 and len(checkpoint["fit"]["loss"]) == 2  # closed form, then Adam
 
 

@@ -21,17 +21,20 @@ from tqdm import tqdm
 
 from pipeline.errors import PipelineError
 from pipeline.grid import GridSource
+from pipeline.models.memo import by_content
 
 ADJACENCIES = ("dgp", "symmetric")
 
 
+@by_content(8)
 def normalized_adjacency(n_nodes: int, edges: np.ndarray, kind: str = "symmetric",
                          self_loops: bool = True) -> sp.csr_matrix:
     """The normalised undirected adjacency of ``edges`` [E, 2] as float32 CSR, ``A`` 0/1, each link once.
 
     ``kind`` ``symmetric``: ``D^-1/2 (A + I) D^-1/2`` (Kipf & Welling, GCNZ); ``dgp``: ``D^-1 (A + I)``,
     each row averaging the node and its neighbours (DGP's ``normt_spm(method='in')``). Without
-    ``self_loops`` the identity is left out; isolated nodes then get all-zero rows.
+    ``self_loops`` the identity is left out; isolated nodes then get all-zero rows. Kept by content
+    (read-only): models rebuild the same graph's adjacency for every fit of a selection.
     """
     if kind not in ADJACENCIES:
         raise PipelineError(f"adjacency {kind!r} unknown; use one of {ADJACENCIES}")
@@ -163,7 +166,6 @@ class ZSLModel(ABC):
     defaults: ClassVar[dict[str, Any]] = {}
     grid: ClassVar[dict[str, list[Any]]] = {}
     multilabel: ClassVar[bool] = False  # trains on ``Split.tags`` (several classes per image)
-    reads_graph: ClassVar[bool] = False  # class embeddings propagate over ``Semantics.graph`` (when there is one)
     # validation folds selection averages by default (pipeline.train.validation_folds): 1 for networks
     # trained by gradient, 5 for closed forms, whose fits take milliseconds
     selection_folds: int = 1
@@ -173,6 +175,12 @@ class ZSLModel(ABC):
         if unknown:
             raise PipelineError(f"{self.name}: unknown hyperparameters {sorted(unknown)}; known: {sorted(self.defaults)}")
         self.hparams = {**self.defaults, **typed_hparams(self.name, self.defaults, hparams)}
+
+    @property
+    def reads_graph(self) -> bool:
+        """Whether the class embeddings propagate over ``Semantics.graph`` (when there is one), so that a
+        class outside the graph cannot be embedded."""
+        return False
 
     def stand_in(self) -> dict[str, Any]:
         """The hyperparameters validated in place of these during selection: the same by default. A model

@@ -13,28 +13,51 @@ import scipy.linalg
 
 from pipeline.errors import PipelineError
 from pipeline.models.base import Semantics, Split
+from pipeline.models.memo import by_content
 
 SUPERVISION = ("auto", "head", "ridge")
+
+
+@by_content(6)  # selection: one matrix per validation fold (5), then trainval
+def gram_eigh(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The eigendecomposition of the smaller Gram matrix of ``x`` [N, D], in float64: ``(E, U, Xᵀ U)`` of
+    ``X Xᵀ = U E Uᵀ`` when N < D, else ``(E, Q, None)`` of ``Xᵀ X = Q E Qᵀ``. Kept by content: the only
+    step of a ridge regression cubic in N or D, the same for every regularisation strength."""
+    x64 = np.asarray(x, dtype=np.float64)
+    if len(x64) < x64.shape[1]:
+        values, u = scipy.linalg.eigh(x64 @ x64.T)
+        return values, u, x64.T @ u
+    values, q = scipy.linalg.eigh(x64.T @ x64)
+    return values, q, None
+
+
+def ridge_solution(x: np.ndarray, y: np.ndarray, alpha: float) -> np.ndarray:
+    """``(Xᵀ X + α I)⁻¹ Xᵀ Y`` [D, K] in float64 for ``x`` [N, D], ``y`` [N, K], through :func:`gram_eigh`:
+    ``Xᵀ U (E + α)⁻¹ Uᵀ Y`` when N < D, else ``Q (E + α)⁻¹ Qᵀ Xᵀ Y``. Raises ``LinAlgError`` when
+    ``Xᵀ X + α I`` is singular."""
+    values, basis, x_basis = gram_eigh(x)
+    shifted = values + alpha
+    if shifted.min() <= 1e-12 * max(values.max(), 1.0):
+        raise np.linalg.LinAlgError("X'X + alpha I is singular")
+    y = np.asarray(y, dtype=np.float64)
+    if x_basis is not None:
+        return x_basis @ ((basis.T @ y) / shifted[:, None])
+    return basis @ ((basis.T @ (np.asarray(x, dtype=np.float64).T @ y)) / shifted[:, None])
 
 
 def ridge_classifiers(features: np.ndarray, positions: np.ndarray, n_seen: int, ridge: float) -> np.ndarray:
     """One-vs-rest ridge classifiers [n_seen, D + 1] (weights, then bias) of the seen classes, in closed form.
 
-    ``W = (X̃ᵀ X̃ + α I)⁻¹ X̃ᵀ Y`` with X̃ the features plus a column of ones, Y the 0/1 one-hot labels
-    and ``α = ridge · trace(X̃ᵀ X̃) / dim`` (scale-free: ``ridge`` is relative to the mean feature
-    energy), solved as ``X̃ᵀ (X̃ X̃ᵀ + α I)⁻¹ Y`` when there are fewer images than dimensions (the same
-    solution, a smaller system). The bias is regularised like the weights. A seen class without images gets the row
-    that predicts 0 for every image.
+    ``W = (X̃ᵀ X̃ + α I)⁻¹ X̃ᵀ Y`` (:func:`ridge_solution`) with X̃ the features plus a column of ones, Y
+    the 0/1 one-hot labels and ``α = ridge · trace(X̃ᵀ X̃) / dim`` (scale-free: ``ridge`` is relative to
+    the mean feature energy). The bias is regularised like the weights. A seen class without images
+    gets the row that predicts 0 for every image.
     """
     x = np.hstack([np.asarray(features, dtype=np.float64), np.ones((len(features), 1))])
     y = np.zeros((len(x), n_seen))
     y[np.arange(len(x)), positions] = 1.0
     alpha = ridge * float(np.einsum("ij,ij->", x, x)) / x.shape[1]
-    if len(x) < x.shape[1]:  # fewer images than dimensions: the same solution through the N x N system
-        w = x.T @ scipy.linalg.solve(x @ x.T + alpha * np.eye(len(x)), y, assume_a="pos")
-    else:
-        w = scipy.linalg.solve(x.T @ x + alpha * np.eye(x.shape[1]), x.T @ y, assume_a="pos")
-    return w.T.astype(np.float32)
+    return ridge_solution(x, y, alpha).T.astype(np.float32)
 
 
 def head_rows(model: str, seen: np.ndarray, semantics: Semantics, dim: int, supervision: str) -> np.ndarray | None:

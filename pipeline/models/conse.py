@@ -9,7 +9,7 @@ import numpy as np
 from pipeline.errors import PipelineError
 from pipeline.models.base import Semantics, Split, ZSLModel
 from pipeline.models.classifiers import seen_classifiers, with_bias_input
-from pipeline.models.layers import l2_normalize, seen_targets
+from pipeline.models.layers import l2_normalize, seen_targets, smoothed_class_vectors
 
 
 class ConSE(ZSLModel):
@@ -21,10 +21,16 @@ class ConSE(ZSLModel):
     backbone's own classifier rows when the feature store has them (nothing is trained: its
     softmax, as in the paper), else ridge fits on the seen features, whose scores are no
     log-probabilities, hence ``temperature`` (chosen on validation).
+
+    ``graph_steps`` > 0 smooths the semantic vectors over the class graph first
+    (:func:`~pipeline.models.layers.smoothed_class_vectors`; ``k``: neighbours of the k-NN graph used
+    without a WordNet graph). The default, 0, is the paper's, and selection keeps it: ConSE stays the
+    training-free baseline the other models are measured against (on IN200, 2 steps lift its CZSL
+    Hit@1 from 0.136 to 0.236 with MiniLM, from 0.136 to 0.184 with GloVe).
     """
 
     name = "conse"
-    defaults = {"top": 10, "temperature": 1.0, "supervision": "auto", "feature_ridge": 1.0}
+    defaults = {"top": 10, "temperature": 1.0, "supervision": "auto", "feature_ridge": 1.0, "graph_steps": 0, "k": 3}
     grid = {"temperature": [1.0, 0.1], "supervision": ["auto", "ridge"]}
     selection_folds = 5
 
@@ -40,8 +46,15 @@ class ConSE(ZSLModel):
         seen, positions = seen_targets(self.name, train, seen, semantics)
         self.classifiers, supervision = seen_classifiers(self.name, train, positions, seen, semantics,
                                                          self.hparams["supervision"], self.hparams["feature_ridge"])
-        self.seen_vectors = l2_normalize(semantics.vectors[seen])
+        self.seen_vectors = l2_normalize(self._class_vectors(semantics)[seen])
         return {"loss": [], "seconds": time.perf_counter() - start, "supervision": supervision}
+
+    @property
+    def reads_graph(self) -> bool:
+        return self.hparams["graph_steps"] > 0
+
+    def _class_vectors(self, semantics: Semantics) -> np.ndarray:
+        return smoothed_class_vectors(self.name, semantics, self.hparams["graph_steps"], self.hparams["k"])
 
     def _trained(self) -> tuple[np.ndarray, np.ndarray]:
         if self.classifiers is None or self.seen_vectors is None:
@@ -63,10 +76,11 @@ class ConSE(ZSLModel):
 
     def class_embeddings(self, semantics: Semantics) -> np.ndarray:
         _, vectors = self._trained()
-        if semantics.vectors.shape[1] != vectors.shape[1]:
-            raise PipelineError(f"conse: semantic vectors are {semantics.vectors.shape[1]}-d but the model was "
+        classes = self._class_vectors(semantics)
+        if classes.shape[1] != vectors.shape[1]:
+            raise PipelineError(f"conse: semantic vectors are {classes.shape[1]}-d but the model was "
                                 f"fitted on {vectors.shape[1]}-d vectors")
-        return l2_normalize(semantics.vectors)
+        return l2_normalize(classes)
 
     def state(self) -> dict[str, Any]:
         classifiers, vectors = self._trained()

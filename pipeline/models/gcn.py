@@ -37,21 +37,24 @@ from torch import nn
 from pipeline.errors import PipelineError
 from pipeline.models.base import ADJACENCIES, Semantics, Split, epoch_bar
 from pipeline.models.classifiers import seen_classifiers, with_bias_input
-from pipeline.models.layers import GCN, TorchZSLModel, class_graph, l2_normalize, sparse_tensor
+from pipeline.models.layers import GCN, TorchZSLModel, class_graph, l2_normalize, smoothed_nodes, sparse_tensor
+from pipeline.models.memo import by_content
 
 log = logging.getLogger(__name__)
 
 
 class _GraphInputs:
-    """The class graph of some semantics as tensors: normalised node vectors and sparse adjacency."""
+    """The class graph of some semantics as tensors: node vectors (unit norm, smoothed ``graph_steps``
+    times), the sparse adjacency and its rows of the class nodes."""
 
     def __init__(self, model: str, semantics: Semantics, h: dict[str, Any], device: torch.device):
         if h["adjacency"] not in ADJACENCIES:
             raise PipelineError(f"{model}: adjacency {h['adjacency']!r} unknown; use one of {ADJACENCIES}")
         graph = class_graph(model, semantics, h["k"])
-        self.nodes = torch.as_tensor(l2_normalize(graph.node_vectors), device=device)
-        self.adjacency = sparse_tensor(graph.adjacency(h["adjacency"]), device)
-        self.n_classes = graph.n_classes
+        self.nodes = torch.as_tensor(smoothed_nodes(graph, h["graph_steps"]), device=device)
+        adjacency = graph.adjacency(h["adjacency"])
+        self.adjacency = sparse_tensor(adjacency, device)
+        self.class_rows = sparse_tensor(adjacency[:graph.n_classes], device)  # the only outputs read
 
 
 class _AnchoredGCN(nn.Module):
@@ -64,8 +67,8 @@ class _AnchoredGCN(nn.Module):
         self.register_buffer("basis", torch.zeros(rank, out_dim))
 
     def coordinates(self, g: _GraphInputs) -> torch.Tensor:
-        """[V, r] unit-norm embeddings of every node in basis coordinates."""
-        return F.normalize(self.gcn(g.nodes, g.adjacency), dim=-1)
+        """[C, r] unit-norm embeddings of the class nodes in basis coordinates."""
+        return F.normalize(self.gcn(g.nodes, g.adjacency, g.class_rows), dim=-1)
 
 
 def _closed_form_output_layer(net: _AnchoredGCN, g: _GraphInputs, seen: torch.Tensor, targets: torch.Tensor,
@@ -76,7 +79,7 @@ def _closed_form_output_layer(net: _AnchoredGCN, g: _GraphInputs, seen: torch.Te
     Returns DGP's loss of the result (eval mode)."""
     net.eval()
     with torch.no_grad():
-        z = net.gcn.hidden(g.nodes, g.adjacency)[seen].double()
+        z = net.gcn.hidden(g.nodes, g.adjacency, g.class_rows)[seen].double()
         t = targets.double()
         z_mean, t_mean = z.mean(0), t.mean(0)
         zc = z - z_mean
@@ -92,14 +95,20 @@ def _closed_form_output_layer(net: _AnchoredGCN, g: _GraphInputs, seen: torch.Te
     return loss
 
 
+@by_content(12)  # selection: two anchor sets (head, ridge) per validation fold, then trainval
+def anchor_basis(anchor_rows: np.ndarray) -> np.ndarray:
+    """[r, D'] float32 orthonormal rows spanning the anchors [S, D'] (QR in float64; r = min(S, D'))."""
+    q, _ = torch.linalg.qr(torch.as_tensor(anchor_rows, dtype=torch.float64).T)  # [D', r]
+    return q.T.float().numpy()
+
+
 def fit_gcn(net: _AnchoredGCN, g: _GraphInputs, seen: np.ndarray, anchor_rows: np.ndarray, h: dict[str, Any],
             extra_loss: Any = None, name: str = "gcn") -> list[float]:
     """Fit ``net`` to the unit-norm ``anchor_rows`` [S, D'] of the ``seen`` nodes (module docstring):
     basis, closed-form output layer, then ``h["epochs"]`` Adam steps of DGP's loss (plus
-    ``extra_loss(coordinates [V, r])`` when given). Returns DGP's loss after each stage (eval mode)."""
+    ``extra_loss(coordinates [C, r])`` when given). Returns DGP's loss after each stage (eval mode)."""
     device = net.basis.device
-    q, _ = torch.linalg.qr(torch.as_tensor(anchor_rows, dtype=torch.float64, device=device).T)  # [D', r]
-    net.basis.copy_(q.T.float())
+    net.basis.copy_(torch.tensor(anchor_basis(anchor_rows), device=device))
     targets = torch.as_tensor(anchor_rows, device=device) @ net.basis.T  # [S, r], still unit norm
     seen_rows = torch.as_tensor(seen, device=device)
 
@@ -134,7 +143,10 @@ class _AnchoredModel(TorchZSLModel[_AnchoredGCN]):
     """What both GCN models share: anchors, the anchored GCN, and the class embeddings it predicts."""
 
     selection_folds = 5  # the closed form stands in for the Adam epochs during selection
-    reads_graph = True
+
+    @property
+    def reads_graph(self) -> bool:
+        return True
 
     def stand_in(self) -> dict[str, Any]:
         return {**self.hparams, "epochs": 0}
@@ -165,9 +177,9 @@ class _AnchoredModel(TorchZSLModel[_AnchoredGCN]):
         log.info("%s: %d anchors from %s supervision, graph of %d nodes", self.name, len(rows), self.supervision,
                  len(g.nodes))
         net = self.trained()
-        return fit_gcn(net, g, seen, rows, h, self.extra_loss(seen, g.n_classes), self.name)
+        return fit_gcn(net, g, seen, rows, h, self.extra_loss(seen), self.name)
 
-    def extra_loss(self, seen: np.ndarray, n_classes: int) -> Any:
+    def extra_loss(self, seen: np.ndarray) -> Any:
         """A term added to DGP's loss during the Adam epochs (None: none)."""
         return None
 
@@ -185,12 +197,12 @@ class _AnchoredModel(TorchZSLModel[_AnchoredGCN]):
         if g.nodes.shape[1] != self.sizes[0]:
             raise PipelineError(f"{self.name}: node vectors are {g.nodes.shape[1]}-d but the model was "
                                 f"fitted on {self.sizes[0]}-d ones")
-        return net.coordinates(g)[:g.n_classes]
+        return net.coordinates(g)
 
 
 _SHARED_DEFAULTS = {
     "hidden": 2048, "dropout": 0.5, "adjacency": "dgp", "lr": 1e-3, "weight_decay": 5e-4, "ridge": 0.1,
-    "supervision": "auto", "feature_ridge": 1.0, "k": 3, "device": "auto",
+    "supervision": "auto", "feature_ridge": 1.0, "k": 3, "graph_steps": 0, "device": "auto",
 }
 
 
@@ -202,7 +214,7 @@ class GCNRegression(_AnchoredModel):
 
     name = "gcn_regression"
     defaults = {**_SHARED_DEFAULTS, "epochs": 0}
-    grid = {"ridge": [0.1, 1.0], "supervision": ["auto", "ridge"]}
+    grid = {"ridge": [0.1, 1.0], "supervision": ["auto", "ridge"], "graph_steps": [0, 2]}
 
     def image_embeddings(self, data: Split) -> np.ndarray:
         return self._check_features(data)
@@ -223,16 +235,16 @@ class JointGCN(_AnchoredModel):
 
     name = "joint_gcn"
     defaults = {**_SHARED_DEFAULTS, "epochs": 100, "margin": 0.5, "sep_weight": 1.0}
-    grid = {"ridge": [0.1, 1.0], "supervision": ["auto", "ridge"]}
+    grid = {"ridge": [0.1, 1.0], "supervision": ["auto", "ridge"], "graph_steps": [0, 2]}
 
-    def extra_loss(self, seen: np.ndarray, n_classes: int) -> Any:
+    def extra_loss(self, seen: np.ndarray) -> Any:
         h = self.hparams
         if h["sep_weight"] <= 0:
             return None
         seen_rows = torch.as_tensor(seen, device=self.device)
 
         def separation(coordinates: torch.Tensor) -> torch.Tensor:
-            cosine = coordinates[:n_classes] @ coordinates[seen_rows].T  # [C, S]
+            cosine = coordinates @ coordinates[seen_rows].T  # [C, S]
             cosine[seen_rows, torch.arange(len(seen_rows), device=cosine.device)] = -1.0  # not against itself
             return h["sep_weight"] * F.relu(cosine - h["margin"]).pow(2).mean()
 
