@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.distributed import extract_dataset
 from pipeline.evaluate import evaluate_files, headline
-from pipeline.extract import ExtractResult, extract_dataset
+from pipeline.extract import ExtractResult
 from pipeline.models.base import ZSLModel
 from pipeline.predict import Predictions, predict
 from pipeline.selection import TrainConfig

@@ -107,10 +107,14 @@ def cli(verbose: bool) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing output made with other settings.")
 @click.option("--max-failures", type=click.FloatRange(min=0), default=0.01, show_default=True,
               help="Unreadable images allowed (recorded, exit status 3): a fraction below 1, else a count.")
+@click.option("--merge", is_flag=True,
+              help="Under torchrun: join the ranks' shards into one self-contained file (default: virtual data "
+                   "sets over the shards, which stay in OUTPUT.shards).")
 def extract(dataset: str, root: Path, splits: Path | None, backbone: str, clip_model: str | None, pretrained: str,
             image_size: int | None, output: Path, **options: object) -> None:
-    """Run a frozen backbone over every image once and store the features (resumable)."""
-    from pipeline.extract import extract_dataset
+    """Run a frozen backbone over every image once and store the features (resumable; under
+    ``torchrun --nproc-per-node N`` one shard per process, joined at the end)."""
+    from pipeline.distributed import extract_dataset
 
     if options["mid_grid"] is None:
         options["mid_grid"] = options["grid"]

@@ -219,7 +219,8 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _provenance(dataset: ImageDataset, backbone: Backbone, dtype: str, grid: bool, mid_grid: bool) -> dict[str, Any]:
+def store_provenance(dataset: ImageDataset, backbone: Backbone, dtype: str, grid: bool, mid_grid: bool) -> dict[str, Any]:
+    """The attributes a store of ``dataset``'s features records (and two runs compare, :data:`_IDENTITY`)."""
     ids = hashlib.sha1("\n".join(dataset.image_ids).encode()).hexdigest()
     return {**backbone.provenance, "dataset": dataset.name, "image_list_sha1": ids, "dtype": dtype,
             "grid_shape": list(backbone.grid_shape) if grid else [],
@@ -272,6 +273,18 @@ def _same_settings(path: Path, wanted: dict[str, Any]) -> tuple[bool, bool]:
     return not mismatched, complete
 
 
+def finished(output: Path, wanted: dict[str, Any], overwrite: bool) -> ExtractResult | None:
+    """The result of reusing ``output`` when it is a finished store with the ``wanted`` settings; None
+    when there is none (or ``overwrite``); raises when it exists with other settings."""
+    if not output.exists() or overwrite:
+        return None
+    same, complete = _same_settings(output, wanted)
+    if same and complete:
+        with FeatureStore(output) as store:
+            return ExtractResult(output, reused=int(store.ok.sum()), failures=store.failures)
+    raise PipelineError(f"{output} exists with other settings; delete it or pass --overwrite to replace it")
+
+
 def normal_setting(value: Any) -> Any:
     """A provenance value in the form two runs compare (lists and tuples alike, floats to 6 places)."""
     return [round(v, 6) for v in value] if isinstance(value, (list, tuple)) else value
@@ -319,14 +332,11 @@ def _extract_locked(dataset: ImageDataset, backbone: Backbone, output: Path, *, 
                     mid_grid: bool, batch_size: int, workers: int, device: str, overwrite: bool,
                     limit: int) -> ExtractResult:
     """:func:`extract`, with the output's lock held."""
-    wanted = _provenance(dataset, backbone, dtype, grid, mid_grid)
+    wanted = store_provenance(dataset, backbone, dtype, grid, mid_grid)
     partial = output.with_name(output.name + ".partial")
-    if output.exists() and not overwrite:
-        same, complete = _same_settings(output, wanted)
-        if same and complete:
-            with FeatureStore(output) as store:
-                return ExtractResult(output, reused=int(store.ok.sum()), failures=store.failures)
-        raise PipelineError(f"{output} exists with other settings; delete it or pass --overwrite to replace it")
+    done = finished(output, wanted, overwrite)
+    if done is not None:
+        return done
     started_by = _schema(partial) if partial.exists() else SCHEMA_VERSION
     if started_by != SCHEMA_VERSION:
         log.warning("%s was started by an older version (store schema %s); starting over", partial, started_by)
@@ -374,23 +384,3 @@ def _extract_locked(dataset: ImageDataset, backbone: Backbone, output: Path, *, 
         writer.finalize(result.failures)
     partial.replace(output)
     return result
-
-
-def extract_dataset(
-    dataset: str,
-    root: Path,
-    splits: Path | None,
-    backbone: str,
-    model: str | None,
-    pretrained: str,
-    image_size: int | None,
-    output: Path,
-    **options: Any,
-) -> ExtractResult:
-    """Load dataset and backbone by name, then :func:`extract` (``options``: its keywords)."""
-    from pipeline.backbones import load_backbone
-    from pipeline.datasets import load_dataset
-
-    data = load_dataset(dataset, root, splits)
-    net = load_backbone(backbone, model, pretrained, image_size)
-    return extract(data, net, output, **options)

@@ -128,7 +128,7 @@ def _blocks(sorted_rows: np.ndarray, path: Path, block_rows: int) -> list[tuple[
     """[lo, hi) ranges of ``sorted_rows`` each inside one span of ~``block_rows`` rows aligned to
     the chunks of ``grid`` (a multiple of its chunk rows: whole chunks are read)."""
     with FeatureStore(path) as store:
-        chunk = store.dataset("grid").chunks[0]
+        chunk = store.chunk_rows("grid")
     span = chunk * max(1, block_rows // chunk)
     edges = np.flatnonzero(np.diff(sorted_rows // span)) + 1
     bounds = np.concatenate([[0], edges, [len(sorted_rows)]])

@@ -35,7 +35,9 @@ chunked along rows and allocated in full, so that writing a batch *and finishing
 fill raw bytes, never change the file's structure: a process killed (or a disk filling up) at any
 instant leaves a readable file whose ``ok`` mask says which rows are finished and whose
 ``complete`` byte, written last, says whether it was finished. (Version 1 restructured the file
-when finishing: a crash there could make the whole file unreadable.)
+when finishing: a crash there could make the whole file unreadable.) A store joined over the shards
+of a multi-process extraction (:mod:`pipeline.distributed`) may hold ``features`` / ``grid`` /
+``grid_mid`` as HDF5 virtual data sets reading the shard files next to it; everything else is its own.
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +71,16 @@ def _rows_per_chunk(row_shape: tuple[int, ...], dtype: str, n: int) -> int:
     return int(max(1, min(n, _CHUNK_BYTES // row_bytes)))
 
 
+def _virtual(f: h5py.File, name: str, shape: tuple[int, ...], dtype: str, shards: Sequence[Shard]) -> None:
+    """Data set ``name`` as a virtual one: rows ``[start, stop)`` of each shard are its data set ``name``
+    (missing rows read NaN)."""
+    layout = h5py.VirtualLayout(shape=shape, dtype=dtype)
+    for shard in shards:
+        layout[shard.start:shard.stop] = h5py.VirtualSource(shard.file, name, shape=(shard.stop - shard.start,
+                                                                                    *shape[1:]))
+    f.create_virtual_dataset(name, layout, fillvalue=np.nan)
+
+
 def _allocated(f: h5py.File, name: str, shape: tuple[int, ...], dtype: str) -> h5py.Dataset:
     """A chunked data set whose chunks are all allocated now and never filled with zeros."""
     chunks = (_rows_per_chunk(shape[1:], dtype, shape[0]), *shape[1:])
@@ -91,12 +103,15 @@ def create_store(
     provenance: Mapping[str, Any],
     mid_grid_shape: tuple[int, int] | None = None,
     head: Head | None = None,
+    shards: Sequence[Shard] = (),
 ) -> None:
     """Create an empty store for ``dataset`` (all rows pending); overwrites ``path``.
 
     ``grid_shape`` is (regions, channels) of the spatial features, or None for pooled only;
     ``mid_grid_shape`` that of an earlier stage's (``grid_mid``), or None; ``head`` the backbone's
-    classifier on the pooled features, or None.
+    classifier on the pooled features, or None. With ``shards`` (stores of consecutive row ranges,
+    covering every row), ``features`` / ``grid`` / ``grid_mid`` are HDF5 virtual data sets that read
+    the shards' own, which must stay where they are (a joined store, :mod:`pipeline.distributed`).
     The file is built under a temporary name and renamed, so ``path`` never exists half-made.
     """
     if dtype not in DTYPES:
@@ -105,7 +120,7 @@ def create_store(
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with h5py.File(building, "w") as f:
-            _fill_empty_store(f, dataset, feature_dim, dtype, grid_shape, provenance, mid_grid_shape)
+            _fill_empty_store(f, dataset, feature_dim, dtype, grid_shape, provenance, mid_grid_shape, shards)
             if head is not None:
                 if head.weight.shape != (len(head.classes), feature_dim) or head.bias.shape != (len(head.classes),):
                     raise PipelineError(f"classifier head {head.weight.shape} does not fit {feature_dim}-d features")
@@ -130,15 +145,17 @@ def _fill_empty_store(
     grid_shape: tuple[int, int] | None,
     provenance: Mapping[str, Any],
     mid_grid_shape: tuple[int, int] | None,
+    shards: Sequence[Shard],
 ) -> None:
     n = len(dataset)
-    _allocated(f, "features", (n, feature_dim), dtype)
-    if grid_shape is not None:
-        _allocated(f, "grid", (n, *grid_shape), dtype)
-    if mid_grid_shape is not None:
-        if grid_shape is None or mid_grid_shape[0] != grid_shape[0]:
-            raise PipelineError(f"grid_mid {mid_grid_shape} needs a grid of the same regions, got {grid_shape}")
-        _allocated(f, "grid_mid", (n, *mid_grid_shape), dtype)
+    if mid_grid_shape is not None and (grid_shape is None or mid_grid_shape[0] != grid_shape[0]):
+        raise PipelineError(f"grid_mid {mid_grid_shape} needs a grid of the same regions, got {grid_shape}")
+    for name, shape in (("features", (feature_dim,)), ("grid", grid_shape), ("grid_mid", mid_grid_shape)):
+        if shape is not None:
+            if shards:
+                _virtual(f, name, (n, *shape), dtype, shards)
+            else:
+                _allocated(f, name, (n, *shape), dtype)
     ok = _allocated(f, "ok", (n,), "bool")
     ok[...] = False
     _allocated(f, "complete", (1,), "uint8")[...] = 0
@@ -187,6 +204,15 @@ class Head:
         return np.array([index.get(c, -1) for c in classes], dtype=np.int64)
 
 
+@dataclass(frozen=True)
+class Shard:
+    """Rows ``[start, stop)`` of a store held by the store ``file`` (a path relative to the store's folder)."""
+
+    start: int
+    stop: int
+    file: str
+
+
 class FeatureWriter:
     """Fills the rows of a store created by :func:`create_store`; use as a context manager."""
 
@@ -229,6 +255,12 @@ class FeatureWriter:
             self._f["ok"][sel] = True
             self._f.flush()
 
+    def mark_written(self, indices: np.ndarray) -> None:
+        """Mark rows ``indices`` finished whose data is already in place (a joined store's shards)."""
+        with self._disk_errors():
+            self._f["ok"][np.sort(indices)] = True
+            self._f.flush()
+
     @contextlib.contextmanager
     def _disk_errors(self) -> Iterator[None]:
         """A failed write (full disk, I/O error) as one line: the rows finished before it are kept."""
@@ -249,7 +281,7 @@ class FeatureWriter:
             raise PipelineError(f"{self.path}: {len(missing)} rows unwritten but {len(idx)} failures recorded")
         with self._disk_errors():
             for name in ("features", "grid", "grid_mid"):
-                if name in f and len(idx):
+                if name in f and not f[name].is_virtual and len(idx):  # a virtual one reads its shards' NaN
                     f[name][idx] = np.nan
             recorded = idx[:len(f["failures/index"])]
             if len(recorded):
@@ -304,6 +336,18 @@ class FeatureStore:
         self.path = Path(path)
         self._f = open_for_reading(self.path, "feature file", "zsl extract ...")
         _check_schema(self._f, self.path)
+        self._check_shards()
+
+    def _check_shards(self) -> None:
+        """Virtual data sets read NaN where a shard file is missing: refuse that instead."""
+        for name in ("features", "grid", "grid_mid"):
+            if name in self._f and self._f[name].is_virtual:
+                for source in self._f[name].virtual_sources():
+                    if not (self.path.parent / source.file_name).is_file():
+                        self.close()
+                        raise PipelineError(f"{self.path}: its {name} are read from shard files, and "
+                                            f"{self.path.parent / source.file_name} is missing; keep "
+                                            f"{self.path.name}.shards next to it (or extract with --merge)")
 
     def __enter__(self) -> FeatureStore:
         return self
@@ -404,6 +448,12 @@ class FeatureStore:
         return {int(i): reasons[i].decode("utf-8", "replace") if i in reasons
                 else f"reason not recorded (only the first {slots} failures are)" for i in failed}
 
+    def chunk_rows(self, name: str) -> int:
+        """Rows per chunk of data set ``name``; a virtual one (a store joined over shards, which keep
+        their own chunks) reports the chunk rows a store of its shape is written with."""
+        data = self.dataset(name)
+        return data.chunks[0] if data.chunks else _rows_per_chunk(data.shape[1:], data.dtype.str, data.shape[0])
+
     def dataset(self, name: str) -> h5py.Dataset:
         """The raw h5py data set ``name`` (``features`` or ``grid``), for custom slicing."""
         if name not in self._f:
@@ -432,7 +482,7 @@ class FeatureStore:
         rows = np.arange(n) if indices is None else np.unique(np.asarray(indices, dtype=np.int64))
         if len(rows) and (rows[0] < 0 or rows[-1] >= n):
             raise PipelineError(f"{self.path}: row indices outside 0..{n - 1}")
-        chunk = data.chunks[0] if data.chunks else 1
+        chunk = self.chunk_rows(name)
         step = chunk * max(1, -(-(batch_rows or chunk) // chunk))
         for start in range(0, n, step):
             lo, hi = np.searchsorted(rows, [start, start + step])
@@ -452,7 +502,9 @@ class FeatureStore:
         for name in ("features", "grid", "grid_mid", "labels", "tags", "image_ids", "classes", "ok", "head/weight"):
             if name in self._f:
                 d = self._f[name]
-                lines.append(f"  {name:10s} {str(d.shape):22s} {d.dtype}")
+                files = sorted({source.file_name for source in d.virtual_sources()}) if d.is_virtual else []
+                over = f"  virtual, over {len(files)} shards: {', '.join(files[:2])}{' ...' * (len(files) > 2)}"
+                lines.append(f"  {name:10s} {str(d.shape):22s} {d.dtype}{over if files else ''}")
         ok = self.ok
         lines.append(f"  rows: {len(ok)} total, {int(ok.sum())} written, {len(self.failures)} failed")
         tags = self.tags

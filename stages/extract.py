@@ -3,8 +3,8 @@ import sys
 from pathlib import Path
 
 import pipeline  # noqa: F401
+from pipeline.distributed import extract_dataset
 from pipeline.errors import PipelineError
-from pipeline.extract import extract_dataset
 from stages import load_params, stage_paths
 
 

@@ -21,6 +21,7 @@ import pipeline  # noqa: F401
 from pipeline.backbones import load_backbone
 from pipeline.datasets.base import ImageDataset
 from pipeline.datasets.synthetic import generate_synthetic, load_synthetic
+from pipeline.distributed import shard_rows
 from pipeline.errors import PipelineError
 from pipeline.extract import ImageFiles, extract, image_batches
 from pipeline.store import FeatureStore
@@ -351,3 +352,102 @@ def test_a_kill_or_a_full_disk_at_any_write_while_finishing_loses_nothing_and_th
             assert np.isnan(got.dataset("features")[~ok]).all()
             assert sorted(got.failures) == [1, 3, 4] and "FileNotFoundError" in got.failures[4]
             assert got.splits["trainval"].tolist() == [0, 2] and got.splits["test_seen"].tolist() == [5]
+
+
+# --- torchrun: one shard per rank, joined ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n, world, batch", [(288, 2, 8), (288, 3, 8), (10, 4, 8), (0, 2, 8), (1000, 8, 64)])
+def test_shards_are_consecutive_whole_batches_covering_every_row(n, world, batch):
+    blocks = shard_rows(n, world, batch)
+    assert len(blocks) == world and blocks[0][0] == 0 and blocks[-1][1] == n
+    assert all(stop == start for (_, stop), (start, _) in zip(blocks, blocks[1:]))
+    assert all(start % batch == 0 for start, stop in blocks if stop > start)  # the batches of one process
+
+
+def _torchrun(ranks: int, command: list[str]) -> list[str]:
+    """``command`` (a ``_cli_extract`` list) under ``torchrun --standalone --nproc-per-node ranks``."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks),
+            *command[1:]]
+
+
+def _same_store(got: Path, want: Path) -> None:
+    with FeatureStore(got) as a, FeatureStore(want) as b:
+        assert a.complete and a.ok.all() and a.image_ids == b.image_ids
+        for name in ("features", "grid", "grid_mid"):
+            assert a.dataset(name).dtype == b.dataset(name).dtype
+            np.testing.assert_array_equal(a.dataset(name)[:], b.dataset(name)[:])
+        assert a.splits.keys() == b.splits.keys() and all(np.array_equal(a.splits[k], b.splits[k]) for k in a.splits)
+        assert a.provenance == b.provenance and a.failures == b.failures
+
+
+def test_two_ranks_write_the_store_one_process_writes(synthetic_root, resnet18_checkpoint, tmp_path):
+    reference = tmp_path / "single.h5"
+    subprocess.run(_cli_extract(synthetic_root, resnet18_checkpoint, reference), check=True, capture_output=True)
+
+    joined = tmp_path / "joined.h5"  # default: virtual data sets over the shards
+    run = subprocess.run(_torchrun(2, _cli_extract(synthetic_root, resnet18_checkpoint, joined)), capture_output=True,
+                         text=True)
+    assert run.returncode == 0, run.stderr
+    assert f"{joined}: 288 images extracted, 0 already done, 0 failed" in run.stdout
+    assert sorted(p.name for p in (tmp_path / "joined.h5.shards").glob("*.h5")) == ["joined-0-of-2.h5",
+                                                                                    "joined-1-of-2.h5"]
+    _same_store(joined, reference)
+    with FeatureStore(joined) as store:
+        assert store.dataset("grid").is_virtual
+    moved = tmp_path / "moved"  # the shards are found next to the joined file, wherever it is read from
+    moved.mkdir()
+    shutil.move(joined, moved / joined.name)
+    shutil.move(tmp_path / "joined.h5.shards", moved / "joined.h5.shards")
+    _same_store(moved / joined.name, reference)
+    shutil.rmtree(moved / "joined.h5.shards")  # without them the features would read NaN: refused instead
+    with pytest.raises(PipelineError, match="joined.h5: its features are read from shard files, and .* is missing"):
+        FeatureStore(moved / joined.name)
+
+    merged = tmp_path / "merged.h5"
+    run = subprocess.run(_torchrun(2, _cli_extract(synthetic_root, resnet18_checkpoint, merged, "--merge")),
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert merged.read_bytes() == reference.read_bytes()  # self-contained, and byte for byte the same file
+
+    again = subprocess.run(_torchrun(2, _cli_extract(synthetic_root, resnet18_checkpoint, merged, "--merge")),
+                           capture_output=True, text=True)
+    assert again.returncode == 0 and f"{merged}: 0 images extracted, 288 already done" in again.stdout
+
+
+def test_a_killed_torchrun_resumes_with_no_lost_or_duplicate_rows(synthetic_root, resnet18_checkpoint, tmp_path):
+    reference = tmp_path / "single.h5"
+    subprocess.run(_cli_extract(synthetic_root, resnet18_checkpoint, reference), check=True, capture_output=True)
+    output = tmp_path / "killed.h5"
+    shard = tmp_path / "killed.h5.shards" / "killed-0-of-2.h5.partial"
+    env = {**os.environ, "HDF5_USE_FILE_LOCKING": "FALSE"}
+    proc = subprocess.Popen(_torchrun(2, _cli_extract(synthetic_root, resnet18_checkpoint, output)), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline, done = time.time() + 120, 0
+        while time.time() < deadline and proc.poll() is None:
+            if shard.exists():
+                with FeatureStore(shard) as store:
+                    done = int(store.ok.sum())
+                if done >= 16:
+                    break
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks at once
+        proc.wait()
+    assert 0 < done < 144, "the run should be killed part way"
+    assert not output.exists()
+
+    resumed = subprocess.run(_torchrun(2, _cli_extract(synthetic_root, resnet18_checkpoint, output)),
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    reused = int(resumed.stdout.split(f"{output}: ")[1].split(" already done")[0].split(", ")[1])
+    assert reused >= done
+    _same_store(output, reference)
+
+    output.unlink()  # three ranks cut the list elsewhere: the two-rank shards are not reused, and it says so
+    three = subprocess.run(_torchrun(3, _cli_extract(synthetic_root, resnet18_checkpoint, output)),
+                           capture_output=True, text=True)
+    assert three.returncode == 0, three.stderr
+    assert "shards of another number of processes (killed-0-of-2.h5, killed-1-of-2.h5)" in three.stderr
+    _same_store(output, reference)
