@@ -53,29 +53,34 @@ def _cli_extract(root: Path, ckpt: Path, output: Path, *extra: str) -> list[str]
             "--batch-size", "8", "--workers", "1", "--output", str(output), *extra]
 
 
+def _kill_part_way(command: list[str], partial: Path, rows: int) -> int:
+    """Run ``command`` in a session of its own and kill -9 all of it once ``partial`` holds ``rows``
+    finished rows (or after 120 s); returns the rows it held when last read."""
+    env = {**os.environ, "HDF5_USE_FILE_LOCKING": "FALSE"}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline, done = time.time() + 120, 0
+        while time.time() < deadline and proc.poll() is None:
+            if partial.exists():
+                with FeatureStore(partial) as store:
+                    done = int(store.ok.sum())
+                if done >= rows:
+                    break
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return done
+
+
 def test_resume_after_kill_has_no_lost_or_duplicate_rows(synthetic_root, resnet18_checkpoint, tmp_path):
     reference = tmp_path / "reference.h5"
     subprocess.run(_cli_extract(synthetic_root, resnet18_checkpoint, reference), check=True, capture_output=True)
 
     output = tmp_path / "killed.h5"
     partial = tmp_path / "killed.h5.partial"
-    env = {**os.environ, "HDF5_USE_FILE_LOCKING": "FALSE"}
-    proc = subprocess.Popen(_cli_extract(synthetic_root, resnet18_checkpoint, output), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 120
-        done = 0
-        while time.time() < deadline and proc.poll() is None:
-            if partial.exists():
-                with FeatureStore(partial) as store:
-                    done = int(store.ok.sum())
-                if done >= 40:
-                    break
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        proc.kill()
+    done = _kill_part_way(_cli_extract(synthetic_root, resnet18_checkpoint, output), partial, 40)
     assert 0 < done < 288, "the run should be killed part way"
     assert not output.exists() and partial.exists()
     with FeatureStore(partial) as store:
@@ -419,22 +424,8 @@ def test_a_killed_torchrun_resumes_with_no_lost_or_duplicate_rows(synthetic_root
     reference = tmp_path / "single.h5"
     subprocess.run(_cli_extract(synthetic_root, resnet18_checkpoint, reference), check=True, capture_output=True)
     output = tmp_path / "killed.h5"
-    shard = tmp_path / "killed.h5.shards" / "killed-0-of-2.h5.partial"
-    env = {**os.environ, "HDF5_USE_FILE_LOCKING": "FALSE"}
-    proc = subprocess.Popen(_torchrun(2, _cli_extract(synthetic_root, resnet18_checkpoint, output)), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline, done = time.time() + 120, 0
-        while time.time() < deadline and proc.poll() is None:
-            if shard.exists():
-                with FeatureStore(shard) as store:
-                    done = int(store.ok.sum())
-                if done >= 16:
-                    break
-            time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks at once
-        proc.wait()
+    shard = tmp_path / "killed.h5.shards" / "killed-0-of-2.h5.partial"  # the launcher and both ranks killed
+    done = _kill_part_way(_torchrun(2, _cli_extract(synthetic_root, resnet18_checkpoint, output)), shard, 16)
     assert 0 < done < 144, "the run should be killed part way"
     assert not output.exists()
 

@@ -9,10 +9,10 @@ import numpy as np
 from pipeline.errors import PipelineError
 from pipeline.models.base import Semantics, Split, ZSLModel
 from pipeline.models.classifiers import seen_classifiers, with_bias_input
-from pipeline.models.layers import l2_normalize, seen_targets, smoothed_class_vectors
+from pipeline.models.layers import SmoothedClassVectors, l2_normalize, seen_targets
 
 
-class ConSE(ZSLModel):
+class ConSE(SmoothedClassVectors, ZSLModel):
     """An image is embedded as the mean of the semantic vectors of its ``top`` most probable seen classes,
     weighted by their probabilities ``softmax(logits / temperature)``; a class by its own (unit-norm)
     semantic vector; the score is their cosine.
@@ -46,15 +46,8 @@ class ConSE(ZSLModel):
         seen, positions = seen_targets(self.name, train, seen, semantics)
         self.classifiers, supervision = seen_classifiers(self.name, train, positions, seen, semantics,
                                                          self.hparams["supervision"], self.hparams["feature_ridge"])
-        self.seen_vectors = l2_normalize(self._class_vectors(semantics)[seen])
+        self.seen_vectors = l2_normalize(self.class_vectors(semantics)[seen])
         return {"loss": [], "seconds": time.perf_counter() - start, "supervision": supervision}
-
-    @property
-    def reads_graph(self) -> bool:
-        return self.hparams["graph_steps"] > 0
-
-    def _class_vectors(self, semantics: Semantics) -> np.ndarray:
-        return smoothed_class_vectors(self.name, semantics, self.hparams["graph_steps"], self.hparams["k"])
 
     def _trained(self) -> tuple[np.ndarray, np.ndarray]:
         if self.classifiers is None or self.seen_vectors is None:
@@ -76,7 +69,7 @@ class ConSE(ZSLModel):
 
     def class_embeddings(self, semantics: Semantics) -> np.ndarray:
         _, vectors = self._trained()
-        classes = self._class_vectors(semantics)
+        classes = self.class_vectors(semantics)
         if classes.shape[1] != vectors.shape[1]:
             raise PipelineError(f"conse: semantic vectors are {classes.shape[1]}-d but the model was "
                                 f"fitted on {vectors.shape[1]}-d vectors")

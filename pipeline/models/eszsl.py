@@ -10,7 +10,7 @@ import scipy.linalg
 from pipeline.errors import PipelineError
 from pipeline.models.base import Semantics, Split, ZSLModel
 from pipeline.models.classifiers import head_rows, ridge_solution, with_bias_input
-from pipeline.models.layers import seen_targets, smoothed_class_vectors
+from pipeline.models.layers import SmoothedClassVectors, seen_targets
 
 
 def eszsl_solution(features: np.ndarray, targets: np.ndarray, signatures: np.ndarray, gamma: float,
@@ -33,7 +33,7 @@ def eszsl_solution(features: np.ndarray, targets: np.ndarray, signatures: np.nda
     return left @ right
 
 
-class ESZSL(ZSLModel):
+class ESZSL(SmoothedClassVectors, ZSLModel):
     """Bilinear compatibility ``score(x, c) = x V s_cᵀ`` with V in closed form (no iterations).
 
     Y codes labels as the authors' MATLAB code does (``labels: zero_one``): 1 for an image's class, 0 for
@@ -75,7 +75,7 @@ class ESZSL(ZSLModel):
         start = time.perf_counter()
         seen, positions = seen_targets(self.name, train, seen, semantics)
         head = head_rows(self.name, seen, semantics, train.features.shape[1], self.hparams["supervision"])
-        signatures = np.asarray(self._class_vectors(semantics)[seen], dtype=np.float64)
+        signatures = np.asarray(self.class_vectors(semantics)[seen], dtype=np.float64)
         lam = self.hparams["lam"]
         try:
             if head is not None:
@@ -93,13 +93,6 @@ class ESZSL(ZSLModel):
         return {"loss": [], "seconds": time.perf_counter() - start,
                 "supervision": "head" if head is not None else "ridge"}
 
-    @property
-    def reads_graph(self) -> bool:
-        return self.hparams["graph_steps"] > 0
-
-    def _class_vectors(self, semantics: Semantics) -> np.ndarray:
-        return smoothed_class_vectors(self.name, semantics, self.hparams["graph_steps"], self.hparams["k"])
-
     def _v(self) -> np.ndarray:
         if self.V is None:
             raise PipelineError("eszsl: the model is not trained; call fit or load_state first")
@@ -114,7 +107,7 @@ class ESZSL(ZSLModel):
 
     def class_embeddings(self, semantics: Semantics) -> np.ndarray:
         v = self._v()
-        classes = self._class_vectors(semantics)
+        classes = self.class_vectors(semantics)
         if classes.shape[1] != v.shape[1]:
             raise PipelineError(f"eszsl: semantic vectors are {classes.shape[1]}-d but the model was "
                                 f"fitted on {v.shape[1]}-d vectors")

@@ -231,6 +231,23 @@ def smoothed_class_vectors(model: str, semantics: Semantics, steps: int, k: int)
     return smoothed_nodes(graph, steps)[:graph.n_classes]
 
 
+class SmoothedClassVectors:
+    """For a model whose class side is ``semantics.vectors`` and whose hyperparameters include
+    ``graph_steps`` and ``k``: its class vectors (:func:`smoothed_class_vectors`), and ``reads_graph``
+    when it smooths them. Mix in before :class:`ZSLModel`."""
+
+    name: str
+    hparams: dict[str, Any]
+
+    @property
+    def reads_graph(self) -> bool:
+        return self.hparams["graph_steps"] > 0
+
+    def class_vectors(self, semantics: Semantics) -> np.ndarray:
+        """[C, E] the class vectors this model reads."""
+        return smoothed_class_vectors(self.name, semantics, self.hparams["graph_steps"], self.hparams["k"])
+
+
 def cosine_logits(images: torch.Tensor, classes: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
     """``scale ·`` cosine similarity of every image row with every class row: [N, C]."""
     return scale * F.normalize(images, dim=-1) @ F.normalize(classes, dim=-1).T
