@@ -31,12 +31,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import psutil
-import torch
-from PIL import Image
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import pipeline  # noqa: E402,F401  (first: thread wait policies, torchvision op schemas)
+
+# isort: split
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from benchmarks.measure import MIB, PeakMemory, busy_cpu_s  # noqa: E402
 from pipeline.backbones import BACKBONES, Backbone, load_backbone  # noqa: E402

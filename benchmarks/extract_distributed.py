@@ -28,12 +28,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import pipeline  # noqa: E402,F401  (first: thread wait policies, torchvision op schemas)
 
-import pipeline  # noqa: E402,F401  (first: torchvision op schemas)
+# isort: split
+import numpy as np  # noqa: E402
+
 from pipeline.backbones import load_backbone  # noqa: E402
 from pipeline.datasets.base import ImageDataset  # noqa: E402
 from pipeline.datasets.synthetic import generate_synthetic, load_synthetic  # noqa: E402

@@ -28,16 +28,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import pipeline  # noqa: E402,F401  (first: thread wait policies, torchvision op schemas)
+
+# isort: split
+import numpy as np  # noqa: E402
 
 # torch.optim imports torch._dynamo on its first use (~2 s here): a one-time cost of the process, kept
 # out of the training time of whichever model happens to create the first optimizer
-import torch._dynamo  # noqa: F401
+import torch._dynamo  # noqa: E402,F401
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import pipeline  # noqa: E402,F401  (first: OpenMP wait policy, torchvision op schemas)
 from benchmarks.measure import PeakMemory  # noqa: E402
 from pipeline.backbones import lite0_package_weights  # noqa: E402
 from pipeline.datasets.imagenet import load_imagenet  # noqa: E402

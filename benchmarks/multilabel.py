@@ -22,10 +22,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import pipeline  # noqa: E402,F401  (first: thread wait policies, torchvision op schemas)
+
+# isort: split
+import numpy as np  # noqa: E402
 
 N_TRAIN, N_TEST, N_TAGS, N_UNSEEN, DIM, WORD_DIM = 161_789, 107_859, 1006, 81, 2048, 300
 WORDVECS = ROOT.parent / "shared" / "data" / "nus_wide" / "wordvec_array.pickle"
@@ -36,7 +38,6 @@ def _peak_rss_mib() -> float:
 
 
 def _data(scale: float) -> tuple:
-    import pipeline  # noqa: F401
     from pipeline.inputs import Inputs
     from pipeline.models.base import Semantics, Split
 

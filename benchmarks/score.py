@@ -34,11 +34,13 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-import faiss
-import numpy as np
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import pipeline  # noqa: E402,F401  (first: thread wait policies, torchvision op schemas)
+
+# isort: split
+import faiss  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from benchmarks.measure import PeakMemory, busy_cpu_s  # noqa: E402
 from pipeline.scoring import choose_backend, search  # noqa: E402

@@ -27,6 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import pipeline  # noqa: E402,F401  (first: thread wait policies, torchvision op schemas)
 
 N_TRAIN, N_CLASSES, N_SEEN, N_ATTRIBUTES, DIM, CLIP_DIM = 7057, 200, 150, 312, 2048, 512
 MODELS = ("eszsl", "joint_gcn", "gcn_regression", "cfzsl", "clip_prompt")
@@ -36,7 +37,6 @@ def _fit_one(name: str) -> dict:
     """Fit ``name`` on the CUB-sized problem in this process and measure it."""
     import numpy as np
 
-    import pipeline  # noqa: F401
     from pipeline.models import make_model
     from pipeline.models.base import Semantics, Split
 
@@ -76,7 +76,6 @@ def _grid_epoch(name: str, images: int) -> dict:
 
     import numpy as np
 
-    import pipeline  # noqa: F401
     from pipeline.datasets.base import ImageDataset
     from pipeline.grid import GridSource
     from pipeline.models import make_model

@@ -7,10 +7,12 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import pipeline  # noqa: F401  (first: thread wait policies before numpy and torch load their pools)
+
+# isort: split
 import numpy as np
 import pytest
 
-import pipeline  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)
 from pipeline.datasets.base import ImageDataset
 from pipeline.store import FeatureWriter, create_store
 

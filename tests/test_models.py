@@ -13,10 +13,12 @@ from pipeline.errors import PipelineError
 from pipeline.models import MODELS, make_model
 from pipeline.models.base import Graph, Semantics, Split, normalized_adjacency
 from pipeline.models.eszsl import ESZSL
+from pipeline.models.gcn import _GraphInputs, class_hidden
 from pipeline.models.layers import (
     GCN,
     CPUFastDropout,
     GraphConv,
+    Propagation,
     class_graph,
     knn_graph,
     smoothed_class_vectors,
@@ -225,20 +227,23 @@ def test_cosine_models_return_unit_embeddings(problem, fitted):
 
 def test_gcn_layer_propagates_then_adds_the_bias_as_dgp():
     adjacency = normalized_adjacency(5, np.array([[0, 1], [1, 2], [3, 4]]), kind="dgp")
-    a = sparse_tensor(adjacency, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    a, every_node = sparse_tensor(adjacency, cpu), Propagation(adjacency, None, cpu)
     nodes = torch.randn(5, 7)
     gcn = GCN(7, 11, 3, dropout=0.5).eval()
-    assert gcn(nodes, a).shape == (5, 3)
+    assert gcn(nodes, every_node).shape == (5, 3)
     layer = GraphConv(7, 4, dropout=0.0)
     with torch.no_grad():
         layer.bias.fill_(0.25)
         expected = torch.as_tensor(adjacency.toarray()) @ (nodes @ layer.weight) + 0.25  # A (X W) + b
         torch.testing.assert_close(layer(nodes, a), expected)
         hidden = torch.as_tensor(adjacency.toarray()) @ torch.nn.functional.leaky_relu(gcn.layer1(nodes, a), 0.2)
-        torch.testing.assert_close(gcn.hidden(nodes, a), hidden)
-        torch.testing.assert_close(gcn(nodes, a), hidden @ gcn.layer2.weight + gcn.layer2.bias)
-        rows = sparse_tensor(adjacency[:2], torch.device("cpu"))  # the outputs of nodes 0 and 1 only
-        torch.testing.assert_close(gcn(nodes, a, rows), gcn(nodes, a)[:2])
+        torch.testing.assert_close(gcn.hidden(nodes, every_node), hidden)
+        torch.testing.assert_close(gcn(nodes, every_node), hidden @ gcn.layer2.weight + gcn.layer2.bias)
+        # the outputs of nodes 0 and 3 only: layer 1 for the nodes they read (0, 1, 3, 4), not node 2
+        some = Propagation(adjacency, np.array([0, 3]), cpu)
+        assert some.first.shape == (4, 5) and some.second.shape == (2, 4)
+        torch.testing.assert_close(gcn(nodes, some), gcn(nodes, every_node)[[0, 3]])
         widening = GraphConv(7, 20, dropout=0.0)  # computed as (A X) W: the same product
         expected = torch.as_tensor(adjacency.toarray()) @ (nodes @ widening.weight)
         torch.testing.assert_close(widening(nodes, a), expected, atol=1e-5, rtol=1e-5)
@@ -350,6 +355,37 @@ def test_kept_results_follow_the_content_of_their_arrays():
     assert len(calls) == 4
     total(np.ones((3, 2)), 2.0)
     assert len(calls) == 5
+
+
+def test_kept_results_of_objects_follow_the_content_they_name():
+    calls = []
+
+    class Box:
+        def __init__(self, x: np.ndarray):
+            self.x = x
+
+    @by_content(2, lambda box, scale: (box.x, scale))
+    def total(box: Box, scale: float) -> float:
+        calls.append(1)
+        return float(box.x.sum() * scale)
+
+    box = Box(np.ones(3))
+    assert total(box, 2.0) == total(Box(np.ones(3)), 2.0) == 6.0 and len(calls) == 1  # another object, same content
+    box.x[0] = 2.0
+    assert total(box, 2.0) == 8.0 and len(calls) == 2
+
+
+def test_gcn_fits_from_one_seed_share_one_first_layer_output(problem):
+    """Selection fits every grid point from the same seeded first layer: its output is computed once."""
+    first, second, reseeded = (make_model("gcn_regression", ridge=r) for r in (0.1, 1.0, 0.1))
+    for model, seed in ((first, 0), (second, 0), (reseeded, 1)):
+        model.fit(problem.train, problem.seen, problem.semantics, seed=seed)
+    g = _GraphInputs("gcn_regression", problem.semantics, first.hparams, torch.device("cpu"))
+    kept = class_hidden(first.net.gcn, g)
+    assert class_hidden(second.net.gcn, g) is kept and class_hidden(reseeded.net.gcn, g) is not kept
+    with torch.no_grad():
+        torch.testing.assert_close(kept, first.net.gcn.eval().hidden(g.nodes, g.propagation))
+    assert not np.allclose(first.class_embeddings(problem.semantics), second.class_embeddings(problem.semantics))
 
 
 def test_conse_mixes_the_vectors_of_the_top_seen_classes_by_probability(problem):

@@ -135,28 +135,42 @@ class GraphConv(nn.Module):
         return torch.sparse.mm(adjacency, h @ self.weight) + self.bias
 
 
+class Propagation:
+    """The adjacency a 2-layer GCN reads to compute the outputs of some nodes: ``first`` [R, V], the
+    rows of the R nodes those outputs read (layer 1 is computed for these only), and ``second`` [O, R],
+    the output nodes' rows restricted to those R nodes. ``outputs`` None: every node (R = O = V)."""
+
+    def __init__(self, adjacency: sp.csr_matrix, outputs: np.ndarray | None, device: torch.device):
+        rows = adjacency if outputs is None else adjacency[outputs]
+        reach = np.unique(rows.indices)
+        self.first = sparse_tensor(adjacency[reach], device)
+        self.second = sparse_tensor(rows[:, reach], device)
+
+
 class GCN(nn.Module):
     """Two graph convolutions with LeakyReLU(0.2) between them and dropout before each (GCNZ / DGP's
-    ``d2048,d``). ``forward(node_vectors [V, E], adjacency sparse [V, V]) -> [V, out_dim]``;
-    :meth:`hidden` is the propagated first layer the output layer reads, ``A · LeakyReLU(layer1)``.
-    ``output_rows`` (rows of the adjacency, sparse [R, V]) computes only those nodes' outputs: the
-    output layer then multiplies R rows instead of V (``(A_R H) W2``, the same as DGP's ``A_R (H W2)``)."""
+    ``d2048,d``). ``forward(node_vectors [V, E], propagation) -> [O, out_dim]``, the outputs of the
+    nodes of ``propagation`` (:class:`Propagation`): ``(A_O H) W2``, the same as DGP's ``A_O (H W2)``,
+    with H only for the nodes ``A_O`` reads. :meth:`hidden` is the propagated first layer the output
+    layer reads, ``A_O · LeakyReLU(layer1)``."""
 
     def __init__(self, in_dim: int, hidden: int, out_dim: int, dropout: float):
         super().__init__()
         self.layer1 = GraphConv(in_dim, hidden, dropout)
         self.layer2 = GraphConv(hidden, out_dim, dropout)
 
-    def forward(self, nodes: torch.Tensor, adjacency: torch.Tensor,
-                output_rows: torch.Tensor | None = None) -> torch.Tensor:
-        return self.hidden(nodes, adjacency, output_rows) @ self.layer2.weight + self.layer2.bias
+    def forward(self, nodes: torch.Tensor, propagation: Propagation) -> torch.Tensor:
+        return self.output(self.hidden(nodes, propagation))
 
-    def hidden(self, nodes: torch.Tensor, adjacency: torch.Tensor,
-               output_rows: torch.Tensor | None = None) -> torch.Tensor:
-        """[V, hidden] (or [R, hidden]): ``A · dropout(LeakyReLU(layer1(nodes)))`` (dropout as in the
-        current mode), so that ``forward = hidden · W2 + b2``."""
-        h = F.leaky_relu(self.layer1(nodes, adjacency), 0.2)
-        return torch.sparse.mm(adjacency if output_rows is None else output_rows, self.layer2.dropout(h))
+    def hidden(self, nodes: torch.Tensor, propagation: Propagation) -> torch.Tensor:
+        """[O, hidden]: ``A_O · dropout(LeakyReLU(layer1(nodes)))`` (dropout as in the current mode), so
+        that ``forward = hidden · W2 + b2``."""
+        h = F.leaky_relu(self.layer1(nodes, propagation.first), 0.2)
+        return torch.sparse.mm(propagation.second, self.layer2.dropout(h))
+
+    def output(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The output layer applied to :meth:`hidden`: ``hidden · W2 + b2``."""
+        return hidden @ self.layer2.weight + self.layer2.bias
 
 
 def sparse_tensor(matrix: sp.spmatrix, device: torch.device) -> torch.Tensor:

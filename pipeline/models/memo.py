@@ -2,7 +2,9 @@
 
 Selection fits every combination of a grid on the same validation folds, so the costly steps that
 depend on a fold's data alone (a Gram matrix's eigendecomposition, an orthonormal basis of the
-anchors, a graph's normalised adjacency) are computed once per fold instead of once per combination.
+anchors, a graph's normalised adjacency) are computed once per fold instead of once per combination,
+and those that depend on the seed alone (a GCN's first layer, initialised the same for every
+combination) once per selection.
 """
 from __future__ import annotations
 
@@ -37,17 +39,22 @@ def _read_only(value: Any) -> Any:
     return value
 
 
-def by_content(kept: int) -> Callable[[FunctionT], FunctionT]:
+def by_content(kept: int, content: Callable[..., tuple[Any, ...]] | None = None) -> Callable[[FunctionT], FunctionT]:
     """Decorate a function of arrays and scalars to return the kept result of its last ``kept`` distinct
-    argument lists, arrays compared by dtype, shape and SHA-1 of their bytes. Array and CSR results
-    (alone or in a tuple) are made read-only, since later calls share them."""
+    argument lists, arrays compared by dtype, shape and SHA-1 of their bytes. For a function of other
+    objects, ``content(*args, **kwargs)`` returns the arrays and scalars its result depends on, compared
+    instead. Array and CSR results (alone or in a tuple) are made read-only, since later calls share
+    them; other results (tensors) must not be modified by the callers."""
 
     def decorate(function: FunctionT) -> FunctionT:
         results: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
 
         @functools.wraps(function)
         def kept_result(*args: Any, **kwargs: Any) -> Any:
-            key = tuple(_fingerprint(a) for a in args) + tuple((k, _fingerprint(v)) for k, v in sorted(kwargs.items()))
+            if content is not None:
+                key = tuple(_fingerprint(a) for a in content(*args, **kwargs))
+            else:
+                key = tuple(_fingerprint(a) for a in args) + tuple((k, _fingerprint(v)) for k, v in sorted(kwargs.items()))
             if key in results:
                 results.move_to_end(key)
                 return results[key]
