@@ -9,5 +9,5 @@ def is_backbone(name: object) -> bool:
     """A built-in backbone name, or ``timm:<model>``."""
     timm = isinstance(name, str) and name.startswith(TIMM_PREFIX) and len(name) > len(TIMM_PREFIX)
     return name in BACKBONES or timm
-DATASETS = ("synthetic", "folder", "imagenet", "cub", "awa2", "sun", "nus_wide", "coco", "tags")
+DATASETS = ("synthetic", "folder", "webdataset", "imagenet", "cub", "awa2", "sun", "nus_wide", "coco", "tags")
 DTYPES = ("float16", "float32")  # feature dtypes a store can hold

@@ -86,7 +86,8 @@ def cli(verbose: bool) -> None:
               help="Dataset folder (see README for each dataset's layout).")
 @click.option("--splits", type=click.Path(path_type=Path), default=None,
               help="imagenet-split.json (ImageNet), xlsa17 att_splits.mat (CUB, AWA2, SUN), cls_ids.pickle "
-                   "(COCO), unseen tag list (tags), unseen class list (folder: makes it a zero-shot dataset).")
+                   "(COCO), unseen tag list (tags), unseen class list (folder, webdataset: makes it a zero-shot "
+                   "dataset).")
 @click.option("--backbone", default="efficientnet_lite0", show_default=True, callback=_backbone, help=BACKBONE_HELP)
 @click.option("--clip-model", default=None, help="open_clip architecture for --backbone clip [default: ViT-B-32].")
 @click.option("--pretrained", default="imagenet", show_default=True,

@@ -8,7 +8,8 @@ joined by rank 0 into the one store every later stage reads.
 
 torchrun sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``. Rank r of W extracts the rows
 ``[r·B, (r+1)·B)`` of the image list (B: N / W rounded up to a multiple of the batch size, so every
-batch holds the images it holds in a single-process run) on its own GPU (``cuda:LOCAL_RANK``) into
+batch holds the images it holds in a single-process run; a ``webdataset`` is split by tar shards
+instead, each rank listing only its own) on its own GPU (``cuda:LOCAL_RANK``) into
 ``OUTPUT.shards/<stem>-r-of-W.h5``, with every guarantee of :func:`pipeline.extract.extract`: resume
 after a kill, failures recorded, a lock per shard, a progress bar per rank. A process group (NCCL on
 GPUs, Gloo on CPUs) waits for every shard; rank 0 then joins them into ``OUTPUT``, with the schema,
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -34,6 +36,7 @@ import torch.distributed as dist
 from pipeline.backbones import Backbone, load_backbone
 from pipeline.datasets import load_dataset
 from pipeline.datasets.base import ImageDataset
+from pipeline.datasets.webdataset import load_webdataset, webdataset_from_rows
 from pipeline.errors import PipelineError
 from pipeline.extract import ExtractResult, extract, failure_limit, finished, output_lock, store_provenance
 from pipeline.store import FeatureStore, FeatureWriter, Shard, create_store
@@ -76,7 +79,8 @@ def shard_path(output: Path, rank: int, world: int) -> Path:
 def subset_rows(dataset: ImageDataset, start: int, stop: int) -> ImageDataset:
     """Rows ``[start, stop)`` of ``dataset`` as a dataset of their own (no splits: the joined store has them)."""
     return replace(dataset, image_ids=dataset.image_ids[start:stop], labels=dataset.labels[start:stop], splits={},
-                   tags=None if dataset.tags is None else dataset.tags[start:stop])
+                   tags=None if dataset.tags is None else dataset.tags[start:stop],
+                   members=None if dataset.members is None else dataset.members[start:stop])
 
 
 def extract_dataset(
@@ -95,37 +99,54 @@ def extract_dataset(
     keywords); under torchrun with several processes, :func:`extract_distributed` (``merge``: a
     self-contained joined store instead of virtual data sets over the shards). What the CLI, the DVC
     stage and the Python API run."""
-    data = load_dataset(dataset, root, splits)
     net = load_backbone(backbone, model, pretrained, image_size)
     rank = launched_rank()
-    if rank is not None:
-        return extract_distributed(data, net, output, rank, merge=merge, **options)
-    return extract(data, net, output, **options)
+    if rank is None:
+        return extract(load_dataset(dataset, root, splits), net, output, **options)
+    if dataset.lower() == "webdataset":  # this rank lists its own tar shards only
+        part = load_webdataset(root, splits, part=(rank.rank, rank.world))
+        shards = [shard_path(output, r, rank.world) for r in range(rank.world)]
+        return extract_distributed(part, lambda: webdataset_from_rows(root, *_shard_rows(shards), splits), net, output,
+                                   rank, merge=merge, **options)
+    data = load_dataset(dataset, root, splits)
+    start, stop = shard_rows(len(data), rank.world, options.get("batch_size", 64))[rank.rank]
+    return extract_distributed(subset_rows(data, start, stop), lambda: data, net, output, rank, merge=merge, **options)
 
 
-def extract_distributed(dataset: ImageDataset, backbone: Backbone, output: Path, rank: Rank, *, merge: bool = False,
-                        **options: Any) -> ExtractResult:
-    """This rank's shard of :func:`pipeline.extract.extract` (``options``: its keywords; on CUDA the device
-    is ``cuda:LOCAL_RANK``, whatever GPU ``device`` names), then, on rank 0, :func:`join_shards`.
-    Returns the joined store's result on rank 0 (rows written and reused summed over the ranks), the
-    shard's elsewhere."""
+def _shard_rows(shards: list[Path]) -> tuple[list[str], np.ndarray]:
+    """The image ids and labels of the finished ``shards``, in order."""
+    ids: list[str] = []
+    labels = []
+    for shard in shards:
+        with FeatureStore(shard) as store:
+            ids += store.image_ids
+            labels.append(store.labels)
+    return ids, np.concatenate(labels)
+
+
+def extract_distributed(part: ImageDataset, whole: Callable[[], ImageDataset], backbone: Backbone, output: Path,
+                        rank: Rank, *, merge: bool = False, **options: Any) -> ExtractResult:
+    """:func:`pipeline.extract.extract` of this rank's ``part`` of the dataset into its shard (``options``:
+    its keywords; on CUDA the device is ``cuda:LOCAL_RANK``, whatever GPU ``device`` names), then, on
+    rank 0, :func:`join_shards` into the store of ``whole()`` (the parts in rank order). Returns the
+    joined store's result on rank 0 (rows written and reused summed over the ranks), the shard's
+    elsewhere."""
     cuda = torch.cuda.is_available() and options.get("device", "auto").partition(":")[0] in ("auto", "cuda")
     if cuda:
         torch.cuda.set_device(rank.local)
         options["device"] = f"cuda:{rank.local}"
     dist.init_process_group("nccl" if cuda else "gloo", timeout=WAIT)
     try:
-        blocks = shard_rows(len(dataset), rank.world, options.get("batch_size", 64))
         if rank.rank == 0:
             _warn_other_world_sizes(output, rank.world)
-        start, stop = blocks[rank.rank]
-        shard = shard_path(output, rank.rank, rank.world)
-        mine = extract(subset_rows(dataset, start, stop), backbone, shard, **options)
+        mine = extract(part, backbone, shard_path(output, rank.rank, rank.world), **options)
         counts: list[Any] = [None] * rank.world
-        dist.all_gather_object(counts, (mine.written, mine.reused))  # every shard is finished past this line
+        dist.all_gather_object(counts, (mine.written, mine.reused, len(part)))  # every shard is finished past here
         result = mine
         if rank.rank == 0:
-            result = join_shards(dataset, backbone, output, blocks, merge=merge, **options)
+            ends = np.cumsum([c[2] for c in counts]).tolist()
+            blocks = list(zip([0, *ends[:-1]], ends))
+            result = join_shards(whole(), backbone, output, blocks, merge=merge, **options)
             result.written, result.reused = sum(c[0] for c in counts), sum(c[1] for c in counts)
         dist.barrier()
         return result

@@ -100,7 +100,7 @@ class ImageFiles(Dataset):
     def __getitem__(self, k: int) -> tuple[int, torch.Tensor, str]:
         i = int(self.indices[k])
         try:
-            with Image.open(self.dataset.path(i)) as img:
+            with self.dataset.open(i) as file, Image.open(file) as img:
                 img.draft("RGB", (self.resize_size, self.resize_size))  # JPEG: decode at reduced scale
                 x = self.transform(rgb(img))
             return i, x, ""

@@ -1,12 +1,15 @@
 """Extraction end to end: resume after a real kill, unreadable images, reuse of finished files."""
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +24,7 @@ import pipeline  # noqa: F401
 from pipeline.backbones import load_backbone
 from pipeline.datasets.base import ImageDataset
 from pipeline.datasets.synthetic import generate_synthetic, load_synthetic
+from pipeline.datasets.webdataset import load_webdataset
 from pipeline.distributed import shard_rows
 from pipeline.errors import PipelineError
 from pipeline.extract import ImageFiles, extract, image_batches
@@ -47,8 +51,8 @@ def resnet18_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _cli_extract(root: Path, ckpt: Path, output: Path, *extra: str) -> list[str]:
-    return [sys.executable, str(REPO / "cli.py"), "extract", "--dataset", "synthetic", "--root", str(root),
+def _cli_extract(root: Path, ckpt: Path, output: Path, *extra: str, dataset: str = "synthetic") -> list[str]:
+    return [sys.executable, str(REPO / "cli.py"), "extract", "--dataset", dataset, "--root", str(root),
             "--backbone", "resnet18", "--pretrained", str(ckpt), "--image-size", "64", "--grid",
             "--batch-size", "8", "--workers", "1", "--output", str(output), *extra]
 
@@ -442,3 +446,72 @@ def test_a_killed_torchrun_resumes_with_no_lost_or_duplicate_rows(synthetic_root
     assert three.returncode == 0, three.stderr
     assert "shards of another number of processes (killed-0-of-2.h5, killed-1-of-2.h5)" in three.stderr
     _same_store(output, reference)
+
+
+# --- WebDataset tar shards ---------------------------------------------------------------------------------
+
+
+def _webdataset_copy(source: ImageDataset, root: Path, shards: int) -> Path:
+    """``source`` as WebDataset shards ``root/00000k.tar`` (``<key>.png`` + ``<key>.cls``, rows in order) and
+    ``root/classes.txt``."""
+    root.mkdir()
+    (root / "classes.txt").write_text("\n".join(source.classes) + "\n")
+    per_shard = -(-len(source) // shards)
+    for k in range(shards):
+        with tarfile.open(root / f"{k:06d}.tar", "w") as tar:
+            for i in range(k * per_shard, min((k + 1) * per_shard, len(source))):
+                tar.add(source.path(i), arcname=f"sample{i:06d}.png")
+                label = str(int(source.labels[i])).encode()
+                info = tarfile.TarInfo(f"sample{i:06d}.cls")
+                info.size = len(label)
+                tar.addfile(info, io.BytesIO(label))
+    return root
+
+
+def test_a_webdataset_copy_gives_the_features_of_the_folder_copy_in_one_process_and_under_torchrun(
+        synthetic_root, resnet18_checkpoint, tmp_path):
+    source = load_synthetic(synthetic_root)
+    wds = _webdataset_copy(source, tmp_path / "wds", shards=4)  # 72 samples each: 9 batches of 8
+    unseen = tmp_path / "unseen.txt"
+    unseen.write_text("\n".join(source.classes[:3]))
+    reference = tmp_path / "folder.h5"
+    subprocess.run(_cli_extract(synthetic_root, resnet18_checkpoint, reference), check=True, capture_output=True)
+
+    single = tmp_path / "single.h5"
+    run = subprocess.run(_cli_extract(wds, resnet18_checkpoint, single, "--splits", str(unseen), dataset="webdataset"),
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    with FeatureStore(single) as got, FeatureStore(reference) as want:
+        assert got.image_ids[:2] == ["000000.tar/sample000000.png", "000000.tar/sample000001.png"]
+        np.testing.assert_array_equal(got.labels, want.labels)
+        for name in ("features", "grid"):
+            np.testing.assert_array_equal(got.dataset(name)[:], want.dataset(name)[:])
+        assert set(got.splits) == {"trainval", "test_seen", "test_unseen"}
+        assert set(got.labels[got.splits["test_unseen"]]) == {0, 1, 2}
+
+    joined = tmp_path / "joined.h5"  # each rank lists and reads its two tar shards only
+    run = subprocess.run(_torchrun(2, _cli_extract(wds, resnet18_checkpoint, joined, "--splits", str(unseen),
+                                                   dataset="webdataset")), capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    with FeatureStore(tmp_path / "joined.h5.shards" / "joined-1-of-2.h5") as shard:
+        assert {i.split("/")[0] for i in shard.image_ids} == {"000002.tar", "000003.tar"}
+    _same_store(joined, single)
+
+
+def test_webdataset_shards_that_cannot_be_read_name_the_shard_and_the_fix(tmp_path):
+    source = ImageDataset("tiny", tmp_path, ["a/x.png"], np.zeros(1, np.int64), ["a"])
+    (tmp_path / "a").mkdir()
+    Image.new("RGB", (8, 8)).save(source.path(0))
+    wds = _webdataset_copy(source, tmp_path / "wds", shards=1)
+    assert load_webdataset(wds).image_ids == ["000000.tar/sample000000.png"]
+    (wds / "classes.txt").unlink()
+    with pytest.raises(PipelineError, match="classes.txt: class names not found"):
+        load_webdataset(wds)
+    (wds / "classes.txt").write_text("a\n")
+    with tarfile.open(wds / "000001.tar", "w") as tar:  # an image without its .cls
+        tar.add(source.path(0), arcname="lonely.png")
+    with pytest.raises(PipelineError, match="000001.tar: sample 'lonely' has no .cls member"):
+        load_webdataset(wds)
+    (wds / "000001.tar").write_bytes(gzip.compress((wds / "000000.tar").read_bytes()))
+    with pytest.raises(PipelineError, match="000001.tar: not a readable uncompressed tar"):
+        load_webdataset(wds)

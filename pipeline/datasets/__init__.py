@@ -14,8 +14,8 @@ def load_dataset(name: str, root: Path, splits_file: Path | None = None) -> Imag
     ``splits_file``: ImageNet needs ``imagenet-split.json`` (1K train / 21K test wnids),
     CUB/AWA2/SUN the xlsa17 ``att_splits.mat``, COCO the 48/17
     ``cls_ids.pickle``, ``tags`` the unseen-tag list (``root`` is then the CSV/TSV table, or a
-    folder holding ``tags.csv``), ``folder`` optionally the unseen-class list (a zero-shot split);
-    synthetic and NUS-WIDE need none.
+    folder holding ``tags.csv``), ``folder`` and ``webdataset`` (a folder of ``.tar`` shards)
+    optionally the unseen-class list (a zero-shot split); synthetic and NUS-WIDE need none.
     """
     from pipeline.datasets.coco import load_coco
     from pipeline.datasets.folder import load_folder
@@ -24,6 +24,7 @@ def load_dataset(name: str, root: Path, splits_file: Path | None = None) -> Imag
     from pipeline.datasets.nus_wide import load_nus_wide
     from pipeline.datasets.synthetic import load_synthetic
     from pipeline.datasets.tag_table import load_tag_table
+    from pipeline.datasets.webdataset import load_webdataset
 
     key = name.lower()
     if key in ("synthetic", "nus_wide") and splits_file is not None:
@@ -33,6 +34,8 @@ def load_dataset(name: str, root: Path, splits_file: Path | None = None) -> Imag
         return load_synthetic(root)
     if key == "folder":
         return load_folder(root, unseen=splits_file)
+    if key == "webdataset":
+        return load_webdataset(root, unseen=splits_file)
     if key == "imagenet":
         if splits_file is None:
             raise PipelineError("imagenet: pass --splits /path/to/imagenet-split.json (1K train / 21K test wnids)")

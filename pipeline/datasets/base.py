@@ -1,8 +1,10 @@
 """The one dataset type every adapter returns: image paths, labels (or tags), classes and splits."""
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -23,6 +25,9 @@ class ImageDataset:
     Multi-label datasets (NUS-WIDE, COCO, tag tables) set ``tags`` [N, C] bool (image ``i``
     shows class ``c``), ``unseen_tags`` (sorted class indices never used in training), labels
     all -1, and the splits ``trainval`` and ``test``.
+
+    Datasets of tar shards (WebDataset) set ``members`` [N, 2] int64: image ``i`` is the ``size``
+    bytes at ``offset`` of the tar ``root / image_ids[i]`` begins with (``<shard>.tar/<member>``).
     """
 
     name: str
@@ -33,6 +38,7 @@ class ImageDataset:
     splits: dict[str, np.ndarray] = field(default_factory=dict)
     tags: np.ndarray | None = None
     unseen_tags: np.ndarray | None = None
+    members: np.ndarray | None = None
 
     @property
     def multilabel(self) -> bool:
@@ -49,6 +55,8 @@ class ImageDataset:
             u = self.unseen_tags
             if u.ndim != 1 or (len(u) and (u.min() < 0 or u.max() >= len(self.classes))) or (np.diff(u) <= 0).any():
                 raise PipelineError(f"{self.name}: unseen_tags must be sorted distinct class indices")
+        if self.members is not None and self.members.shape != (n, 2):
+            raise PipelineError(f"{self.name}: members must be [{n}, 2] (offset, size), got {self.members.shape}")
         if self.labels.shape != (n,):
             raise PipelineError(f"{self.name}: {n} images but labels of shape {self.labels.shape}")
         if n and (self.labels.max() >= len(self.classes) or self.labels.min() < -1):
@@ -69,5 +77,18 @@ class ImageDataset:
         return len(self.image_ids)
 
     def path(self, i: int) -> Path:
-        """Absolute path of image ``i``."""
+        """Absolute path of image ``i`` (for tar shards: the member's path inside its tar)."""
         return self.root / self.image_ids[i]
+
+    def open(self, i: int) -> BinaryIO:
+        """The bytes of image ``i``: its file, or its member of a tar shard (read by offset)."""
+        if self.members is None:
+            return open(self.path(i), "rb")
+        shard = self.root / self.image_ids[i].split("/", 1)[0]
+        offset, size = (int(v) for v in self.members[i])
+        with open(shard, "rb") as f:
+            f.seek(offset)
+            data = f.read(size)
+        if len(data) != size:
+            raise OSError(f"{shard} ends inside {self.image_ids[i]}: truncated shard")
+        return io.BytesIO(data)

@@ -1,0 +1,126 @@
+"""WebDataset tar shards: ``root/*.tar`` (``000000.tar`` ... ``001023.tar``, as LAION, DataComp and
+ImageNet-21K copies ship them), each holding samples ``<key>.jpg`` (or ``.jpeg .png .webp .bmp``) +
+``<key>.cls`` (the class index as text), with the class names in ``root/classes.txt`` (line i names
+class i); optionally a zero-shot split from a list of unseen class names, as for a folder tree.
+
+Rows are the shards in name order, then the samples in the order of their members in the tar (a
+sample's key is its member path up to the first dot of the file name, the WebDataset convention).
+A shard is listed from its tar headers alone (the standard library's ``tarfile``): each image's byte
+offset and size are recorded (:attr:`ImageDataset.members`), so extraction reads an image by offset
+without unpacking anything, in any order (threaded decoding, resume after a kill). Under torchrun each
+rank lists only its own shards (``part``: consecutive shards, :func:`shard_part`), so no process lists
+the whole collection; rank 0 then assembles the joined store's row list from the shard stores
+(:func:`webdataset_from_rows`).
+"""
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from pipeline.datasets.base import ImageDataset
+from pipeline.datasets.folder import IMAGE_EXTENSIONS, read_unseen, zero_shot_splits
+from pipeline.errors import PipelineError
+
+
+def tar_shards(root: Path) -> list[Path]:
+    """The ``*.tar`` files directly in ``root``, sorted by name."""
+    root = Path(root)
+    if not root.is_dir():
+        raise PipelineError(f"{root}: WebDataset folder not found; pass the directory holding the .tar shards")
+    shards = sorted(p for p in root.glob("*.tar") if p.is_file())
+    if not shards:
+        raise PipelineError(f"{root}: no .tar shards; expected root/000000.tar ... with <key>.jpg + <key>.cls samples")
+    return shards
+
+
+def shard_part(n_shards: int, rank: int, world: int) -> range:
+    """The shards (indices into :func:`tar_shards`) of ``rank`` of ``world``: consecutive blocks of
+    ``ceil(n_shards / world)`` (the last ranks may get fewer or none)."""
+    block = -(-n_shards // world)
+    return range(min(rank * block, n_shards), min((rank + 1) * block, n_shards))
+
+
+def read_classes(root: Path) -> list[str]:
+    """The class names of ``root/classes.txt``, one per line (line i names class i)."""
+    path = Path(root) / "classes.txt"
+    if not path.is_file():
+        raise PipelineError(f"{path}: class names not found; write one class name per line (line i names the "
+                            "class whose .cls files hold i)")
+    classes = [line.strip() for line in path.read_text().splitlines()]
+    if not classes or any(not c for c in classes) or len(set(classes)) != len(classes):
+        raise PipelineError(f"{path}: needs one distinct, non-empty class name per line")
+    return classes
+
+
+def list_shard(shard: Path, n_classes: int) -> tuple[list[str], list[int], list[tuple[int, int]]]:
+    """Image ids (``<shard name>/<member>``), class indices and (offset, size) of the images of ``shard``,
+    in member order, from its tar headers and ``.cls`` members."""
+    samples: dict[str, dict[str, tarfile.TarInfo]] = {}
+    try:
+        with tarfile.open(shard, "r:") as tar:  # uncompressed: members are then readable by offset
+            for info in tar:
+                if not info.isfile():
+                    continue
+                folder, _, name = info.name.rpartition("/")
+                stem, dot, ext = name.partition(".")
+                if dot:
+                    samples.setdefault(f"{folder}/{stem}" if folder else stem, {})[ext.lower()] = info
+            labels = {key: _label(tar, parts["cls"], shard, n_classes) for key, parts in samples.items() if "cls" in parts}
+    except (tarfile.TarError, OSError) as e:
+        raise PipelineError(f"{shard}: not a readable uncompressed tar ({e}); re-download or re-create the shard") from None
+    ids, classes, members = [], [], []
+    for key, parts in samples.items():
+        images = [ext for ext in parts if f".{ext}" in IMAGE_EXTENSIONS]
+        if not images or key not in labels:
+            raise PipelineError(f"{shard}: sample {key!r} has {'no image' if not images else 'no .cls'} member; every "
+                                f"sample needs <key>.jpg (or {', '.join(sorted(IMAGE_EXTENSIONS))}) and <key>.cls")
+        image = parts[images[0]]
+        ids.append(f"{shard.name}/{image.name}")
+        classes.append(labels[key])
+        members.append((image.offset_data, image.size))
+    return ids, classes, members
+
+
+def _label(tar: tarfile.TarFile, info: tarfile.TarInfo, shard: Path, n_classes: int) -> int:
+    text = tar.extractfile(info).read().decode("utf-8", "replace").strip()  # type: ignore[union-attr]
+    if not text.lstrip("-").isdigit() or not 0 <= int(text) < n_classes:
+        raise PipelineError(f"{shard}: {info.name} holds {text[:20]!r}, not a class index in 0..{n_classes - 1} "
+                            f"(the lines of classes.txt)")
+    return int(text)
+
+
+def load_webdataset(root: Path, unseen: Path | None = None, part: tuple[int, int] | None = None) -> ImageDataset:
+    """The samples of the tar shards of ``root`` (all, or ``part`` = (rank, world): that rank's shards,
+    :func:`shard_part`, without splits), with a zero-shot split when ``unseen`` lists unseen classes."""
+    root = Path(root)
+    shards = tar_shards(root)
+    classes = read_classes(root)
+    if part is not None:
+        shards = [shards[i] for i in shard_part(len(shards), *part)]
+    ids: list[str] = []
+    labels: list[int] = []
+    members: list[tuple[int, int]] = []
+    for shard in tqdm(shards, desc=f"listing {root.name}", unit="shard", disable=len(shards) < 8):
+        shard_ids, shard_labels, shard_members = list_shard(shard, len(classes))
+        ids += shard_ids
+        labels += shard_labels
+        members += shard_members
+    if not ids and part is None:
+        raise PipelineError(f"{root}: the .tar shards hold no samples")
+    dataset = webdataset_from_rows(root, ids, np.array(labels, dtype=np.int64), None if part else unseen, classes)
+    return ImageDataset(dataset.name, root, ids, dataset.labels, classes, dataset.splits,
+                        members=np.array(members, dtype=np.int64).reshape(-1, 2))
+
+
+def webdataset_from_rows(root: Path, image_ids: list[str], labels: np.ndarray, unseen: Path | None,
+                         classes: list[str] | None = None) -> ImageDataset:
+    """The dataset of ``root`` with the given rows (image ids and labels, e.g. read back from the shard
+    stores of a torchrun extraction) and its zero-shot split, without member offsets (its images are
+    not read again)."""
+    root = Path(root)
+    classes = read_classes(root) if classes is None else classes
+    splits = zero_shot_splits(image_ids, labels, classes, read_unseen(unseen, classes)) if unseen else {}
+    return ImageDataset(root.resolve().name, root, image_ids, labels, classes, splits)
