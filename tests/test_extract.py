@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import os
 import shutil
@@ -24,7 +23,7 @@ import pipeline  # noqa: F401
 from pipeline.backbones import load_backbone
 from pipeline.datasets.base import ImageDataset
 from pipeline.datasets.synthetic import generate_synthetic, load_synthetic
-from pipeline.datasets.webdataset import load_webdataset
+from pipeline.datasets.webdataset import load_webdataset, write_webdataset
 from pipeline.distributed import shard_rows
 from pipeline.errors import PipelineError
 from pipeline.extract import ImageFiles, extract, image_batches
@@ -451,27 +450,11 @@ def test_a_killed_torchrun_resumes_with_no_lost_or_duplicate_rows(synthetic_root
 # --- WebDataset tar shards ---------------------------------------------------------------------------------
 
 
-def _webdataset_copy(source: ImageDataset, root: Path, shards: int) -> Path:
-    """``source`` as WebDataset shards ``root/00000k.tar`` (``<key>.png`` + ``<key>.cls``, rows in order) and
-    ``root/classes.txt``."""
-    root.mkdir()
-    (root / "classes.txt").write_text("\n".join(source.classes) + "\n")
-    per_shard = -(-len(source) // shards)
-    for k in range(shards):
-        with tarfile.open(root / f"{k:06d}.tar", "w") as tar:
-            for i in range(k * per_shard, min((k + 1) * per_shard, len(source))):
-                tar.add(source.path(i), arcname=f"sample{i:06d}.png")
-                label = str(int(source.labels[i])).encode()
-                info = tarfile.TarInfo(f"sample{i:06d}.cls")
-                info.size = len(label)
-                tar.addfile(info, io.BytesIO(label))
-    return root
-
-
 def test_a_webdataset_copy_gives_the_features_of_the_folder_copy_in_one_process_and_under_torchrun(
         synthetic_root, resnet18_checkpoint, tmp_path):
     source = load_synthetic(synthetic_root)
-    wds = _webdataset_copy(source, tmp_path / "wds", shards=4)  # 72 samples each: 9 batches of 8
+    wds = tmp_path / "wds"
+    assert len(write_webdataset(source, wds, per_shard=72)) == 4  # 9 batches of 8 each
     unseen = tmp_path / "unseen.txt"
     unseen.write_text("\n".join(source.classes[:3]))
     reference = tmp_path / "folder.h5"
@@ -482,7 +465,7 @@ def test_a_webdataset_copy_gives_the_features_of_the_folder_copy_in_one_process_
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     with FeatureStore(single) as got, FeatureStore(reference) as want:
-        assert got.image_ids[:2] == ["000000.tar/sample000000.png", "000000.tar/sample000001.png"]
+        assert got.image_ids[:2] == ["000000.tar/000000000.png", "000000.tar/000000001.png"]
         np.testing.assert_array_equal(got.labels, want.labels)
         for name in ("features", "grid"):
             np.testing.assert_array_equal(got.dataset(name)[:], want.dataset(name)[:])
@@ -502,8 +485,9 @@ def test_webdataset_shards_that_cannot_be_read_name_the_shard_and_the_fix(tmp_pa
     source = ImageDataset("tiny", tmp_path, ["a/x.png"], np.zeros(1, np.int64), ["a"])
     (tmp_path / "a").mkdir()
     Image.new("RGB", (8, 8)).save(source.path(0))
-    wds = _webdataset_copy(source, tmp_path / "wds", shards=1)
-    assert load_webdataset(wds).image_ids == ["000000.tar/sample000000.png"]
+    wds = tmp_path / "wds"
+    write_webdataset(source, wds, per_shard=10)
+    assert load_webdataset(wds).image_ids == ["000000.tar/000000000.png"]
     (wds / "classes.txt").unlink()
     with pytest.raises(PipelineError, match="classes.txt: class names not found"):
         load_webdataset(wds)

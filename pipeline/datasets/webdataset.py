@@ -10,11 +10,13 @@ offset and size are recorded (:attr:`ImageDataset.members`), so extraction reads
 without unpacking anything, in any order (threaded decoding, resume after a kill). Under torchrun each
 rank lists only its own shards (``part``: consecutive shards, :func:`shard_part`), so no process lists
 the whole collection; rank 0 then assembles the joined store's row list from the shard stores
-(:func:`webdataset_from_rows`).
+(:func:`webdataset_from_rows`). :func:`write_webdataset` copies any dataset into this layout.
 """
 from __future__ import annotations
 
+import io
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -68,9 +70,11 @@ def list_shard(shard: Path, n_classes: int) -> tuple[list[str], list[int], list[
                 stem, dot, ext = name.partition(".")
                 if dot:
                     samples.setdefault(f"{folder}/{stem}" if folder else stem, {})[ext.lower()] = info
-            labels = {key: _label(tar, parts["cls"], shard, n_classes) for key, parts in samples.items() if "cls" in parts}
+            labels = {key: _label(tar, parts["cls"], shard, n_classes)
+                      for key, parts in samples.items() if "cls" in parts}
     except (tarfile.TarError, OSError) as e:
-        raise PipelineError(f"{shard}: not a readable uncompressed tar ({e}); re-download or re-create the shard") from None
+        raise PipelineError(f"{shard}: not a readable uncompressed tar ({e}); re-download or re-create "
+                            "the shard") from None
     ids, classes, members = [], [], []
     for key, parts in samples.items():
         images = [ext for ext in parts if f".{ext}" in IMAGE_EXTENSIONS]
@@ -111,8 +115,7 @@ def load_webdataset(root: Path, unseen: Path | None = None, part: tuple[int, int
     if not ids and part is None:
         raise PipelineError(f"{root}: the .tar shards hold no samples")
     dataset = webdataset_from_rows(root, ids, np.array(labels, dtype=np.int64), None if part else unseen, classes)
-    return ImageDataset(dataset.name, root, ids, dataset.labels, classes, dataset.splits,
-                        members=np.array(members, dtype=np.int64).reshape(-1, 2))
+    return replace(dataset, members=np.array(members, dtype=np.int64).reshape(-1, 2))
 
 
 def webdataset_from_rows(root: Path, image_ids: list[str], labels: np.ndarray, unseen: Path | None,
@@ -124,3 +127,29 @@ def webdataset_from_rows(root: Path, image_ids: list[str], labels: np.ndarray, u
     classes = read_classes(root) if classes is None else classes
     splits = zero_shot_splits(image_ids, labels, classes, read_unseen(unseen, classes)) if unseen else {}
     return ImageDataset(root.resolve().name, root, image_ids, labels, classes, splits)
+
+
+def write_webdataset(source: ImageDataset, root: Path, per_shard: int) -> list[Path]:
+    """Copy ``source`` (labelled rows, in order) into WebDataset shards of ``per_shard`` samples
+    (``root/000000.tar``, ...: ``<row>.<image extension>`` + ``<row>.cls``) and ``root/classes.txt``;
+    returns the shards. The copy lists as ``source`` does, in the same row order."""
+    if (source.labels < 0).any():
+        raise PipelineError(f"{source.name}: WebDataset samples need a class; some rows have none (label -1)")
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "classes.txt").write_text("".join(f"{c}\n" for c in source.classes))
+    shards = []
+    for k, start in enumerate(range(0, len(source), per_shard)):
+        shards.append(root / f"{k:06d}.tar")
+        with tarfile.open(shards[-1], "w") as tar:
+            for i in range(start, min(start + per_shard, len(source))):
+                with source.open(i) as image:
+                    _add(tar, f"{i:09d}{Path(source.image_ids[i]).suffix.lower()}", image.read())
+                _add(tar, f"{i:09d}.cls", str(int(source.labels[i])).encode())
+    return shards
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
