@@ -162,7 +162,7 @@ def candidate_semantics(model_file: Path, model: ZSLModel, checkpoint: dict[str,
             raise PipelineError(f"{new[0]!r} is not among the {len(known)} classes of {model_file}, which reads "
                                 f"{source}: add a row for it to an attribute table and rebuild the semantics and "
                                 "model, or train on class-name vectors (train.source: text:minilm)")
-        if model.reads_graph and sem.graph is not None:
+        if model.reads_graph(sem):
             raise PipelineError(f"{new[0]!r} has no node in the WordNet graph of {path} that {model.name} propagates "
                                 "over: name new classes by wnid in a dataset, rebuild the semantics, and retrain")
         with SemanticsFile(path) as f:

@@ -328,8 +328,9 @@ def test_graph_steps_average_each_class_vector_with_its_graph_neighbours(problem
     np.testing.assert_allclose(smoothed_class_vectors("eszsl", attributes, 1, 3),
                                knn.adjacency("dgp") @ (knn.node_vectors / np.linalg.norm(knn.node_vectors, axis=1,
                                                                                         keepdims=True)), rtol=1e-5)
-    for name in ("eszsl", "conse"):  # a class outside the graph cannot be smoothed: predict must refuse it
-        assert make_model(name, graph_steps=2).reads_graph and not make_model(name).reads_graph
+    for name in ("eszsl", "conse"):  # a class outside the WordNet graph cannot be smoothed: predict refuses it
+        assert make_model(name, graph_steps=2).reads_graph(text) and not make_model(name).reads_graph(text)
+        assert not make_model(name, graph_steps=2).reads_graph(attributes)  # a k-NN graph takes any class
         model = make_model(name, graph_steps=2)
         model.fit(problem.train, problem.seen, text, seed=0)
         assert model.class_embeddings(text).shape == (N_CLASSES, 8)

@@ -176,10 +176,9 @@ class ZSLModel(ABC):
             raise PipelineError(f"{self.name}: unknown hyperparameters {sorted(unknown)}; known: {sorted(self.defaults)}")
         self.hparams = {**self.defaults, **typed_hparams(self.name, self.defaults, hparams)}
 
-    @property
-    def reads_graph(self) -> bool:
-        """Whether the class embeddings propagate over ``Semantics.graph`` (when there is one), so that a
-        class outside the graph cannot be embedded."""
+    def reads_graph(self, semantics: Semantics) -> bool:
+        """Whether the class embeddings of ``semantics`` propagate over its ``graph``, so that a class
+        outside the graph cannot be embedded."""
         return False
 
     def stand_in(self) -> dict[str, Any]:

@@ -177,9 +177,8 @@ class _AnchoredModel(TorchZSLModel[_AnchoredGCN]):
             self._graph = (semantics, _GraphInputs(self.name, semantics, self.hparams, self.device))
         return self._graph[1]
 
-    @property
-    def reads_graph(self) -> bool:
-        return True
+    def reads_graph(self, semantics: Semantics) -> bool:
+        return semantics.graph is not None
 
     def stand_in(self) -> dict[str, Any]:
         return {**self.hparams, "epochs": 0}

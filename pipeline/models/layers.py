@@ -237,25 +237,27 @@ def smoothed_class_vectors(model: str, semantics: Semantics, steps: int, k: int)
     no WordNet graph). ``steps`` 0: ``semantics.vectors`` as they are."""
     if steps == 0:
         return np.asarray(semantics.vectors, dtype=np.float32)
-    graph = semantics.graph
-    if graph is not None and graph.node_encoder and semantics.source == f"text:{graph.node_encoder}":
-        graph = class_graph(model, semantics, k)
-    else:
-        graph = knn_graph(semantics.vectors, k)
+    graph = class_graph(model, semantics, k) if _smooths_over_wordnet(semantics) else knn_graph(semantics.vectors, k)
     return smoothed_nodes(graph, steps)[:graph.n_classes]
+
+
+def _smooths_over_wordnet(semantics: Semantics) -> bool:
+    """Whether :func:`smoothed_class_vectors` averages over ``semantics.graph``: its node vectors come from
+    the encoder of the semantics source."""
+    graph = semantics.graph
+    return graph is not None and bool(graph.node_encoder) and semantics.source == f"text:{graph.node_encoder}"
 
 
 class SmoothedClassVectors:
     """For a model whose class side is ``semantics.vectors`` and whose hyperparameters include
     ``graph_steps`` and ``k``: its class vectors (:func:`smoothed_class_vectors`), and ``reads_graph``
-    when it smooths them. Mix in before :class:`ZSLModel`."""
+    when it smooths them over the WordNet graph. Mix in before :class:`ZSLModel`."""
 
     name: str
     hparams: dict[str, Any]
 
-    @property
-    def reads_graph(self) -> bool:
-        return self.hparams["graph_steps"] > 0
+    def reads_graph(self, semantics: Semantics) -> bool:
+        return self.hparams["graph_steps"] > 0 and _smooths_over_wordnet(semantics)
 
     def class_vectors(self, semantics: Semantics) -> np.ndarray:
         """[C, E] the class vectors this model reads."""
