@@ -106,14 +106,14 @@ def extract_dataset(
     if dataset.lower() == "webdataset":  # this rank lists its own tar shards only
         part = load_webdataset(root, splits, part=(rank.rank, rank.world))
         shards = [shard_path(output, r, rank.world) for r in range(rank.world)]
-        return extract_distributed(part, lambda: webdataset_from_rows(root, *_shard_rows(shards), splits), net, output,
+        return extract_distributed(part, lambda: webdataset_from_rows(root, *_stored_rows(shards), splits), net, output,
                                    rank, merge=merge, **options)
     data = load_dataset(dataset, root, splits)
     start, stop = shard_rows(len(data), rank.world, options.get("batch_size", 64))[rank.rank]
     return extract_distributed(subset_rows(data, start, stop), lambda: data, net, output, rank, merge=merge, **options)
 
 
-def _shard_rows(shards: list[Path]) -> tuple[list[str], np.ndarray]:
+def _stored_rows(shards: list[Path]) -> tuple[list[str], np.ndarray]:
     """The image ids and labels of the finished ``shards``, in order."""
     ids: list[str] = []
     labels = []
