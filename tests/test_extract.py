@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import shutil
@@ -481,6 +482,28 @@ def test_a_webdataset_copy_gives_the_features_of_the_folder_copy_in_one_process_
     _same_store(joined, single)
 
 
+def _write_tar(path: Path, members: dict[str, bytes]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_webdataset_labels_may_come_as_json_objects_as_imagenet_copies_write_them(tmp_path):
+    (tmp_path / "classes.txt").write_text("cat\ndog\n")
+    image = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(image, format="JPEG")
+    _write_tar(tmp_path / "000000.tar", {"a.jpg": image.getvalue(), "a.json": b'{"label": 1, "class_name": "dog"}',
+                                         "b.jpg": image.getvalue(), "b.cls": b"0"})
+    dataset = load_webdataset(tmp_path)
+    assert dataset.image_ids == ["000000.tar/a.jpg", "000000.tar/b.jpg"]
+    assert dataset.labels.tolist() == [1, 0]
+    _write_tar(tmp_path / "000001.tar", {"c.jpg": image.getvalue(), "c.json": b'{"caption": "a dog"}'})
+    with pytest.raises(PipelineError, match='000001.tar: c.json holds .*not an integer "label" in 0..1'):
+        load_webdataset(tmp_path)
+
+
 def test_webdataset_shards_that_cannot_be_read_name_the_shard_and_the_fix(tmp_path):
     source = ImageDataset("tiny", tmp_path, ["a/x.png"], np.zeros(1, np.int64), ["a"])
     (tmp_path / "a").mkdir()
@@ -494,7 +517,7 @@ def test_webdataset_shards_that_cannot_be_read_name_the_shard_and_the_fix(tmp_pa
     (wds / "classes.txt").write_text("a\n")
     with tarfile.open(wds / "000001.tar", "w") as tar:  # an image without its .cls
         tar.add(source.path(0), arcname="lonely.png")
-    with pytest.raises(PipelineError, match="000001.tar: sample 'lonely' has no .cls member"):
+    with pytest.raises(PipelineError, match="000001.tar: sample 'lonely' has no .cls or .json member"):
         load_webdataset(wds)
     (wds / "000001.tar").write_bytes(gzip.compress((wds / "000000.tar").read_bytes()))
     with pytest.raises(PipelineError, match="000001.tar: not a readable uncompressed tar"):

@@ -1,7 +1,8 @@
 """WebDataset tar shards: ``root/*.tar`` (``000000.tar`` ... ``001023.tar``, as LAION, DataComp and
 ImageNet-21K copies ship them), each holding samples ``<key>.jpg`` (or ``.jpeg .png .webp .bmp``) +
-``<key>.cls`` (the class index as text), with the class names in ``root/classes.txt`` (line i names
-class i); optionally a zero-shot split from a list of unseen class names, as for a folder tree.
+``<key>.cls`` (the class index as text) or ``<key>.json`` (an object whose ``"label"`` or ``"cls"`` is the
+class index, as ImageNet copies such as timm's ``imagenet-1k-wds`` write it), with the class names in
+``root/classes.txt`` (line i names class i); optionally a zero-shot split from a list of unseen class names, as for a folder tree.
 
 Rows are the shards in name order, then the samples in the order of their members in the tar (a
 sample's key is its member path up to the first dot of the file name, the WebDataset convention).
@@ -15,6 +16,7 @@ the whole collection; rank 0 then assembles the joined store's row list from the
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 from dataclasses import replace
 from pathlib import Path
@@ -59,7 +61,7 @@ def read_classes(root: Path) -> list[str]:
 
 def list_shard(shard: Path, n_classes: int) -> tuple[list[str], list[int], list[tuple[int, int]]]:
     """Image ids (``<shard name>/<member>``), class indices and (offset, size) of the images of ``shard``,
-    in member order, from its tar headers and ``.cls`` members."""
+    in member order, from its tar headers and ``.cls`` (else ``.json``) members."""
     samples: dict[str, dict[str, tarfile.TarInfo]] = {}
     try:
         with tarfile.open(shard, "r:") as tar:  # uncompressed: members are then readable by offset
@@ -70,8 +72,8 @@ def list_shard(shard: Path, n_classes: int) -> tuple[list[str], list[int], list[
                 stem, dot, ext = name.partition(".")
                 if dot:
                     samples.setdefault(f"{folder}/{stem}" if folder else stem, {})[ext.lower()] = info
-            labels = {key: _label(tar, parts["cls"], shard, n_classes)
-                      for key, parts in samples.items() if "cls" in parts}
+            labels = {key: _label(tar, parts.get("cls") or parts["json"], shard, n_classes)
+                      for key, parts in samples.items() if "cls" in parts or "json" in parts}
     except (tarfile.TarError, OSError) as e:
         raise PipelineError(f"{shard}: not a readable uncompressed tar ({e}); re-download or re-create "
                             "the shard") from None
@@ -79,8 +81,9 @@ def list_shard(shard: Path, n_classes: int) -> tuple[list[str], list[int], list[
     for key, parts in samples.items():
         images = [ext for ext in parts if f".{ext}" in IMAGE_EXTENSIONS]
         if not images or key not in labels:
-            raise PipelineError(f"{shard}: sample {key!r} has {'no image' if not images else 'no .cls'} member; every "
-                                f"sample needs <key>.jpg (or {', '.join(sorted(IMAGE_EXTENSIONS))}) and <key>.cls")
+            raise PipelineError(f"{shard}: sample {key!r} has {'no image' if not images else 'no .cls or .json'} "
+                                f"member; every sample needs <key>.jpg (or {', '.join(sorted(IMAGE_EXTENSIONS))}) "
+                                "and <key>.cls (or <key>.json with a \"label\")")
         image = parts[images[0]]
         ids.append(f"{shard.name}/{image.name}")
         classes.append(labels[key])
@@ -89,11 +92,26 @@ def list_shard(shard: Path, n_classes: int) -> tuple[list[str], list[int], list[
 
 
 def _label(tar: tarfile.TarFile, info: tarfile.TarInfo, shard: Path, n_classes: int) -> int:
+    """The class index a ``.cls`` member holds as text, or a ``.json`` member under ``"label"`` / ``"cls"``."""
     text = tar.extractfile(info).read().decode("utf-8", "replace").strip()  # type: ignore[union-attr]
+    is_json = info.name.lower().endswith(".json")
+    if is_json:
+        text = str(_json_label(text))
     if not text.lstrip("-").isdigit() or not 0 <= int(text) < n_classes:
-        raise PipelineError(f"{shard}: {info.name} holds {text[:20]!r}, not a class index in 0..{n_classes - 1} "
-                            f"(the lines of classes.txt)")
+        wanted = 'an integer "label"' if is_json else "a class index"
+        raise PipelineError(f"{shard}: {info.name} holds {text[:40]!r}, not {wanted} in 0..{n_classes - 1} "
+                            "(the lines of classes.txt)")
     return int(text)
+
+
+def _json_label(text: str) -> object:
+    """The ``"label"`` (else ``"cls"``) of a JSON object, or ``text`` itself when it holds none."""
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return text
+    value = record.get("label", record.get("cls")) if isinstance(record, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else text
 
 
 def load_webdataset(root: Path, unseen: Path | None = None, part: tuple[int, int] | None = None) -> ImageDataset:
