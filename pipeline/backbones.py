@@ -1,11 +1,12 @@
-"""Frozen image backbones: torchvision ResNets, open_clip CLIP image towers, EfficientNet-Lite0.
+"""Frozen image backbones: torchvision ResNets, open_clip CLIP image towers, EfficientNet-Lite0, any timm model.
 
 ``load_backbone(backbone, model, pretrained, image_size)`` returns a :class:`Backbone`, an
 ``nn.Module`` whose forward maps a normalised image batch [B, 3, S, S] to pooled features
 [B, D], spatial features [B, R, D'] of the last stage (R = h*w regions, row-major) and
 spatial features [B, R, D''] of an earlier stage (``mid``: ResNet ``layer3``, the stride-16
 stage of EfficientNet-Lite0, both average-pooled to the last stage's h x w; CLIP ViT: the patch
-tokens after two thirds of the blocks), plus the preprocessing that must be applied to the images
+tokens after two thirds of the blocks). Every CNN but CLIP's runs as a timm model (``forward_intermediates``
+gives the three outputs); open_clip runs CLIP. Each comes with the preprocessing that must be applied to the images
 and, for ImageNet-1K weights, the classifier head on the pooled features (:class:`Head`: the rows of the
 backbone's own classifier with the wnid each output means). ``pretrained`` is a tag the library downloads
 on a user's machine (``imagenet``/``IMAGENET1K_V2`` for torchvision, ``openai``/``laion2b_s34b_b79k``
@@ -94,56 +95,26 @@ def _pooled_to(mid: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
     return _regions(nn.functional.adaptive_avg_pool2d(mid, last.shape[-2:]))
 
 
-class _ResNetBody(nn.Module):
-    mid_source = "layer3, average-pooled to the layer4 grid"
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> Features:
-        n = self.net
-        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
-        mid = n.layer3(n.layer2(n.layer1(x)))
-        x = n.layer4(mid)
-        return x.mean(dim=(2, 3)), _regions(x), _pooled_to(mid, x)
-
-
-class _EfficientNetBody(nn.Module):
-    """timm EfficientNet: ``forward_features`` unrolled to keep the output of the stride-16 stage
-    (``bn2`` includes the activation, so the pooled features are what the classifier reads)."""
-
-    mid_source = "the last stride-16 block stage, average-pooled to the final grid"
-
-    def __init__(self, net: nn.Module, mid_stage: int):
-        super().__init__()
-        self.net, self.mid_stage = net, mid_stage
-
-    def forward(self, x: torch.Tensor) -> Features:
-        n = self.net
-        x = n.bn1(n.conv_stem(x))
-        mid = n.blocks[: self.mid_stage + 1](x)
-        x = n.bn2(n.conv_head(n.blocks[self.mid_stage + 1 :](mid)))
-        return x.mean(dim=(2, 3)), _regions(x), _pooled_to(mid, x)
-
-
 class _TimmBody(nn.Module):
     """Any timm model through ``forward_intermediates``: pooled features are what its classifier reads
     (``forward_head(pre_logits=True)``), the grid its final feature map (a transformer's: the last
     block's patch tokens), the mid grid the last stride-16 stage average-pooled to the final grid (a
-    transformer's: the patch tokens after two thirds of the blocks)."""
+    transformer's: the patch tokens after two thirds of the blocks). The built-in ResNets and
+    EfficientNet-Lite0 run through here too (timm's ``resnet*`` and ``tf_efficientnet_lite0``)."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
-        reductions = [f["reduction"] for f in net.feature_info]
+        stages = net.feature_info
+        reductions = [f["reduction"] for f in stages]
         self.last = len(reductions) - 1
         if len(set(reductions)) == 1:  # every block at one stride: a vision transformer
             self.mid = round(2 * len(reductions) / 3) - 1
             self.mid_source = "patch tokens after two thirds of the blocks"
         else:
             self.mid = max(i for i, r in enumerate(reductions) if r <= 16)
-            self.mid_source = f"the stride-{reductions[self.mid]} stage, average-pooled to the final grid"
+            self.mid_source = (f"{stages[self.mid]['module']} (stride {reductions[self.mid]}), average-pooled to "
+                               "the final grid")
 
     def forward(self, x: torch.Tensor) -> Features:
         final, (mid, last) = self.net.forward_intermediates(x, indices=[self.mid, self.last], output_fmt="NCHW")
@@ -238,12 +209,17 @@ def _load_state(net: nn.Module, state: dict[str, torch.Tensor], source: str) -> 
 
 
 def _resnet(arch: str, pretrained: str, image_size: int) -> Backbone:
+    """A torchvision ResNet: torchvision builds it (seeded) and loads its weights (``imagenet`` = the
+    ``DEFAULT`` tag, any weights tag, or a file); timm's architecture of the same name runs them (the
+    same modules and parameter names, so the state dict carries over unchanged)."""
+    import timm
     import torchvision
 
     net = _seeded_init(lambda: torchvision.models.get_model(arch, weights=None))
     tags = ["imagenet", *torchvision.models.get_model_weights(arch).__members__]
     kind, value = resolve_weights(arch, pretrained, tags)
     source = value
+    weights = None
     if kind == "file":
         _load_state(net, _read_checkpoint(Path(value)), value)
     elif kind == "tag":
@@ -257,9 +233,22 @@ def _resnet(arch: str, pretrained: str, image_size: int) -> Backbone:
                 "and pass --pretrained /path/to/that.pth"
             ) from e
         net.load_state_dict(state)
-    pre = Preprocess(image_size, round(image_size / 0.875), "bilinear", IMAGENET_MEAN, IMAGENET_STD)
+    pre = torchvision_preprocess(weights, image_size)
     head = None if kind == "none" else _imagenet_head(net.fc)
-    return Backbone(_ResNetBody(net), pre, {"backbone": arch, "model": arch, "pretrained": source or "none"}, head)
+    runner = timm.create_model(arch, pretrained=False)
+    runner.load_state_dict(net.state_dict())
+    return Backbone(_TimmBody(runner), pre, {"backbone": arch, "model": arch, "pretrained": source or "none"}, head)
+
+
+def torchvision_preprocess(weights: Any, image_size: int) -> Preprocess:
+    """The preprocessing torchvision's ``weights`` enum member declares (``weights.transforms()``: resize,
+    interpolation, mean, std; ``IMAGENET1K_V2`` resizes to 232 for a 224 crop), scaled to ``image_size``.
+    ``weights`` None (a local file, random weights): torchvision's defaults, resize 256 for a 224 crop."""
+    if weights is None:
+        return Preprocess(image_size, round(image_size / 0.875), "bilinear", IMAGENET_MEAN, IMAGENET_STD)
+    t = weights.transforms()
+    return Preprocess(image_size, round(image_size * t.resize_size[0] / t.crop_size[0]), t.interpolation.value,
+                      tuple(t.mean), tuple(t.std))
 
 
 def lite0_package_weights() -> Path:
@@ -296,7 +285,7 @@ def _efficientnet_lite0(pretrained: str, image_size: int) -> Backbone:
         source = str(path) if kind == "file" else f"{LITE0_PACKAGE}:imagenet"
     pre = Preprocess(image_size, round(image_size / 0.875), "bicubic", TF_LITE_MEAN, TF_LITE_STD)
     head = None if kind == "none" else _imagenet_head(net.classifier)
-    return Backbone(_EfficientNetBody(net, mid_stage=4), pre,
+    return Backbone(_TimmBody(net), pre,
                     {"backbone": "efficientnet_lite0", "model": arch, "pretrained": source}, head)
 
 

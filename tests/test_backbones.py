@@ -1,15 +1,55 @@
 """Backbones: random weights, local checkpoints, the packaged EfficientNet-Lite0, offline errors."""
 from __future__ import annotations
 
+import shutil
+import warnings
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
 
 import pipeline  # noqa: F401
-from pipeline.backbones import lite0_package_weights, load_backbone
+from pipeline.backbones import lite0_package_weights, load_backbone, torchvision_preprocess
+from pipeline.datasets.folder import load_folder
 from pipeline.errors import PipelineError
+from pipeline.extract import extract
+
+# Features of two IN200 photos extracted (float32) before the ResNets and Lite0 ran through timm's
+# ``forward_intermediates`` (they were hand-unrolled forward passes); Lite0's grid keeps regions 0, 8, ..., 48.
+BEFORE_TIMM = Path(__file__).parent / "data" / "backbone_outputs.npz"
+PHOTOS = ("n01443537_11099_goldfish.jpg", "n00007846_147031_person.jpg")
+
+
+def test_builtin_backbones_extract_the_features_they_did_before_timm_ran_them(shared_data: Path, tmp_path: Path):
+    root = tmp_path / "photos"
+    for photo in PHOTOS:
+        folder = root / photo.rsplit("_", 1)[1].removesuffix(".jpg")
+        folder.mkdir(parents=True)
+        shutil.copy(shared_data / "imagen200" / "images" / photo, folder)
+    before = np.load(BEFORE_TIMM)
+    for name, backbone, pretrained, size in [("resnet18", "resnet18", "none", 96),
+                                             ("lite0", "efficientnet_lite0", "imagenet", 224)]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # resnet18: random weights, seeded
+            net = load_backbone(backbone, None, pretrained, size)
+        extract(load_folder(root), net, tmp_path / f"{name}.h5", dtype="float32", grid=True, mid_grid=True)
+        with h5py.File(tmp_path / f"{name}.h5", "r") as f:
+            grid = f["grid"][:, ::8] if name == "lite0" else f["grid"][:]
+            for part, now in [("pooled", f["features"][:]), ("grid", grid), ("grid_mid", f["grid_mid"][:])]:
+                np.testing.assert_allclose(now, before[f"{name}_{part}"], rtol=1e-5, atol=1e-5, err_msg=part)
+
+
+def test_torchvision_weights_bring_their_own_resize():
+    import torchvision
+
+    weights = torchvision.models.get_model_weights("resnet50")
+    assert torchvision_preprocess(weights.IMAGENET1K_V2, 224).resize_size == 232  # V2 was evaluated so
+    assert torchvision_preprocess(weights.IMAGENET1K_V1, 224).resize_size == 256
+    assert torchvision_preprocess(weights.IMAGENET1K_V2, 448).resize_size == 464
+    none = torchvision_preprocess(None, 224)
+    assert (none.resize_size, none.interpolation, none.mean) == (256, "bilinear", (0.485, 0.456, 0.406))
 
 
 def test_random_weights_warn_and_are_reproducible():
