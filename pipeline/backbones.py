@@ -371,20 +371,27 @@ def _clip(model: str, pretrained: str, image_size: int | None) -> Backbone:
     return Backbone(body, pre, {"backbone": "clip", "model": model, "pretrained": pretrained})
 
 
+# name -> build(model, pretrained, image_size): ``model`` is the open_clip architecture (clip only),
+# ``image_size`` None the backbone's own size; the names the command line offers, in the same order
+BUILDERS: dict[str, Callable[[str | None, str, int | None], Backbone]] = {
+    "resnet18": lambda model, pretrained, size: _resnet("resnet18", pretrained, size or 224),
+    "resnet50": lambda model, pretrained, size: _resnet("resnet50", pretrained, size or 224),
+    "resnet101": lambda model, pretrained, size: _resnet("resnet101", pretrained, size or 224),
+    "clip": lambda model, pretrained, size: _clip(model or "ViT-B-32", pretrained, size),
+    "efficientnet_lite0": lambda model, pretrained, size: _efficientnet_lite0(pretrained, size or 224),
+}
+
+
 def load_backbone(backbone: str, model: str | None, pretrained: str, image_size: int | None) -> Backbone:
-    """Build a frozen backbone in eval mode on the CPU.
+    """Build a frozen backbone in eval mode on the CPU: one of :data:`BUILDERS`, or ``timm:<name>``.
 
     ``model`` names the open_clip architecture for ``backbone='clip'`` (default ViT-B-32) and
-    is ignored otherwise; ``image_size`` defaults to 224 (CLIP: the model's own size).
+    is ignored otherwise; ``image_size`` defaults to 224 (CLIP and timm: the model's own size).
     """
     if image_size is not None and image_size < 16:
         raise PipelineError(f"image_size must be at least 16 px, got {image_size}")
-    if backbone.startswith("resnet") and backbone in BACKBONES:
-        return _resnet(backbone, pretrained, image_size or 224)
-    if backbone == "efficientnet_lite0":
-        return _efficientnet_lite0(pretrained, image_size or 224)
-    if backbone == "clip":
-        return _clip(model or "ViT-B-32", pretrained, image_size)
+    if backbone in BUILDERS:
+        return BUILDERS[backbone](model, pretrained, image_size)
     if backbone.startswith(TIMM_PREFIX):
         return _timm(backbone[len(TIMM_PREFIX):], pretrained, image_size)
     raise PipelineError(f"unknown backbone {backbone!r}; choose one of {BACKBONES} or {TIMM_PREFIX}<timm model name>")

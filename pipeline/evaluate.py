@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import __version__
 from pipeline.errors import PipelineError
 from pipeline.inputs import Inputs, load_inputs
 from pipeline.metrics import (
@@ -33,6 +34,7 @@ from pipeline.metrics import (
     seen_unseen_curve,
 )
 from pipeline.models.base import ZSLModel
+from pipeline.multilabel import evaluate_multilabel
 from pipeline.outputs import write_whole
 from pipeline.scoring import search
 from pipeline.store import FeatureStore
@@ -68,8 +70,6 @@ def run_description(checkpoint: dict[str, Any], features: Path) -> dict[str, Any
     """What produced a set of metrics, stored beside them: dataset, backbone and its weights, semantic
     source, model with its chosen hyperparameters (one string: one column in ``dvc exp show``), seed,
     package version."""
-    from pipeline import __version__
-
     with FeatureStore(features) as store:
         p = store.provenance
     backbone = p.get("backbone", "?") + (f" {p['model']}" if p.get("model") and p.get("model") != p.get("backbone")
@@ -117,8 +117,6 @@ def evaluate(model: ZSLModel, checkpoint: dict[str, Any], inputs: Inputs, plots:
     (no GZSL without ``test_seen`` images; multi-label data: P/R/F1 at ``tag_ks``,
     ``plots/f1_at_k.{png,json}``)."""
     if inputs.multilabel:
-        from pipeline.multilabel import evaluate_multilabel
-
         return evaluate_multilabel(model, checkpoint, inputs, plots, tag_ks)
     if checkpoint.get("multilabel"):
         raise PipelineError("the model was trained on multi-label data; retrain it on this feature file")

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import pipeline  # noqa: F401
-from pipeline.backbones import lite0_package_weights, load_backbone, torchvision_preprocess
+from pipeline.backbones import BUILDERS, lite0_package_weights, load_backbone, torchvision_preprocess
+from pipeline.choices import BACKBONES
 from pipeline.datasets.folder import load_folder
 from pipeline.errors import PipelineError
 from pipeline.extract import extract
@@ -158,6 +159,7 @@ def test_offline_tag_is_a_clear_error_that_names_the_local_file_option():
 
 
 def test_unknown_names_are_errors():
+    assert tuple(BUILDERS) == BACKBONES  # what the command line offers is what load_backbone builds
     with pytest.raises(PipelineError, match="unknown backbone"):
         load_backbone("vgg16", None, "none", 64)
     with pytest.raises(PipelineError, match="--pretrained 'IMAGENET9K' is not a file nor a known tag"):

@@ -10,6 +10,8 @@ import pytest
 import scipy.io
 from PIL import Image
 
+from pipeline.choices import DATASETS
+from pipeline.datasets import LOADERS, load_dataset
 from pipeline.datasets.folder import load_folder
 from pipeline.datasets.gbu import load_gbu, read_att_splits
 from pipeline.errors import PipelineError
@@ -183,3 +185,13 @@ def test_read_att_splits_variants_and_errors(shared_data: Path, tmp_path: Path) 
     scipy.io.savemat(partial, {"att": np.ones((3, 2)), "trainval_loc": np.array([[1]])})
     with pytest.raises(PipelineError, match=f"{re.escape(str(partial))}: missing allclasses_names, test_seen_loc, test_unseen_loc"):
         read_att_splits(partial)
+
+
+def test_every_dataset_the_command_line_offers_has_a_loader_that_says_which_splits_file_it_needs(tmp_path):
+    assert tuple(LOADERS) == DATASETS
+    with pytest.raises(PipelineError, match="awa2: pass --splits /path/to/xlsa17/data/AWA2/att_splits.mat"):
+        load_dataset("awa2", tmp_path)
+    with pytest.raises(PipelineError, match="synthetic: --splits x.txt would be ignored"):
+        load_dataset("synthetic", tmp_path, Path("x.txt"))
+    with pytest.raises(PipelineError, match="unknown dataset 'mnist'"):
+        load_dataset("mnist", tmp_path)

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
+from pipeline.datasets.gbu import read_att_splits
+from pipeline.datasets.synthetic import load_synthetic, synthetic_attributes
 from pipeline.errors import PipelineError
 from pipeline.safe_pickle import load_pickle
 
@@ -36,8 +38,6 @@ def read_attributes(source: str, key: str = "att", names_file: Path | None = Non
                     data_root: Path | None = None) -> ClassAttributes:
     """Attributes in the source's own class order (see module doc for ``source``)."""
     if source == "synthetic":
-        from pipeline.datasets.synthetic import load_synthetic, synthetic_attributes
-
         if data_root is None:
             raise PipelineError("attributes=synthetic needs the synthetic dataset root (data.root)")
         values, names = synthetic_attributes(data_root)
@@ -58,8 +58,6 @@ def read_attributes(source: str, key: str = "att", names_file: Path | None = Non
 
 
 def _read_mat(path: Path, key: str) -> ClassAttributes:
-    from pipeline.datasets.gbu import read_att_splits
-
     meta = read_att_splits(path)
     if key == "att":
         values = meta["att"]

@@ -34,10 +34,14 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.outputs import write_whole
+from pipeline.semantics import attributes as attr
+from pipeline.semantics import text
+from pipeline.semantics import wordnet as wn
+from pipeline.store import FeatureStore
 
 log = logging.getLogger(__name__)
-TEXT_ENCODERS = ("clip", "minilm", "glove")  # glove:PATH reads a GloVe-format file instead
-# vectors:PATH reads given class-name vectors (.npy/.pickle), stored as text/vectors
+# text encoders: ENCODERS below, glove:PATH (a GloVe-format file), and for class names vectors:PATH
+# (given class-name vectors, .npy/.pickle, stored as text/vectors)
 _STR = h5py.string_dtype("utf-8")
 
 
@@ -76,23 +80,38 @@ def _digest(*parts: Any) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def encode_texts(encoder: str, texts: list[str], cfg: SemanticsConfig) -> tuple[np.ndarray, dict[str, Any]]:
-    """Embeddings [N, E] of ``texts`` with ``encoder`` and its provenance (incl. OOV words)."""
-    from pipeline.semantics import text
+def _clip(texts: list[str], cfg: SemanticsConfig, path: str) -> tuple[np.ndarray, dict[str, Any]]:
+    return (text.clip_text_embeddings(texts, cfg.clip_model, cfg.clip_pretrained, cfg.templates),
+            text.clip_text_provenance(cfg.clip_model, cfg.clip_pretrained, cfg.templates))
 
-    if encoder == "clip":
-        vectors = text.clip_text_embeddings(texts, cfg.clip_model, cfg.clip_pretrained, cfg.templates)
-        return vectors, text.clip_text_provenance(cfg.clip_model, cfg.clip_pretrained, cfg.templates)
-    if encoder == "minilm":
-        return text.minilm_embeddings(texts), text.minilm_provenance()
-    if encoder == "glove" or encoder.startswith("glove:"):
-        words = text.WordVectors.load(encoder.partition(":")[2] or text.GLOVE_NAME)
-        vectors, oov = text.word_vector_embeddings(texts, words)
-        return vectors, {**words.provenance, "oov": oov}
-    if encoder.startswith("vectors:"):
+
+def _minilm(texts: list[str], cfg: SemanticsConfig, path: str) -> tuple[np.ndarray, dict[str, Any]]:
+    return text.minilm_embeddings(texts), text.minilm_provenance()
+
+
+def _glove(texts: list[str], cfg: SemanticsConfig, path: str) -> tuple[np.ndarray, dict[str, Any]]:
+    words = text.WordVectors.load(path or text.GLOVE_NAME)
+    vectors, oov = text.word_vector_embeddings(texts, words)
+    return vectors, {**words.provenance, "oov": oov}
+
+
+# name -> encode(texts, cfg, path): ``path`` is what follows ``name:`` (glove:PATH; "" otherwise)
+ENCODERS: dict[str, Callable[[list[str], SemanticsConfig, str], tuple[np.ndarray, dict[str, Any]]]] = {
+    "clip": _clip, "minilm": _minilm, "glove": _glove,
+}
+
+
+def encode_texts(encoder: str, texts: list[str], cfg: SemanticsConfig) -> tuple[np.ndarray, dict[str, Any]]:
+    """Embeddings [N, E] of ``texts`` with ``encoder`` (one of :data:`ENCODERS`, or ``glove:PATH``) and its
+    provenance (incl. OOV words)."""
+    name, _, path = encoder.partition(":")
+    if name == "vectors":
         raise PipelineError(f"{encoder}: given vectors exist for class names only; use it in text, "
-                            f"not for other names (use one of {TEXT_ENCODERS} or glove:PATH there)")
-    raise PipelineError(f"unknown text encoder {encoder!r}; use one of {TEXT_ENCODERS}, glove:PATH or vectors:PATH")
+                            f"not for other names (use one of {', '.join(ENCODERS)} or glove:PATH there)")
+    if name not in ENCODERS or (path and name != "glove"):
+        raise PipelineError(f"unknown text encoder {encoder!r}; use one of {', '.join(ENCODERS)}, glove:PATH or "
+                            "vectors:PATH")
+    return ENCODERS[name](texts, cfg, path)
 
 
 def class_name_embeddings(encoder: str, classes: list[str], cfg: SemanticsConfig) -> tuple[np.ndarray, dict[str, Any]]:
@@ -111,10 +130,7 @@ def _encoder_inputs(encoder: str, cfg: SemanticsConfig) -> list[Any]:
 
 
 def _class_texts(classes: list[str]) -> list[str]:
-    from pipeline.semantics.text import clean_class_name
-    from pipeline.semantics.wordnet import class_lemma, is_wnid
-
-    return [class_lemma(c) if is_wnid(c) else clean_class_name(c) for c in classes]
+    return [wn.class_lemma(c) if wn.is_wnid(c) else text.clean_class_name(c) for c in classes]
 
 
 def _other_lemmas_for_unknown_names(encoder: str, classes: list[str], vectors: np.ndarray, meta: dict[str, Any],
@@ -122,12 +138,10 @@ def _other_lemmas_for_unknown_names(encoder: str, classes: list[str], vectors: n
     """Classes that are wnids and whose name got a zero vector (no word known to a word-vector encoder)
     take the mean over all their WordNet lemmas instead (:func:`lemma_vectors`); recorded as
     ``lemma_fallback`` (the classes) in the provenance."""
-    from pipeline.semantics.wordnet import is_wnid, lemmas_of, synset_of
-
-    unknown = [i for i, c in enumerate(classes) if is_wnid(c) and not np.abs(vectors[i]).any()]
+    unknown = [i for i, c in enumerate(classes) if wn.is_wnid(c) and not np.abs(vectors[i]).any()]
     if not unknown:
         return vectors, meta
-    lemmas = [lemmas_of(synset_of(classes[i])) for i in unknown]
+    lemmas = [wn.lemmas_of(wn.synset_of(classes[i])) for i in unknown]
     vectors = vectors.copy()
     vectors[unknown] = lemma_vectors(encoder, lemmas, cfg)[0]
     still = sum(not np.abs(vectors[i]).any() for i in unknown)
@@ -179,9 +193,6 @@ def _attrs(group: h5py.Group | h5py.Dataset, meta: dict[str, Any]) -> None:
 
 def build_semantics(features: Path, output: Path, cfg: SemanticsConfig) -> list[str]:
     """Write the semantics file for the classes of feature file ``features``; returns groups (re)built."""
-    from pipeline.semantics import attributes as attr
-    from pipeline.store import FeatureStore
-
     with FeatureStore(features) as store:
         classes = store.classes
     old = _previous(output)
@@ -250,18 +261,13 @@ def _previous(output: Path) -> h5py.File | None:
 
 def _class_vectors(encoder: str, classes: list[str], cfg: SemanticsConfig) -> tuple[np.ndarray, dict[str, Any]]:
     """``vectors:PATH``: the given class-name vectors [C, E], rows matched to ``classes``."""
-    from pipeline.semantics.text import class_name_vectors
-
     path = encoder.partition(":")[2]
     if not path:
         raise PipelineError("vectors: needs a file, as vectors:PATH (.npy, .pickle or .pkl)")
-    return class_name_vectors(Path(path), classes, Path(cfg.vector_names) if cfg.vector_names else None)
+    return text.class_name_vectors(Path(path), classes, Path(cfg.vector_names) if cfg.vector_names else None)
 
 
 def _attribute_text(b: _Builder, names: list[str], cfg: SemanticsConfig) -> None:
-    from pipeline.semantics import attributes as attr
-    from pipeline.semantics.text import clean_class_name
-
     source = cfg.attribute_vectors
     assert source is not None
     from_file = is_file_name(source)
@@ -272,7 +278,7 @@ def _attribute_text(b: _Builder, names: list[str], cfg: SemanticsConfig) -> None
             g["values"] = attr.read_attribute_vectors(Path(source), len(names))
             _attrs(g, {"source": source})
         else:
-            vectors, meta = encode_texts(source, [clean_class_name(n) for n in names], cfg)
+            vectors, meta = encode_texts(source, [text.clean_class_name(n) for n in names], cfg)
             g["values"] = vectors
             _attrs(g, meta)
 
@@ -291,8 +297,6 @@ def is_file_name(source: str) -> bool:
 
 
 def _graph(b: _Builder, classes: list[str], cfg: SemanticsConfig) -> None:
-    from pipeline.semantics import wordnet as wn
-
     if cfg.graph_links not in ("hypernyms+instances", "hypernyms"):
         raise PipelineError(f"graph_links {cfg.graph_links!r} unknown; use hypernyms+instances or hypernyms (DGP)")
     wnids = read_wnid_map(Path(cfg.wnids), classes) if cfg.wnids else classes
