@@ -22,6 +22,7 @@ from pipeline import __version__
 from pipeline.errors import PipelineError
 from pipeline.inputs import Inputs, load_inputs
 from pipeline.metrics import (
+    FIGURES,
     BestScores,
     Curve,
     ausuc,
@@ -62,6 +63,14 @@ def evaluate_files(model_file: Path, features: Path, semantics: Path, metrics: P
     sets = read_candidate_sets(candidate_sets, inputs.classes) if candidate_sets else None
     result = {"run": run_description(checkpoint, features), **evaluate(model, checkpoint, inputs, plots, sets, ks,
                                                                         tag_ks)}
+    # dvc.yaml declares the data of both plots and the figures folder: [] where this run draws no such
+    # plot (so DVC finds every file), and no figure of an earlier run in its place
+    drawn = {"seen_unseen": "gzsl" in result and not inputs.multilabel, "f1_at_k": inputs.multilabel}
+    (plots / FIGURES).mkdir(parents=True, exist_ok=True)
+    for name, was_drawn in drawn.items():
+        if not was_drawn:
+            write_whole(plots / f"{name}.json", "[]", "plot")
+            (plots / FIGURES / f"{name}.png").unlink(missing_ok=True)
     write_metrics(result, metrics)
     return result
 
@@ -113,9 +122,9 @@ def read_candidate_sets(path: Path, classes: list[str]) -> dict[str, np.ndarray]
 def evaluate(model: ZSLModel, checkpoint: dict[str, Any], inputs: Inputs, plots: Path,
              candidate_sets: dict[str, np.ndarray] | None = None, ks: tuple[int, ...] = (1, 2, 5, 10, 20),
              tag_ks: tuple[int, ...] = (3, 5)) -> dict[str, Any]:
-    """All metrics of ``model`` on the test splits; writes ``plots/seen_unseen.{png,json}``
-    (no GZSL without ``test_seen`` images; multi-label data: P/R/F1 at ``tag_ks``,
-    ``plots/f1_at_k.{png,json}``)."""
+    """All metrics of ``model`` on the test splits; writes ``plots/seen_unseen.json`` and
+    ``plots/figures/seen_unseen.png`` (no GZSL without ``test_seen`` images; multi-label data: P/R/F1 at
+    ``tag_ks``, ``plots/f1_at_k.json`` and ``plots/figures/f1_at_k.png``)."""
     if inputs.multilabel:
         return evaluate_multilabel(model, checkpoint, inputs, plots, tag_ks)
     if checkpoint.get("multilabel"):
@@ -168,9 +177,9 @@ def _gzsl_metrics(test_emb: np.ndarray, test_labels: np.ndarray, class_emb: np.n
     best = BestScores.search(test_emb, class_emb, seen, unseen)
     gamma = checkpoint["gamma"]
     s, u, gammas = seen_unseen_curve(best, test_labels, seen, unseen, n_points=CURVE_POINTS)
-    plots.mkdir(parents=True, exist_ok=True)
+    (plots / FIGURES).mkdir(parents=True, exist_ok=True)
     calibrated = gzsl(best, test_labels, seen, unseen, gamma)
-    plot_seen_unseen_curves([Curve("", s, u, (calibrated["S"], calibrated["U"]))], plots / "seen_unseen.png",
+    plot_seen_unseen_curves([Curve("", s, u, (calibrated["S"], calibrated["U"]))], plots / FIGURES / "seen_unseen.png",
                             checkpoint["model"])
     write_whole(plots / "seen_unseen.json", json.dumps(curve_points(s, u, gammas), indent=1), "plot")
     return {

@@ -28,6 +28,7 @@ from pipeline.errors import PipelineError
 from pipeline.outputs import write_whole, written_whole
 
 HIT_KS = (1, 2, 5, 10, 20)
+FIGURES = "figures"  # the PNG figures' folder inside a plots directory (dvc.yaml declares it)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ Evaluation (:func:`evaluate_multilabel`) on ``test``, metrics in :mod:`pipeline.
 
 * ``zsl``: candidates are the unseen tags: mAP (and the mAP of a random ranking), P/R/F1@k;
 * ``gzsl``: candidates are all tags, seen and unseen: the same metrics;
-* ``plots/f1_at_k.{json,png}``: P, R and F1 of both settings for k = 1..10.
+* ``plots/f1_at_k.json``, ``plots/figures/f1_at_k.png``: P, R and F1 of both settings for k = 1..10.
 
 Top-k tags come from :func:`pipeline.scoring.search` (FAISS for many tags and images), the
 per-tag rankings of mAP from the score matrix :func:`pipeline.scoring.scores`.
@@ -32,6 +32,7 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.inputs import Inputs
+from pipeline.metrics import FIGURES
 from pipeline.models import MODELS, make_model
 from pipeline.models.base import Split, ZSLModel, seed_everything
 from pipeline.outputs import write_whole, written_whole
@@ -131,7 +132,8 @@ def _tag_metrics(embeddings: np.ndarray, class_emb: np.ndarray, full: np.ndarray
 
 def evaluate_multilabel(model: ZSLModel, checkpoint: dict[str, Any], inputs: Inputs, plots: Path,
                         ks: tuple[int, ...] = F1_KS) -> dict[str, Any]:
-    """ZSL and GZSL tag metrics of ``model`` on ``test``; writes ``plots/f1_at_k.{json,png}``."""
+    """ZSL and GZSL tag metrics of ``model`` on ``test``; writes ``plots/f1_at_k.json`` (a row per k: ``zsl_P``,
+    ``zsl_R``, ``zsl_F1``, ``gzsl_P``, ...) and ``plots/figures/f1_at_k.png``."""
     test = inputs.splits["test"]
     assert test.tags is not None and inputs.unseen_tags is not None
     if np.intersect1d(checkpoint["seen"], inputs.unseen_tags).size:
@@ -143,10 +145,11 @@ def evaluate_multilabel(model: ZSLModel, checkpoint: dict[str, Any], inputs: Inp
     curves = {}
     for setting, tags in (("zsl", inputs.unseen_tags), ("gzsl", np.arange(len(inputs.classes)))):
         metrics[setting], curves[setting] = _tag_metrics(embeddings, class_emb, full, test.tags, tags, ks)
-    rows = [{"setting": s, "k": k, **{m.split("@")[0]: v for m, v in values.items()}}
-            for s, curve in curves.items() for k, values in curve.items()]
+    rows = [{"k": k, **{f"{s}_{m.split('@')[0]}": curves[s][k][m] for s in curves for m in curves[s][k]}}
+            for k in curves["zsl"]]  # one row per k, a column per setting and measure: one line each in dvc plots
     write_whole(plots / "f1_at_k.json", json.dumps(rows, indent=1), "plot")
-    _plot_f1_at_k(curves, plots / "f1_at_k.png", checkpoint["model"])
+    (plots / FIGURES).mkdir(parents=True, exist_ok=True)
+    _plot_f1_at_k(curves, plots / FIGURES / "f1_at_k.png", checkpoint["model"])
     return metrics
 
 

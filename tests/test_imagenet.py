@@ -104,7 +104,7 @@ def test_end_to_end_without_seen_test_images(tmp_path: Path) -> None:
     model, saved = load_checkpoint(tmp_path / "model.pt")
     metrics = evaluate(model, saved, inputs, tmp_path / "plots", read_candidate_sets(sets, inputs.classes),
                        ks=(1, 2))
-    assert "gzsl" not in metrics and not (tmp_path / "plots" / "seen_unseen.png").exists()
+    assert "gzsl" not in metrics and not (tmp_path / "plots" / "figures" / "seen_unseen.png").exists()
     assert metrics["czsl"]["chance"] == 0.25
     assert sorted(metrics["hit@k"]) == ["2-hops", "2-hops+train", "all", "all+train"]
     assert metrics["hit@k"]["2-hops"]["hit@2"] == 1.0  # two candidates: always within the top 2

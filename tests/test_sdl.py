@@ -134,8 +134,8 @@ def test_sdl_ranks_unseen_tags_far_above_random_and_selects_on_validation_only(c
     gzsl = metrics["gzsl"]
     assert gzsl["tags"] + gzsl["tags_without_positives"] == 48 and gzsl["mAP"] > 2 * gzsl["mAP_random"]  # 0.20 vs 0.08
     assert {"P@3", "R@3", "F1@3", "F1@5"} <= set(zsl)
-    rows = json.loads((features.parent / "plots" / "f1_at_k.json").read_text())
-    assert {r["setting"] for r in rows} == {"zsl", "gzsl"} and len(rows) == 20
+    rows = json.loads((features.parent / "plots" / "f1_at_k.json").read_text())  # a line per setting in dvc plots
+    assert [r["k"] for r in rows] == list(range(1, 11)) and rows[2]["zsl_F1"] == zsl["F1@3"] and "gzsl_P" in rows[0]
 
 
 def test_diversity_weighting_is_a_one_parameter_ablation(cached):
@@ -171,7 +171,9 @@ def test_cli_train_and_evaluate_write_tag_metrics(cached, tmp_path):
                                  "--plots", str(tmp_path / "plots")])
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert set(metrics) == {"run", "model", "zsl", "gzsl"} and (tmp_path / "plots" / "f1_at_k.png").is_file()
+    assert set(metrics) == {"run", "model", "zsl", "gzsl"}
+    assert (tmp_path / "plots" / "figures" / "f1_at_k.png").is_file() and json.loads(
+        (tmp_path / "plots" / "seen_unseen.json").read_text()) == []  # no seen-unseen curve on tags
     assert metrics["run"]["model"] == "sdl" and "epochs=4" in metrics["run"]["hparams"]
     assert result.output.strip().splitlines()[-1].startswith(f"sdl: ZSL mAP {metrics['zsl']['mAP']:.3f}, F1@3")
 

@@ -114,7 +114,7 @@ def test_unseen_classes_are_recognised_far_above_chance(cached, tmp_path, model)
     assert metrics["czsl"]["acc"] > 4 * chance, metrics
     assert metrics["gzsl"]["H"] > 0.3, metrics
     assert 0 < metrics["ausuc"] <= 1
-    assert (tmp_path / "plots" / "seen_unseen.png").stat().st_size > 1000
+    assert (tmp_path / "plots" / "figures" / "seen_unseen.png").stat().st_size > 1000
     points = json.loads((tmp_path / "plots" / "seen_unseen.json").read_text())
     assert {"S", "U"} <= set(points[0])
     again = evaluate(*load_checkpoint(tmp_path / "model.pt"), inputs, tmp_path / "plots2")
@@ -128,11 +128,17 @@ def test_same_seed_same_metrics_and_cli_round_trip(cached, tmp_path):
         out = runner.invoke(cli, ["train", "--model", "joint_gcn", "--features", str(features), "--semantics",
                                   str(semantics), "--no-select", "--output", str(tmp_path / run / "model.pt")])
         assert out.exit_code == 0, out.output
+        (tmp_path / run / "plots" / "figures").mkdir(parents=True)
+        (tmp_path / run / "plots" / "figures" / "f1_at_k.png").write_bytes(b"an earlier multi-label run's figure")
         out = runner.invoke(cli, ["evaluate", "--model-file", str(tmp_path / run / "model.pt"), "--features",
                                   str(features), "--semantics", str(semantics), "--metrics",
                                   str(tmp_path / f"{run}.json"), "--plots", str(tmp_path / run / "plots"),
                                   "--ks", "1,3"])
         assert out.exit_code == 0, out.output
+        plots = tmp_path / run / "plots"  # dvc.yaml declares both plots' data: the one not drawn holds []
+        assert json.loads((plots / "f1_at_k.json").read_text()) == []
+        assert (plots / "figures" / "seen_unseen.png").is_file()
+        assert not (plots / "figures" / "f1_at_k.png").exists()  # an earlier multi-label run's figure is gone
         written = json.loads((tmp_path / f"{run}.json").read_text())
         assert set(written["czsl"]) >= {"hit@1", "hit@3"}
         assert {k: written["run"][k] for k in ("dataset", "backbone", "weights", "semantics", "model", "seed")} == {
