@@ -2,11 +2,12 @@
 
 Importing the package is cheap (no torch): it sets the OpenMP and OpenBLAS wait policies and arranges for the
 torchvision fix of :mod:`pipeline.compat` to run before anything imports torchvision (open_clip and
-timm do), whether our modules or yours import it.
+timm do), whether our modules or yours import it (:mod:`zsl_torchvision_hook`, which the installed
+package also runs at Python's start-up, so that the order of imports does not matter).
 """
-import importlib.abc
 import os
-import sys
+
+import zsl_torchvision_hook  # noqa: F401  (installs the finder, once)
 
 # Image-decoding workers and torch's OpenMP threads share few cores; OpenMP's default
 # spin-waiting then burns the cores the other side needs (measured: extraction 3x, training
@@ -19,16 +20,3 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 __version__ = "0.1.0"
 
-
-class _CompatBeforeTorchvision(importlib.abc.MetaPathFinder):
-    """Runs :mod:`pipeline.compat` the first time ``torchvision`` is imported, then steps aside (the
-    normal finders load torchvision)."""
-
-    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
-        if name == "torchvision":
-            sys.meta_path.remove(self)
-            from pipeline import compat  # noqa: F401
-
-
-if "torchvision" not in sys.modules and not any(isinstance(f, _CompatBeforeTorchvision) for f in sys.meta_path):
-    sys.meta_path.insert(0, _CompatBeforeTorchvision())

@@ -5,13 +5,13 @@
 [B, D], spatial features [B, R, D'] of the last stage (R = h*w regions, row-major) and
 spatial features [B, R, D''] of an earlier stage (``mid``: ResNet ``layer3``, the stride-16
 stage of EfficientNet-Lite0, both average-pooled to the last stage's h x w; CLIP ViT: the patch
-tokens after two thirds of the blocks). Every CNN but CLIP's runs as a timm model (``forward_intermediates``
-gives the three outputs); open_clip runs CLIP. Each comes with the preprocessing that must be applied to the images
-and, for ImageNet-1K weights, the classifier head on the pooled features (:class:`Head`: the rows of the
-backbone's own classifier with the wnid each output means). ``pretrained`` is a tag the library downloads
-on a user's machine (``imagenet``/``IMAGENET1K_V2`` for torchvision, ``openai``/``laion2b_s34b_b79k``
-... for open_clip), a local checkpoint path, or ``none`` for random weights (with a warning; seeded, so
-every run gets the same ones).
+tokens after two thirds of the blocks). Every CNN but CLIP's runs as a timm model
+(``forward_intermediates`` gives the three outputs); open_clip runs CLIP. Each comes with the
+preprocessing that must be applied to the images and, for ImageNet-1K weights, the classifier head on
+the pooled features (:class:`Head`: the rows of the backbone's own classifier with the wnid each output
+means). ``pretrained`` is a tag the library downloads on a user's machine (``imagenet``/``IMAGENET1K_V2``
+for torchvision, ``openai``/``laion2b_s34b_b79k`` ... for open_clip), a local checkpoint path, or
+``none`` for random weights (with a warning; seeded, so every run gets the same ones).
 """
 from __future__ import annotations
 

@@ -88,6 +88,22 @@ def test_zsl_help_is_fast_and_needs_no_torch():
     assert not re.search(r"\| +torch$", run.stderr, re.M)  # importtime lists every module imported
 
 
+def test_timm_and_torchvision_import_before_pipeline_in_an_installed_environment(tmp_path):
+    """The package's start-up hook (zsl_torchvision_hook.pth, written by setup.py) applies the torchvision
+    fix however torchvision is first imported: a notebook may start with ``import timm``."""
+    import sysconfig
+
+    hook = Path(sysconfig.get_paths()["purelib"]) / "zsl_torchvision_hook.pth"
+    if not hook.is_file():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{hook} is missing: pip install -e . must install the start-up hook (setup.py)")
+        pytest.skip("the package is not installed in this environment (pip install -e .)")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing but what pip installed
+    run = subprocess.run([sys.executable, "-c", "import timm, torchvision.models, pipeline; print('imported')"],
+                         cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert run.returncode == 0 and run.stdout.strip() == "imported", run.stderr[-500:]
+
+
 def test_a_graph_model_refuses_names_outside_its_wordnet_graph(tmp_path):
     wnids = ["n02084071", "n02121808", "n02374451", "n01503061"]  # dog, cat, horse, bird
     labels = np.repeat(np.arange(4), 4)

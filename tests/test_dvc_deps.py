@@ -13,7 +13,8 @@ STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 
 
 def module_file(name: str) -> Path | None:
-    """The source file of in-repository module ``name`` (``pipeline.x`` or ``stages.x``), else None."""
+    """The source file of in-repository module ``name`` (``pipeline.x``, ``stages.x``, ``zsl_torchvision_hook``),
+    else None."""
     base = REPO / Path(*name.split("."))
     for path in (base.with_suffix(".py"), base / "__init__.py"):
         if path.is_file():
@@ -30,7 +31,7 @@ def imported_modules(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
             names.update(f"{node.module}.{alias.name}" for alias in node.names)  # `from pkg import module`
-    return {n for n in names if n.split(".")[0] in ("pipeline", "stages") and module_file(n)}
+    return {n for n in names if module_file(n)}
 
 
 def closure(module: str) -> set[Path]:

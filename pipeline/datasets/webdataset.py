@@ -2,7 +2,8 @@
 ImageNet-21K copies ship them), each holding samples ``<key>.jpg`` (or ``.jpeg .png .webp .bmp``) +
 ``<key>.cls`` (the class index as text) or ``<key>.json`` (an object whose ``"label"`` or ``"cls"`` is the
 class index, as ImageNet copies such as timm's ``imagenet-1k-wds`` write it), with the class names in
-``root/classes.txt`` (line i names class i); optionally a zero-shot split from a list of unseen class names, as for a folder tree.
+``root/classes.txt`` (line i names class i); optionally a zero-shot split from a list of unseen class
+names, as for a folder tree.
 
 Rows are the shards in name order, then the samples in the order of their members in the tar (a
 sample's key is its member path up to the first dot of the file name, the WebDataset convention).
