@@ -61,8 +61,9 @@ def evaluate_files(model_file: Path, features: Path, semantics: Path, metrics: P
     inputs = load_inputs(features, semantics, checkpoint["config"]["semantics"],
                          {"clip": clip_features} if clip_features else None)
     sets = read_candidate_sets(candidate_sets, inputs.classes) if candidate_sets else None
-    result = {"run": run_description(checkpoint, features), **evaluate(model, checkpoint, inputs, plots, sets, ks,
-                                                                        tag_ks)}
+    # the numbers first, what produced them last: the columns of `dvc exp show` follow this order
+    result = {**evaluate(model, checkpoint, inputs, plots, sets, ks, tag_ks),
+              "run": run_description(checkpoint, features)}
     # dvc.yaml declares the data of both plots and the figures folder: [] where this run draws no such
     # plot (so DVC finds every file), and no figure of an earlier run in its place
     drawn = {"seen_unseen": "gzsl" in result and not inputs.multilabel, "f1_at_k": inputs.multilabel}
@@ -143,7 +144,6 @@ def evaluate(model: ZSLModel, checkpoint: dict[str, Any], inputs: Inputs, plots:
         "model": checkpoint["model"],
         "czsl": {"acc": per_class_accuracy(top[:, 0], test_unseen.labels), "chance": 1 / len(unseen),
                  **hit_at_k(top, test_unseen.labels, tuple(x for x in ks if x <= len(unseen)), scores=score)},
-        "ties": "acc: argmax (lower class index); hit@k: pessimistic (classes scoring >= the true class count ahead)",
     }
 
     test_labels = np.concatenate([test_seen.labels, test_unseen.labels])
@@ -165,6 +165,8 @@ def evaluate(model: ZSLModel, checkpoint: dict[str, Any], inputs: Inputs, plots:
                 key = f"{name}{'+train' if include_train else ''}"
                 metrics["hit@k"][key] = hit_at_k_over(queries, class_emb, test_labels[rows], test_classes, seen,
                                                       include_train, ks)
+    metrics["ties"] = ("acc: argmax (lower class index); hit@k: pessimistic (classes scoring >= the true class "
+                       "count ahead)")
     return metrics
 
 
