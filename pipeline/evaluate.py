@@ -141,7 +141,6 @@ def evaluate(model: ZSLModel, checkpoint: dict[str, Any], inputs: Inputs, plots:
 
     score, top = search(unseen_emb, class_emb, min(max(ks) + 1, len(unseen)), candidates=unseen)
     metrics: dict[str, Any] = {
-        "model": checkpoint["model"],
         "czsl": {"acc": per_class_accuracy(top[:, 0], test_unseen.labels), "chance": 1 / len(unseen),
                  **hit_at_k(top, test_unseen.labels, tuple(x for x in ks if x <= len(unseen)), scores=score)},
     }
@@ -165,6 +164,7 @@ def evaluate(model: ZSLModel, checkpoint: dict[str, Any], inputs: Inputs, plots:
                 key = f"{name}{'+train' if include_train else ''}"
                 metrics["hit@k"][key] = hit_at_k_over(queries, class_emb, test_labels[rows], test_classes, seen,
                                                       include_train, ks)
+    metrics["model"] = checkpoint["model"]
     metrics["ties"] = ("acc: argmax (lower class index); hit@k: pessimistic (classes scoring >= the true class "
                        "count ahead)")
     return metrics

@@ -141,10 +141,11 @@ def evaluate_multilabel(model: ZSLModel, checkpoint: dict[str, Any], inputs: Inp
     embeddings = model.image_embeddings(test)
     class_emb = model.class_embeddings(inputs.semantics)
     full = scores(embeddings, class_emb)  # once: ZSL reads the unseen tags' columns
-    metrics: dict[str, Any] = {"model": checkpoint["model"]}
+    metrics: dict[str, Any] = {}
     curves = {}
     for setting, tags in (("zsl", inputs.unseen_tags), ("gzsl", np.arange(len(inputs.classes)))):
         metrics[setting], curves[setting] = _tag_metrics(embeddings, class_emb, full, test.tags, tags, ks)
+    metrics["model"] = checkpoint["model"]  # after the numbers, as evaluate orders them
     rows = [{"k": k, **{f"{s}_{m.split('@')[0]}": curves[s][k][m] for s in curves for m in curves[s][k]}}
             for k in curves["zsl"]]  # one row per k, a column per setting and measure: one line each in dvc plots
     write_whole(plots / "f1_at_k.json", json.dumps(rows, indent=1), "plot")
