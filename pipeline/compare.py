@@ -30,7 +30,7 @@ COLUMNS = ("run", "model", "semantics", "backbone", "dataset", "CZSL", "U", "S",
 
 @dataclass(frozen=True)
 class Run:
-    """One run's name, metrics (``evaluate``'s JSON) and seen-unseen curve points (None: none found)."""
+    """One run's name, metrics (``evaluate``'s JSON) and seen-unseen curve points (None or []: none)."""
 
     name: str
     metrics: dict[str, Any]
@@ -73,14 +73,14 @@ def read_run(source: str) -> Run:
             raise PipelineError(f"{path}: not a metrics JSON file ({e})") from None
         curve_path = (Path(plots) if plots else path.parent / "plots") / CURVE
         curve = json.loads(curve_path.read_text()) if curve_path.is_file() else None
-        return Run(file, metrics, curve or None)  # [] : the run drew no curve
+        return Run(file, metrics, curve)
     revision = experiment_refs().get(source, source)
     text = _git_show(revision, "metrics.json")
     if text is None:
         raise PipelineError(f"{source!r} is neither a metrics file nor a git revision or DVC experiment with "
                             "metrics.json (dvc exp list shows the experiments)")
     curve = _git_show(revision, f"plots/{CURVE}")
-    return Run(source, json.loads(text), (json.loads(curve) if curve else None) or None)
+    return Run(source, json.loads(text), json.loads(curve) if curve else None)
 
 
 def markdown(runs: list[Run]) -> str:
