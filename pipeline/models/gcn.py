@@ -38,7 +38,7 @@ from pipeline.errors import PipelineError
 from pipeline.models.base import ADJACENCIES, Semantics, Split, epoch_bar
 from pipeline.models.classifiers import seen_classifiers, with_bias_input
 from pipeline.models.layers import GCN, Propagation, TorchZSLModel, class_graph, l2_normalize, smoothed_nodes
-from pipeline.models.memo import by_content
+from pipeline.models.memo import by_content, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,10 @@ class _GraphInputs:
         adjacency = graph.adjacency(h["adjacency"])
         self.nodes = torch.as_tensor(nodes, device=device)
         self.propagation = Propagation(adjacency, np.arange(graph.n_classes), device)  # the only outputs read
-        # what these tensors are made of, for results kept by content (:func:`class_hidden`)
-        self.content = (nodes, adjacency.data, adjacency.indices, adjacency.indptr, graph.n_classes, str(device))
+        # what these tensors are made of, for results kept by content (:func:`class_hidden`), hashed once here
+        # rather than on every call
+        self.content = tuple(fingerprint(v) for v in (nodes, adjacency.data, adjacency.indices, adjacency.indptr,
+                                                      graph.n_classes, str(device)))
 
 
 def _first_layer_content(gcn: GCN, g: _GraphInputs) -> tuple[Any, ...]:

@@ -20,7 +20,9 @@ import scipy.sparse as sp
 FunctionT = TypeVar("FunctionT", bound=Callable[..., Any])
 
 
-def _fingerprint(value: Any) -> Any:
+def fingerprint(value: Any) -> Any:
+    """What a kept result is looked up by: an array's dtype, shape and SHA-1 of its bytes; any other value
+    itself."""
     if isinstance(value, np.ndarray):
         data = np.ascontiguousarray(value)
         return data.dtype.str, data.shape, hashlib.sha1(data, usedforsecurity=False).digest()
@@ -52,9 +54,10 @@ def by_content(kept: int, content: Callable[..., tuple[Any, ...]] | None = None)
         @functools.wraps(function)
         def kept_result(*args: Any, **kwargs: Any) -> Any:
             if content is not None:
-                key = tuple(_fingerprint(a) for a in content(*args, **kwargs))
+                key = tuple(fingerprint(a) for a in content(*args, **kwargs))
             else:
-                key = tuple(_fingerprint(a) for a in args) + tuple((k, _fingerprint(v)) for k, v in sorted(kwargs.items()))
+                key = tuple(fingerprint(a) for a in args)
+                key += tuple((k, fingerprint(v)) for k, v in sorted(kwargs.items()))
             if key in results:
                 results.move_to_end(key)
                 return results[key]
