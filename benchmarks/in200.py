@@ -56,9 +56,11 @@ MODELS = ("conse", "conse:graph_steps=2", "eszsl", "gcn_regression", "joint_gcn"
 TRAIN_IMAGES = 4  # per seen class; the next one is its test-seen image
 
 
-def in200_layout(images: Path, root: Path) -> Path:
-    """Symlink ``images/images/*.jpg`` into the ``imagenet`` dataset layout under ``root`` and write its
-    split file (seen wnids as ``train``, unseen as ``test``); returns the split file's path."""
+def in200_layout(images: Path, root: Path, split: Path | None = None) -> Path:
+    """Symlink ``images/images/*.jpg`` into the ``imagenet`` dataset layout under ``root``; returns the path
+    of its split file: ``split`` when given (e.g. DGP's ``imagenet-split.json``, which lists the seen wnids
+    among its ``train`` and the unseen ones among its ``test``), else one written under ``root`` with the
+    seen wnids as ``train`` and the unseen as ``test``."""
     classes = json.loads((images / "classes.json").read_text())
     seen, unseen = classes["seen_ilsvrc1k"], classes["unseen_not_in_ilsvrc1k"]
     by_class: dict[str, list[Path]] = {}
@@ -71,8 +73,9 @@ def in200_layout(images: Path, root: Path) -> Path:
             link.parent.mkdir(parents=True, exist_ok=True)
             if not link.is_symlink():
                 os.symlink(path.resolve(), link)
-    split = root / "in200-split.json"
-    split.write_text(json.dumps({"train": seen, "test": unseen}))
+    if split is None:
+        split = root / "in200-split.json"
+        split.write_text(json.dumps({"train": seen, "test": unseen}))
     return split
 
 

@@ -298,6 +298,9 @@ def predict(images: tuple[Path, ...], features: Path | None, split: str | None, 
                          classes=read_class_names(classes) if classes else None, semantics=semantics, k=top_k,
                          calibrate=calibration, backbone=backbone, backbone_model=clip_model, pretrained=pretrained,
                          image_size=image_size, batch_size=batch_size, workers=workers, device=device)
+    for candidate in result.candidates:  # how each name given was read, when not as it is
+        if candidate.route != "class" or candidate.label != candidate.name:
+            click.echo(candidate.describe(), err=True)
     if output is None:
         click.echo(result.text("csv"), nl=False)
     else:

@@ -153,17 +153,26 @@ def evaluate(model: ZSLModel, checkpoint: dict[str, Any], inputs: Inputs, plots:
         log.info("no test_seen images: GZSL (U, S, H, AUSUC) is not evaluated")
 
     if candidate_sets:
-        metrics["hit@k"] = {}
+        metrics["hit@k"], skipped = {}, {}
         for name, cand in candidate_sets.items():
             test_classes = np.setdiff1d(cand, seen)
             rows = np.flatnonzero(np.isin(test_labels, test_classes))
             if not len(rows):
+                skipped[name] = "no test image of its classes"
                 continue
             queries = test_emb[rows]
             for include_train in (False, True):
                 key = f"{name}{'+train' if include_train else ''}"
-                metrics["hit@k"][key] = hit_at_k_over(queries, class_emb, test_labels[rows], test_classes, seen,
-                                                      include_train, ks)
+                pool = len(test_classes) + (len(seen) if include_train else 0)
+                set_ks = tuple(k for k in ks if k <= pool)  # a set of 10 classes has no hit@20
+                if len(set_ks) < len(ks):
+                    skipped[key] = f"{', '.join(f'hit@{k}' for k in ks if k > pool)}: only {pool} candidate classes"
+                if set_ks:
+                    metrics["hit@k"][key] = hit_at_k_over(queries, class_emb, test_labels[rows], test_classes, seen,
+                                                          include_train, set_ks)
+        if skipped:
+            metrics["hit@k_skipped"] = skipped
+            log.info("candidate sets: skipped %s", "; ".join(f"{k} ({v})" for k, v in skipped.items()))
     metrics["model"] = checkpoint["model"]
     metrics["ties"] = ("acc: argmax (lower class index); hit@k: pessimistic (classes scoring >= the true class "
                        "count ahead)")

@@ -21,6 +21,8 @@ class Inputs:
     splits: dict[str, Split]  # trainval, train, val, test_seen, test_unseen (multi-label: trainval, test)
     semantics: Semantics
     unseen_tags: np.ndarray | None = None  # multi-label data: class indices never trained on
+    # the training classes of the protocol, images or not (ImageNet's 1000); None: those of trainval
+    protocol_seen: np.ndarray | None = None
 
     @property
     def multilabel(self) -> bool:
@@ -29,6 +31,13 @@ class Inputs:
     def classes_of(self, split: str) -> np.ndarray:
         """Sorted class indices present in ``split``."""
         return np.unique(self.splits[split].labels)
+
+    @property
+    def seen(self) -> np.ndarray:
+        """Sorted indices of the seen (training) classes: the store's ``seen_classes`` when the dataset
+        names them, images or not (ImageNet: the 1000 ILSVRC classes, known to the models by their
+        semantics and the backbone's classifier rows), else the classes of ``trainval``."""
+        return self.protocol_seen if self.protocol_seen is not None else self.classes_of("trainval")
 
 
 def read_split(store: FeatureStore, split: str, rows: np.ndarray, extra: dict[str, FeatureStore] | None = None,
@@ -103,7 +112,7 @@ def load_inputs(features: Path, semantics: Path, source: str = "attributes",
         finally:
             for other in others.values():
                 other.close()
-        classes, unseen_tags, head = store.classes, store.unseen_tags, store.head
+        classes, unseen_tags, head, seen = store.classes, store.unseen_tags, store.head, store.seen_classes
     needed = {"trainval", "test"} if unseen_tags is not None else {"trainval", "test_seen", "test_unseen"}
     if needed - set(splits):
         raise PipelineError(f"{features}: no {sorted(needed - set(splits))} split; zero-shot training needs "
@@ -112,4 +121,4 @@ def load_inputs(features: Path, semantics: Path, source: str = "attributes",
     if empty:
         raise PipelineError(f"{features}: the {', '.join(empty)} split is empty (every image failed, or the split "
                             "file names no class with images); check the dataset and its split file")
-    return Inputs(classes, splits, read_semantics(semantics, source, classes, head), unseen_tags)
+    return Inputs(classes, splits, read_semantics(semantics, source, classes, head), unseen_tags, seen)

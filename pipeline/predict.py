@@ -5,11 +5,16 @@ each image's top-k classes with scores.
   and folders, extracted on the fly with the backbone the model was trained on (the checkpoint
   records it; a different backbone is refused).
 * **Candidates**: any class names. Names among the model's classes take their semantic vectors from
-  the semantics file; new names are embedded by the encoder the model was trained with
-  (``text:<encoder>``). A new name that needs an attribute row or a WordNet node gets a one-line
-  error saying what to supply.
-* **Calibration**: when the candidates mix the model's seen classes with others, the seen ones are
-  penalised by the checkpoint's γ (calibrated stacking, chosen on validation), as GZSL evaluation does.
+  the semantics file. When the classes are WordNet synsets (wnids, or mapped to them), a name is also
+  read as a WordNet noun (``golden retriever``, its most frequent sense; ``dog.n.01`` or a wnid picks
+  one): a synset among the classes is that class, whatever it is called. A model whose class
+  embeddings propagate over the WordNet graph (``gcn_regression``, ``joint_gcn``, and ``eszsl`` /
+  ``conse`` with ``graph_steps`` > 0) embeds any other noun too: the synset and its hypernyms join the
+  graph and the trained GCN runs over the extended graph (its weights do not depend on the node
+  count). Models on class-name vectors embed other names as free text with the encoder they were
+  trained with (``text:<encoder>``). A name that needs an attribute row, or a WordNet noun that does
+  not exist, gets a one-line error saying what to supply. Each candidate's route (``class``,
+  ``wordnet``, ``text:<encoder>``) comes with the predictions.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ import json
 import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +36,32 @@ from pipeline.datasets.folder import find_images
 from pipeline.errors import PipelineError
 from pipeline.extract import extract, normal_setting
 from pipeline.inputs import read_semantics, read_split
-from pipeline.models.base import Semantics, Split, ZSLModel
+from pipeline.models.base import Graph, Semantics, Split, ZSLModel
 from pipeline.outputs import write_whole
 from pipeline.scoring import search
-from pipeline.semantics.build import SemanticsConfig, class_name_embeddings
+from pipeline.semantics import wordnet as wn
+from pipeline.semantics.build import SemanticsConfig, class_name_embeddings, lemma_vectors
 from pipeline.semantics.file import SemanticsFile
 from pipeline.store import FeatureStore
 from pipeline.train import load_checkpoint
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A candidate class as predict reads it: the ``name`` given, the ``label`` shown (``golden retriever
+    (n02099601)`` for a WordNet synset) and its ``route``: ``class`` (one of the model's classes),
+    ``wordnet`` (a synset new to the graph the model propagates over) or ``text:<encoder>`` (free text
+    embedded by the model's encoder)."""
+
+    name: str
+    label: str
+    route: str
+
+    def describe(self) -> str:
+        """One line: ``person: person (n00007846), a node added to the WordNet graph the model runs over``."""
+        how = {"class": "a class of the model", "wordnet": "a node added to the WordNet graph the model runs over"}
+        reading = f"{self.label}, " if self.label != self.name else ""
+        return f"{self.name}: {reading}{how.get(self.route, f'free text embedded by {self.route}')}"
 
 
 @dataclass(frozen=True)
@@ -45,11 +69,12 @@ class Predictions:
     """Each image's ``k`` best candidate classes, best first."""
 
     images: list[str]  # image paths (relative to the dataset root for a feature store)
-    classes: list[str]  # the candidate class names; ``top`` indexes them
+    classes: list[str]  # the candidate classes as shown (``top`` indexes them)
     top: np.ndarray  # [N, k] int64
     scores: np.ndarray  # [N, k] float32 (γ already subtracted from seen classes when calibrated)
-    truth: list[str] | None = None  # each image's class, when the feature store knows it
+    truth: list[str] | None = None  # each image's class as shown, when the feature store knows it
     calibrated: bool = False
+    candidates: list[Candidate] = field(default_factory=list)  # how each class was read (same order)
 
     @property
     def labels(self) -> list[str]:
@@ -70,8 +95,14 @@ class Predictions:
             counts[label] = counts.get(label, 0) + 1
         common = ", ".join(f"{name} {n}" for name, n in sorted(counts.items(), key=lambda kv: -kv[1])[:3])
         acc = self.accuracy()
+        routes: dict[str, int] = {}
+        for candidate in self.candidates:
+            routes[candidate.route] = routes.get(candidate.route, 0) + 1
+        read = ", ".join(f"{n} {_ROUTE_NAMES.get(route, f'embedded by {route}')}" for route, n in routes.items()) \
+            if set(routes) - {"class"} else ""  # said only when some are not among the model's classes
         return (f"{len(self.images)} images over {len(self.classes)} candidate classes"
-                f"{' (seen classes calibrated)' if self.calibrated else ''}; most predicted: {common}"
+                f"{f' ({read})' if read else ''}{' (seen classes calibrated)' if self.calibrated else ''}; "
+                f"most predicted: {common}"
                 + (f"; top-1 accuracy {acc:.3f} where the true class is a candidate" if acc is not None else ""))
 
     def rows(self) -> list[dict[str, Any]]:
@@ -102,6 +133,9 @@ class Predictions:
     def write(self, path: Path) -> None:
         """Write the rows to ``path`` (``.json``, else CSV) atomically."""
         write_whole(path, self.text("json" if path.suffix == ".json" else "csv").encode(), "predictions")
+
+
+_ROUTE_NAMES = {"class": "of the model's classes", "wordnet": "WordNet nouns added to its graph"}
 
 
 def read_class_names(text: str) -> list[str]:
@@ -135,44 +169,108 @@ def predict(model_file: str | Path, *, features: str | Path | None = None, split
     if checkpoint.get("multilabel"):
         raise PipelineError(f"{model_file}: a multi-label model; predict labels single-label models")
     known = list(checkpoint["classes"])
-    candidates = list(classes) if classes else known
-    sem, rows = candidate_semantics(model_file, model, checkpoint, semantics, candidates)
+    sem, rows, candidates = candidate_semantics(model_file, model, checkpoint, semantics,
+                                                list(classes) if classes else known)
     if features is not None:
         data, ids, truth = _store_rows(features, split)
     else:
         settings = {"name": backbone, "model": backbone_model, "pretrained": pretrained, "image_size": image_size}
         data, ids, truth = _extracted(images, checkpoint, model_file, settings, batch_size, workers, device)
     class_emb = model.class_embeddings(sem)[rows]
-    seen = np.isin(candidates, [known[c] for c in checkpoint["seen"]])
+    seen = np.isin(rows, checkpoint["seen"])  # however a seen class was named
     calibrated = calibrate and bool(seen.any()) and not bool(seen.all())
     bias = np.where(seen, -float(checkpoint["gamma"]), 0.0).astype(np.float32) if calibrated else None
     scores, top = search(model.image_embeddings(data), class_emb, min(k, len(candidates)), class_bias=bias)
-    return Predictions(ids, candidates, top.astype(np.int64), scores.astype(np.float32), truth, calibrated)
+    return Predictions(ids, [c.label for c in candidates], top.astype(np.int64), scores.astype(np.float32),
+                       [shown_name(t) if t else t for t in truth] if truth is not None else None, calibrated,
+                       candidates)
+
+
+def shown_name(name: str) -> str:
+    """A class name as predictions show it: a wnid with its lemma (``golden retriever (n02099601)``)."""
+    return wn.display_name(name) if wn.is_wnid(name) else name
 
 
 def candidate_semantics(model_file: Path, model: ZSLModel, checkpoint: dict[str, Any], path: Path,
-                        candidates: list[str]) -> tuple[Semantics, np.ndarray]:
-    """The model's semantics with rows appended for candidates it does not know, and each candidate's row."""
+                        names: list[str]) -> tuple[Semantics, np.ndarray, list[Candidate]]:
+    """The model's semantics with rows appended for the candidates it does not know, each candidate's row,
+    and how each was read (:class:`Candidate`; the module docstring)."""
     known = list(checkpoint["classes"])
     source = checkpoint["config"]["semantics"]
+    encoder = source.partition(":")[2] if source.startswith("text:") else None
     sem = read_semantics(path, source, known, None)
-    new = [c for c in candidates if c not in set(known)]
-    if new:
-        if not source.startswith("text:"):
-            raise PipelineError(f"{new[0]!r} is not among the {len(known)} classes of {model_file}, which reads "
+    with SemanticsFile(path) as f:
+        built = f.config()
+        graph_wnids = f.graph()["wnids"] if f.has("graph") else None
+    cfg = SemanticsConfig(**{**built, "text": tuple(built.get("text", ()))})
+    class_wnids = graph_wnids[:len(known)] if graph_wnids else [c if wn.is_wnid(c) else "" for c in known]
+    index = {name: i for i, name in enumerate(known)}
+    by_wnid = {w: i for i, w in enumerate(class_wnids) if w}
+    on_graph = model.reads_graph(sem)
+    seen_wnids = {class_wnids[i] for i in checkpoint["seen"]}
+    preferred = (seen_wnids, set(by_wnid), set(graph_wnids or ()))  # ties among equally frequent senses
+
+    rows: list[int] = []
+    candidates: list[Candidate] = []
+    added_wnids: list[str] = []  # WordNet synsets new to the graph (graph models)
+    texts: list[str] = []  # free text to embed (text models)
+    not_nouns: list[str] = []
+    for name in names:
+        synset = wn.noun_synset(name, preferred) if name not in index and (by_wnid or on_graph) else None
+        wnid = wn.wnid_of(synset) if synset is not None else None
+        if name in index or wnid in by_wnid:
+            row = index[name] if name in index else by_wnid[wnid]
+            rows.append(row)
+            candidates.append(Candidate(name, shown_name(class_wnids[row] or known[row]), "class"))
+        elif on_graph and wnid is not None:
+            if wnid not in added_wnids:
+                added_wnids.append(wnid)
+            rows.append(len(known) + added_wnids.index(wnid))
+            candidates.append(Candidate(name, wn.display_name(wnid), "wordnet"))
+        elif on_graph:
+            not_nouns.append(name)
+        elif encoder is not None:
+            texts.append(name)
+            rows.append(-len(texts))  # placed after the known classes below
+            candidates.append(Candidate(name, name, source))
+        else:
+            raise PipelineError(f"{name!r} is not among the {len(known)} classes of {model_file}, which reads "
                                 f"{source}: add a row for it to an attribute table and rebuild the semantics and "
                                 "model, or train on class-name vectors (train.source: text:minilm)")
-        if model.reads_graph(sem):
-            raise PipelineError(f"{new[0]!r} has no node in the WordNet graph of {path} that {model.name} propagates "
-                                "over: name new classes by wnid in a dataset, rebuild the semantics, and retrain")
-        with SemanticsFile(path) as f:
-            built = f.config()
-        cfg = SemanticsConfig(**{**built, "text": tuple(built.get("text", ()))})
-        extra, _ = class_name_embeddings(source.partition(":")[2], new, cfg)
-        text = {source.partition(":")[2]: np.vstack([sem.vectors, extra])}
-        sem = replace(sem, vectors=text[source.partition(":")[2]], text=text, graph=None, classifiers=None)
-    index = {name: i for i, name in enumerate(known + new)}
-    return sem, np.array([index[c] for c in candidates], dtype=np.int64)
+    if not_nouns:
+        raise PipelineError(f"{', '.join(map(repr, not_nouns))}: no WordNet noun of that name, and {model.name} in "
+                            f"{model_file} embeds classes only as nodes of the WordNet graph: name a synset "
+                            "(dog.n.01) or a wnid (n02084071), or use a model trained on class-name vectors without "
+                            "the graph (eszsl or conse, graph_steps 0)")
+    if len({r for r in rows}) != len(rows):
+        raise PipelineError(f"the candidates name one class twice: {[c.name for c in candidates]}; list each once")
+    if added_wnids:
+        sem = _with_wordnet_classes(sem, graph_wnids or [], added_wnids, encoder, cfg)
+    elif texts:
+        assert encoder is not None
+        extra, _ = class_name_embeddings(encoder, texts, cfg)
+        vectors = np.vstack([sem.vectors, extra])
+        sem = replace(sem, vectors=vectors, text={encoder: vectors}, graph=None, classifiers=None)
+    return sem, np.array([r if r >= 0 else len(known) - r - 1 for r in rows], dtype=np.int64), candidates
+
+
+def _with_wordnet_classes(sem: Semantics, graph_wnids: list[str], added: list[str], encoder: str | None,
+                          cfg: SemanticsConfig) -> Semantics:
+    """``sem`` with the synsets ``added`` as classes after its own: the WordNet graph extended by them and
+    their hypernyms (:func:`pipeline.semantics.wordnet.with_classes`), node vectors of the new nodes made as
+    the semantics stage made the others (the mean over lemmas, ``graph_text``), class-name vectors too."""
+    assert sem.graph is not None and encoder is not None
+    graph = wn.with_classes(graph_wnids, sem.graph.edges, sem.graph.n_classes, added,
+                            instances=cfg.graph_links == "hypernyms+instances")
+    new = np.flatnonzero(graph.source < 0)
+    nodes = np.zeros((len(graph.wnids), sem.graph.node_vectors.shape[1]), np.float32)
+    nodes[graph.source >= 0] = sem.graph.node_vectors[graph.source[graph.source >= 0]]
+    if len(new):
+        nodes[new] = lemma_vectors(cfg.graph_text, [wn.lemmas_of(wn.synset_of(graph.wnids[i])) for i in new], cfg)[0]
+    extra, _ = class_name_embeddings(encoder, added, cfg)
+    vectors = np.vstack([sem.vectors, extra])
+    return replace(sem, vectors=vectors, text={encoder: vectors}, classifiers=None,
+                   graph=Graph(graph.edges, nodes, graph.n_classes, sem.graph.node_encoder))
 
 
 def _store_rows(path: Path, split: str | None) -> tuple[Split, list[str], list[str] | None]:

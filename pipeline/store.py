@@ -20,6 +20,9 @@ Schema (``schema_version`` 2; version 1 files are read too), N images, C classes
     head/weight     [K, D]      float32          optional: the backbone's own classifier on the pooled
     head/bias       [K]         float32          features (ImageNet-1K weights: K = 1000) ...
     head/classes    [K]         utf-8            ... and what each output means (wnids)
+    seen_classes    [S]         int64            optional: sorted class indices of every training
+                                                 class of the protocol, images here or not (ImageNet:
+                                                 the 1000 ILSVRC classes); absent: those of trainval
 
 Multi-label stores (NUS-WIDE, COCO, tag tables) also hold, with ``labels`` all -1 and the
 splits ``trainval`` and ``test``::
@@ -54,7 +57,7 @@ import h5py
 import numpy as np
 
 from pipeline.choices import DTYPES
-from pipeline.datasets.base import SPLIT_NAMES, ImageDataset
+from pipeline.datasets.base import SPLIT_NAMES, ImageDataset, check_seen_classes
 from pipeline.errors import PipelineError
 from pipeline.hdf5 import decoded, open_for_reading, strings
 
@@ -168,6 +171,8 @@ def _fill_empty_store(
     f.create_dataset("classes", data=dataset.classes, dtype=_STR)
     for name, idx in dataset.splits.items():
         f[f"splits/{name}"] = np.asarray(idx, dtype=np.int64)
+    if dataset.seen_classes is not None:
+        f["seen_classes"] = np.asarray(dataset.seen_classes, dtype=np.int64)
     if dataset.tags is not None:
         f.create_dataset("tags", data=np.packbits(dataset.tags, axis=1, bitorder="little"),
                          chunks=True, compression="gzip", compression_opts=1, shuffle=True)
@@ -404,6 +409,16 @@ class FeatureStore:
     def unseen_tags(self) -> np.ndarray | None:
         """Sorted class indices of the unseen tags of a multi-label store, else None."""
         return self._f["unseen_tags"][:] if "unseen_tags" in self._f else None
+
+    @property
+    def seen_classes(self) -> np.ndarray | None:
+        """Sorted class indices of every training class of the protocol, images here or not, when the
+        dataset names them (ImageNet's split file), else None (the classes of ``trainval``)."""
+        if "seen_classes" not in self._f:
+            return None
+        seen = self._f["seen_classes"][:]
+        check_seen_classes(str(self.path), seen, self.labels, self.splits, len(self._f["classes"]))
+        return seen
 
     @property
     def head(self) -> Head | None:

@@ -21,6 +21,7 @@ Multi-label data (a store with tags) is trained by :func:`pipeline.multilabel.tr
 """
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import time
@@ -74,27 +75,44 @@ def validation_split(inputs: Inputs, fraction: float, seed: int) -> Validation:
         val_classes = rng.choice(classes, n_val, replace=False)
         in_val = np.isin(trainval.labels, val_classes)
         train, val = trainval.subset(np.flatnonzero(~in_val)), trainval.subset(np.flatnonzero(in_val))
-    train_classes = np.unique(train.labels)
+    with_images = np.unique(train.labels)
+    # seen classes without images (ImageNet's protocol) are train classes of every fold: known by their
+    # semantics and classifier rows, never validated on
+    train_classes = np.union1d(with_images, np.setdiff1d(inputs.seen, np.unique(val.labels)))
     holdout = np.zeros(len(train), bool)
-    for c in train_classes:
+    for c in with_images:
         rows = np.flatnonzero(train.labels == c)
         if len(rows) > 1:
             holdout[rng.choice(rows, max(1, round(fraction * len(rows))), replace=False)] = True
-    if not holdout.any() and len(train_classes) > 1:
-        picked = rng.choice(train_classes, max(1, round(fraction * len(train_classes))), replace=False)
+    if not holdout.any() and len(with_images) > 1:
+        picked = rng.choice(with_images, max(1, round(fraction * len(with_images))), replace=False)
         holdout = np.isin(train.labels, picked)
         log.warning("one image per train class: held out the only image of %d of the %d train classes for "
-                    "calibration; they are fitted without images", len(picked), len(train_classes))
-    log.info("validation: %d train classes (%d images fitted, %d held out), %d val classes (%d images)",
-             len(train_classes), int((~holdout).sum()), int(holdout.sum()), len(np.unique(val.labels)), len(val))
+                    "calibration; they are fitted without images", len(picked), len(with_images))
+    log.info("validation: %d train classes (%d of them with images: %d fitted, %d held out), %d val classes "
+             "(%d images)", len(train_classes), len(with_images), int((~holdout).sum()), int(holdout.sum()),
+             len(np.unique(val.labels)), len(val))
     return Validation(train.subset(np.flatnonzero(~holdout)), train.subset(np.flatnonzero(holdout)), val,
                       train_classes, np.unique(val.labels))
 
 
 def czsl_on(model: ZSLModel, data: Split, semantics: Semantics, candidates: np.ndarray) -> float:
-    """Per-class mean top-1 accuracy of ``model`` on ``data`` with only ``candidates`` as classes."""
-    _, idx = search(model.image_embeddings(data), model.class_embeddings(semantics), 1, candidates=candidates)
-    return per_class_accuracy(idx[:, 0], data.labels)
+    """Per-class mean top-1 accuracy of ``model`` on ``data`` with only ``candidates`` as classes (only
+    their embeddings are computed)."""
+    candidates = np.unique(candidates)  # sorted: ties go to the lower class index, as over all classes
+    _, idx = search(model.image_embeddings(data), model.class_embeddings_of(semantics, candidates), 1)
+    return per_class_accuracy(candidates[idx[:, 0]], data.labels)
+
+
+def calibrate(model: ZSLModel, v: Validation, semantics: Semantics) -> tuple[float, float]:
+    """γ of calibrated stacking maximising H on fold ``v``'s held-out seen images and val images over its
+    train ∪ val classes (only their embeddings are computed), and that H."""
+    held = v.seen_holdout.concat(v.val)
+    classes = np.union1d(v.train_classes, v.val_classes)
+    local = functools.partial(np.searchsorted, classes)  # class index -> row among ``classes``, order kept
+    best = BestScores.search(model.image_embeddings(held), model.class_embeddings_of(semantics, classes),
+                             local(v.train_classes), local(v.val_classes))
+    return select_gamma(best, local(held.labels), local(v.train_classes), local(v.val_classes))
 
 
 def validation_folds(inputs: Inputs, cfg: TrainConfig) -> list[Validation]:
@@ -124,14 +142,11 @@ def train(inputs: Inputs, cfg: TrainConfig) -> dict[str, Any]:
 
     val_acc, hparams, model, table = choose(cfg, len(folds), fit_and_score, "val_czsl")
     v = folds[0]
-    held = v.seen_holdout.concat(v.val)
-    best_scores = BestScores.search(model.image_embeddings(held), model.class_embeddings(inputs.semantics),
-                                    v.train_classes, v.val_classes)
-    gamma, val_h = select_gamma(best_scores, held.labels, v.train_classes, v.val_classes)
+    gamma, val_h = calibrate(model, v, inputs.semantics)
 
     seed_everything(cfg.seed)
     final = make_model(cfg.model, **hparams)
-    seen = inputs.classes_of("trainval")
+    seen = inputs.seen
     start = time.perf_counter()
     fit_log = final.fit(inputs.splits["trainval"], seen, inputs.semantics, cfg.seed)
     log.info("%s refitted on trainval in %.1f s; val accuracy %.4f, gamma %.4f (val H %.4f)",

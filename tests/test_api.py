@@ -104,7 +104,7 @@ def test_timm_and_torchvision_import_before_pipeline_in_an_installed_environment
     assert run.returncode == 0 and run.stdout.strip() == "imported", run.stderr[-500:]
 
 
-def test_a_graph_model_refuses_names_outside_its_wordnet_graph(tmp_path):
+def test_a_graph_model_embeds_any_wordnet_noun_and_refuses_other_names(tmp_path):
     wnids = ["n02084071", "n02121808", "n02374451", "n01503061"]  # dog, cat, horse, bird
     labels = np.repeat(np.arange(4), 4)
     splits = {"trainval": np.array([0, 1, 2, 4, 5, 6, 8, 9, 10]), "test_seen": np.array([3, 7, 11]),
@@ -115,6 +115,21 @@ def test_a_graph_model_refuses_names_outside_its_wordnet_graph(tmp_path):
     train(features, tmp_path / "s.h5", model, model="gcn_regression", source="text:glove", select=False,
           val_fraction=0.34)
     known = predict(model, features=features, semantics=tmp_path / "s.h5", classes=["n02374451", "n01503061"])
-    assert known.classes == ["n02374451", "n01503061"] and known.top.shape == (16, 2)
-    with pytest.raises(PipelineError, match="'zebra' has no node in the WordNet graph .* gcn_regression propagates"):
-        predict(model, features=features, semantics=tmp_path / "s.h5", classes=["n02374451", "zebra"])
+    assert known.classes == ["horse (n02374451)", "bird (n01503061)"] and known.top.shape == (16, 2)
+    assert known.truth is not None and known.truth[0] == "dog (n02084071)"  # shown as names, not bare wnids
+
+    # a class by any of its names; new synsets (an ancestor node of the graph, or new to it) by name or id
+    names = ["Horse", "animal", "zebra", "dog.n.03"]
+    result = predict(model, features=features, semantics=tmp_path / "s.h5", classes=names, k=4)
+    assert [(c.label, c.route) for c in result.candidates] == [
+        ("horse (n02374451)", "class"), ("animal (n00015388)", "wordnet"), ("zebra (n02391049)", "wordnet"),
+        ("dog (n10023039)", "wordnet")]
+    assert result.calibrated  # "Horse" is a seen class, however spelt
+    assert np.isfinite(result.scores).all() and sorted(set(result.top.ravel().tolist())) == [0, 1, 2, 3]
+    by_wnid = predict(model, features=features, semantics=tmp_path / "s.h5", classes=["n02391049", "n00015388"])
+    assert np.allclose(by_wnid.scores, predict(model, features=features, semantics=tmp_path / "s.h5",
+                                               classes=["zebra", "animal"]).scores)
+    with pytest.raises(PipelineError, match="'xyzzy': no WordNet noun .* gcn_regression .* name a synset"):
+        predict(model, features=features, semantics=tmp_path / "s.h5", classes=["n02374451", "xyzzy"])
+    with pytest.raises(PipelineError, match="name one class twice"):
+        predict(model, features=features, semantics=tmp_path / "s.h5", classes=["zebra", "n02391049"])

@@ -12,13 +12,13 @@ import torch
 import pipeline  # noqa: F401  (torchvision / open_clip compat first)
 from pipeline.errors import PipelineError
 from pipeline.semantics.text import (
-    IMAGENET_7_TEMPLATES,
     WordVectors,
     clean_class_name,
     clip_text_embeddings,
     clip_text_provenance,
     minilm_embeddings,
     minilm_provenance,
+    template_set,
     word_vector_embeddings,
 )
 
@@ -108,13 +108,13 @@ def test_clip_single_template_is_the_plain_normalised_text_embedding(clip_checkp
 
 def test_clip_random_weights_warn_and_give_unit_vectors():
     with pytest.warns(UserWarning, match="RANDOM weights"):
-        got = clip_text_embeddings(NAMES, pretrained="none", templates=IMAGENET_7_TEMPLATES)
+        got = clip_text_embeddings(NAMES, pretrained="none", templates=template_set("imagenet7"))
     assert got.shape == (3, 512)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     assert not np.allclose(got[0], got[1])
     prov = clip_text_provenance("ViT-B-32", "none", "imagenet7")
     assert prov == {"encoder": "clip", "model": "ViT-B-32", "pretrained": "none",
-                    "templates": list(IMAGENET_7_TEMPLATES), "dim": 512}
+                    "templates": list(template_set("imagenet7")), "dim": 512}
 
 
 def test_clip_bad_arguments_are_one_line_errors():

@@ -26,6 +26,11 @@ class ImageDataset:
     shows class ``c``), ``unseen_tags`` (sorted class indices never used in training), labels
     all -1, and the splits ``trainval`` and ``test``.
 
+    Datasets whose protocol names training classes that may lack images here (ImageNet's 1000
+    ILSVRC classes: the backbone's classifier rows stand for them, GCNZ / DGP) set ``seen_classes``,
+    the sorted class indices of every training class, images or not; the others' seen classes are
+    those of ``trainval``.
+
     Datasets of tar shards (WebDataset) set ``members`` [N, 2] int64: image ``i`` is the ``size``
     bytes at ``offset`` of the tar ``root / image_ids[i]`` begins with (``<shard>.tar/<member>``).
     """
@@ -39,6 +44,7 @@ class ImageDataset:
     tags: np.ndarray | None = None
     unseen_tags: np.ndarray | None = None
     members: np.ndarray | None = None
+    seen_classes: np.ndarray | None = None
 
     @property
     def multilabel(self) -> bool:
@@ -67,6 +73,8 @@ class ImageDataset:
         if outside is not None:
             raise PipelineError(f"{self.name}: image {outside!r} leaves the dataset root {self.root}; image lists "
                                 "may only name files below it (relative paths without '..')")
+        if self.seen_classes is not None:
+            check_seen_classes(self.name, self.seen_classes, self.labels, self.splits, len(self.classes))
         for split, idx in self.splits.items():
             if split not in SPLIT_NAMES:
                 raise PipelineError(f"{self.name}: unknown split {split!r}; expected one of {SPLIT_NAMES}")
@@ -92,3 +100,18 @@ class ImageDataset:
         if len(data) != size:
             raise OSError(f"{shard} ends inside {self.image_ids[i]}: truncated shard")
         return io.BytesIO(data)
+
+
+def check_seen_classes(name: str, seen: np.ndarray, labels: np.ndarray, splits: dict[str, np.ndarray],
+                       n_classes: int) -> None:
+    """Refuse seen classes that are not sorted distinct class indices, that leave out a class of
+    ``trainval`` or that include a class of ``test_unseen`` (``name``: the dataset or store, for the message)."""
+    if seen.ndim != 1 or (len(seen) and (seen.min() < 0 or seen.max() >= n_classes)) or (np.diff(seen) <= 0).any():
+        raise PipelineError(f"{name}: seen_classes must be sorted distinct class indices below {n_classes}")
+    for split, inside in (("trainval", True), ("test_unseen", False)):
+        if split in splits and len(splits[split]):
+            present = np.unique(labels[splits[split]])
+            wrong = present[np.isin(present, seen) != inside]
+            if len(wrong):
+                raise PipelineError(f"{name}: class {int(wrong[0])} of {split} is {'not ' if inside else ''}among "
+                                    "the seen classes; check the split file")

@@ -45,7 +45,8 @@ def load_imagenet(root: Path, split_file: Path) -> ImageDataset:
 
     The classes are every wnid of the split file, train then test, in file order, whether or not
     images of them are present, so that Hit@k over the protocol's candidate sets (2-hops,
-    3-hops, all) counts all of their classes.
+    3-hops, all) counts all of their classes; every train wnid is a seen class (``seen_classes``),
+    with or without images under ``train/``.
     """
     root = Path(root)
     train, test = read_imagenet_split(split_file)
@@ -83,4 +84,6 @@ def load_imagenet(root: Path, split_file: Path) -> ImageDataset:
             raise PipelineError(f"{folder}: no images of the {kind} classes of {split_file}; "
                                 f"expected {part}/<wnid>/<image>")
         splits[split] = np.arange(start, len(image_ids), dtype=np.int64)
-    return ImageDataset("imagenet", root, image_ids, np.array(labels, dtype=np.int64), classes, splits)
+    # every train wnid is a seen class, images here or not (the backbone's classifier rows stand for them)
+    return ImageDataset("imagenet", root, image_ids, np.array(labels, dtype=np.int64), classes, splits,
+                        seen_classes=np.arange(len(train), dtype=np.int64))

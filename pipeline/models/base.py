@@ -199,6 +199,12 @@ class ZSLModel(ABC):
     def class_embeddings(self, semantics: Semantics) -> np.ndarray:
         """[C, J] float32 embeddings of all C classes."""
 
+    def class_embeddings_of(self, semantics: Semantics, rows: np.ndarray) -> np.ndarray:
+        """[len(rows), J] the embeddings of the classes ``rows`` (indices into the C classes): those rows of
+        :meth:`class_embeddings`. A model whose class embeddings cost much (a GCN's output layer over
+        ImageNet-21K's classes) computes these rows only: selection scores a few classes per fit."""
+        return self.class_embeddings(semantics)[rows]
+
     def state(self) -> dict[str, Any]:
         """Everything needed to rebuild the trained model (tensors and arrays); see :meth:`load_state`."""
         return {}

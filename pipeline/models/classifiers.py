@@ -92,6 +92,14 @@ def seen_classifiers(model: str, train: Split, positions: np.ndarray, seen: np.n
     return ridge_classifiers(train.features, positions, len(seen), ridge), "ridge"
 
 
+def with_classifier(rows: np.ndarray, seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``rows`` [S, D + 1] and ``seen`` [S] restricted to the seen classes that have a classifier: ridge
+    supervision gives a class without images (ImageNet's protocol lists such training classes) an
+    all-zero row, which is no classifier to regress or to take probabilities from."""
+    keep = np.abs(rows).max(axis=1) > 0
+    return rows[keep], np.asarray(seen)[keep]
+
+
 def with_bias_input(features: np.ndarray) -> np.ndarray:
     """[N, D + 1] float32: the features and a trailing 1, the input of a ``[weight, bias]`` row."""
     x = np.asarray(features, dtype=np.float32)

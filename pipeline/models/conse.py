@@ -8,7 +8,7 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.models.base import Semantics, Split, ZSLModel
-from pipeline.models.classifiers import seen_classifiers, with_bias_input
+from pipeline.models.classifiers import seen_classifiers, with_bias_input, with_classifier
 from pipeline.models.layers import SmoothedClassVectors, l2_normalize, seen_targets
 
 
@@ -44,8 +44,9 @@ class ConSE(SmoothedClassVectors, ZSLModel):
     def fit(self, train: Split, seen: np.ndarray, semantics: Semantics, seed: int) -> dict[str, Any]:
         start = time.perf_counter()
         seen, positions = seen_targets(self.name, train, seen, semantics)
-        self.classifiers, supervision = seen_classifiers(self.name, train, positions, seen, semantics,
-                                                         self.hparams["supervision"], self.hparams["feature_ridge"])
+        rows, supervision = seen_classifiers(self.name, train, positions, seen, semantics,
+                                             self.hparams["supervision"], self.hparams["feature_ridge"])
+        self.classifiers, seen = with_classifier(rows, seen)
         self.seen_vectors = l2_normalize(self.class_vectors(semantics)[seen])
         return {"loss": [], "seconds": time.perf_counter() - start, "supervision": supervision}
 

@@ -27,6 +27,7 @@ unseen classes included (their names, never their images or classifier rows), as
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,7 @@ from torch import nn
 
 from pipeline.errors import PipelineError
 from pipeline.models.base import ADJACENCIES, Semantics, Split, epoch_bar
-from pipeline.models.classifiers import seen_classifiers, with_bias_input
+from pipeline.models.classifiers import seen_classifiers, with_bias_input, with_classifier
 from pipeline.models.layers import GCN, Propagation, TorchZSLModel, class_graph, l2_normalize, smoothed_nodes
 from pipeline.models.memo import by_content, fingerprint
 
@@ -54,6 +55,7 @@ class _GraphInputs:
         nodes = smoothed_nodes(graph, h["graph_steps"])
         adjacency = graph.adjacency(h["adjacency"])
         self.nodes = torch.as_tensor(nodes, device=device)
+        self.adjacency, self.n_classes, self.device = adjacency, graph.n_classes, device
         self.propagation = Propagation(adjacency, np.arange(graph.n_classes), device)  # the only outputs read
         # what these tensors are made of, for results kept by content (:func:`class_hidden`), hashed once here
         # rather than on every call
@@ -88,10 +90,11 @@ class _AnchoredGCN(nn.Module):
         self.gcn = GCN(node_dim, h["hidden"], rank, h["dropout"])
         self.register_buffer("basis", torch.zeros(rank, out_dim))
 
-    def coordinates(self, g: _GraphInputs) -> torch.Tensor:
-        """[C, r] unit-norm embeddings of the class nodes in basis coordinates (in eval mode without grad)."""
-        hidden = self.gcn.hidden(g.nodes, g.propagation) if self.training else class_hidden(self.gcn, g)
-        return F.normalize(self.gcn.output(hidden), dim=-1)
+    def coordinates(self, g: _GraphInputs, rows: np.ndarray | None = None) -> torch.Tensor:
+        """[C, r] unit-norm embeddings of the class nodes in basis coordinates, or of the class nodes ``rows``
+        only (their output layer alone, on the kept first layer; dropout off, no grad)."""
+        hidden = class_hidden(self.gcn, g)
+        return F.normalize(self.gcn.output(hidden if rows is None else hidden[torch.as_tensor(rows)]), dim=-1)
 
 
 def _closed_form_output_layer(net: _AnchoredGCN, g: _GraphInputs, seen: torch.Tensor, targets: torch.Tensor,
@@ -125,23 +128,57 @@ def anchor_basis(anchor_rows: np.ndarray) -> np.ndarray:
     return q.T.float().numpy()
 
 
+@dataclass(frozen=True)
+class Separation:
+    """joint_gcn's separation term: ``weight`` × the mean over (class, other seen class) pairs of
+    ``relu(cos − margin)²``. Each epoch reads the seen classes and at most ``sample`` other classes drawn at
+    random (every class when there are fewer), the others' pairs weighted up by their share of all
+    classes: an unbiased estimate of the mean over all classes, whose epochs touch only the nodes those
+    outputs read (ImageNet-21K: 1000 seen and 1024 other classes of 21,842, not every node)."""
+
+    weight: float
+    margin: float
+    sample: int
+
+    def rows(self, seen: np.ndarray, n_classes: int) -> np.ndarray:
+        """The class nodes an epoch reads: all, or the seen ones and ``sample`` others (sorted)."""
+        others = np.setdiff1d(np.arange(n_classes), seen)
+        if len(others) <= self.sample:
+            return np.arange(n_classes)
+        generator = np.random.default_rng(int(torch.randint(2**62, (1,))))  # seeded through torch, as dropout
+        return np.union1d(seen, generator.choice(others, self.sample, replace=False))
+
+    def loss(self, coordinates: torch.Tensor, seen_at: torch.Tensor, n_classes: int) -> torch.Tensor:
+        """The term for the class ``coordinates`` [R, r] of an epoch's rows, the seen ones at ``seen_at``."""
+        cosine = coordinates @ coordinates[seen_at].T  # [R, S]
+        cosine[seen_at, torch.arange(len(seen_at), device=cosine.device)] = -1.0  # not against itself
+        penalty = F.relu(cosine - self.margin).pow(2)
+        if len(coordinates) == n_classes:
+            return self.weight * penalty.mean()
+        is_seen = torch.zeros(len(coordinates), dtype=torch.bool, device=cosine.device)
+        is_seen[seen_at] = True
+        others = (n_classes - len(seen_at)) / (len(coordinates) - len(seen_at))
+        return self.weight * (penalty[is_seen].sum() + others * penalty[~is_seen].sum()) / penalty.shape[1] / n_classes
+
+
 def fit_gcn(net: _AnchoredGCN, g: _GraphInputs, seen: np.ndarray, anchor_rows: np.ndarray, h: dict[str, Any],
-            extra_loss: Any = None, name: str = "gcn") -> list[float]:
+            separation: Separation | None = None, name: str = "gcn") -> list[float]:
     """Fit ``net`` to the unit-norm ``anchor_rows`` [S, D'] of the ``seen`` nodes (module docstring):
-    basis, closed-form output layer, then ``h["epochs"]`` Adam steps of DGP's loss (plus
-    ``extra_loss(coordinates [C, r])`` when given). Returns DGP's loss after each stage (eval mode)."""
+    basis, closed-form output layer, then ``h["epochs"]`` Adam steps of DGP's loss (plus ``separation``
+    when given), each computing the outputs that loss reads only. Returns DGP's loss after each stage
+    (eval mode)."""
     device = net.basis.device
     net.basis.copy_(torch.tensor(anchor_basis(anchor_rows), device=device))
     targets = torch.as_tensor(anchor_rows, device=device) @ net.basis.T  # [S, r], still unit norm
     seen_rows = torch.as_tensor(seen, device=device)
 
-    def dgp_loss(coordinates: torch.Tensor) -> torch.Tensor:
-        return (coordinates[seen_rows] - targets).pow(2).sum() / (2 * len(seen_rows))
+    def dgp_loss(seen_coordinates: torch.Tensor) -> torch.Tensor:
+        return (seen_coordinates - targets).pow(2).sum() / (2 * len(seen_rows))
 
     def eval_loss() -> float:
         net.eval()
         with torch.no_grad():
-            value = dgp_loss(net.coordinates(g)).item()
+            value = dgp_loss(net.coordinates(g, seen)).item()
         net.train()
         return value
 
@@ -151,10 +188,13 @@ def fit_gcn(net: _AnchoredGCN, g: _GraphInputs, seen: np.ndarray, anchor_rows: n
                                      fused=device.type in ("cpu", "cuda"))  # one kernel: 1.5 ms a step, not 4.5
         bar = epoch_bar(h["epochs"], name)
         for _ in bar:
-            coordinates = net.coordinates(g)
-            loss = dgp_loss(coordinates)
-            if extra_loss is not None:
-                loss = loss + extra_loss(coordinates)
+            rows = np.sort(seen) if separation is None else separation.rows(seen, g.n_classes)
+            propagation = g.propagation if len(rows) == g.n_classes else Propagation(g.adjacency, rows, device)
+            coordinates = F.normalize(net.gcn(g.nodes, propagation), dim=-1)  # [len(rows), r]
+            seen_at = torch.as_tensor(np.searchsorted(rows, seen), device=device)
+            loss = dgp_loss(coordinates[seen_at])
+            if separation is not None:
+                loss = loss + separation.loss(coordinates, seen_at, g.n_classes)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -202,6 +242,7 @@ class _AnchoredModel(TorchZSLModel[_AnchoredGCN]):
         h = self.hparams
         rows, self.supervision = seen_classifiers(self.name, train, positions, seen, semantics, h["supervision"],
                                                   h["feature_ridge"])
+        rows, seen = with_classifier(rows, seen)
         rows = l2_normalize(rows)
         rank = min(len(rows), rows.shape[1])  # the anchors' span (seen classes without images included)
         if rank != self.sizes[2]:
@@ -211,10 +252,10 @@ class _AnchoredModel(TorchZSLModel[_AnchoredGCN]):
         log.info("%s: %d anchors from %s supervision, graph of %d nodes", self.name, len(rows), self.supervision,
                  len(g.nodes))
         net = self.trained()
-        return fit_gcn(net, g, seen, rows, h, self.extra_loss(seen), self.name)
+        return fit_gcn(net, g, seen, rows, h, self.separation(), self.name)
 
-    def extra_loss(self, seen: np.ndarray) -> Any:
-        """A term added to DGP's loss during the Adam epochs (None: none)."""
+    def separation(self) -> Separation | None:
+        """The term added to DGP's loss during the Adam epochs (None: none)."""
         return None
 
     def _check_features(self, data: Split) -> np.ndarray:
@@ -225,13 +266,16 @@ class _AnchoredModel(TorchZSLModel[_AnchoredGCN]):
         return with_bias_input(data.features)
 
     @torch.no_grad()
-    def _coordinates(self, semantics: Semantics) -> torch.Tensor:
+    def _coordinates(self, semantics: Semantics, rows: np.ndarray | None = None) -> torch.Tensor:
         net = self.trained()
         g = self._graph_inputs(semantics)
         if g.nodes.shape[1] != self.sizes[0]:
             raise PipelineError(f"{self.name}: node vectors are {g.nodes.shape[1]}-d but the model was "
                                 f"fitted on {self.sizes[0]}-d ones")
-        return net.coordinates(g)
+        return net.coordinates(g, rows)
+
+    def class_embeddings(self, semantics: Semantics) -> np.ndarray:
+        return self.class_embeddings_of(semantics, None)
 
 
 _SHARED_DEFAULTS = {
@@ -253,9 +297,9 @@ class GCNRegression(_AnchoredModel):
     def image_embeddings(self, data: Split) -> np.ndarray:
         return self._check_features(data)
 
-    def class_embeddings(self, semantics: Semantics) -> np.ndarray:
+    def class_embeddings_of(self, semantics: Semantics, rows: np.ndarray | None) -> np.ndarray:
         net = self.trained()
-        return (self._coordinates(semantics) @ net.basis).float().cpu().numpy()
+        return (self._coordinates(semantics, rows) @ net.basis).float().cpu().numpy()
 
 
 class JointGCN(_AnchoredModel):
@@ -268,26 +312,17 @@ class JointGCN(_AnchoredModel):
     seen class's embedding."""
 
     name = "joint_gcn"
-    defaults = {**_SHARED_DEFAULTS, "epochs": 100, "margin": 0.5, "sep_weight": 1.0}
+    defaults = {**_SHARED_DEFAULTS, "epochs": 100, "margin": 0.5, "sep_weight": 1.0, "sep_sample": 1024}
     grid = {"ridge": [0.1, 1.0], "supervision": ["auto", "ridge"], "graph_steps": [0, 2]}
 
-    def extra_loss(self, seen: np.ndarray) -> Any:
+    def separation(self) -> Separation | None:
         h = self.hparams
-        if h["sep_weight"] <= 0:
-            return None
-        seen_rows = torch.as_tensor(seen, device=self.device)
-
-        def separation(coordinates: torch.Tensor) -> torch.Tensor:
-            cosine = coordinates @ coordinates[seen_rows].T  # [C, S]
-            cosine[seen_rows, torch.arange(len(seen_rows), device=cosine.device)] = -1.0  # not against itself
-            return h["sep_weight"] * F.relu(cosine - h["margin"]).pow(2).mean()
-
-        return separation
+        return Separation(h["sep_weight"], h["margin"], h["sep_sample"]) if h["sep_weight"] > 0 else None
 
     def image_embeddings(self, data: Split) -> np.ndarray:
         net = self.trained()
         x = torch.as_tensor(self._check_features(data), device=self.device)
         return F.normalize(x @ net.basis.T, dim=-1).cpu().numpy()
 
-    def class_embeddings(self, semantics: Semantics) -> np.ndarray:
-        return self._coordinates(semantics).float().cpu().numpy()
+    def class_embeddings_of(self, semantics: Semantics, rows: np.ndarray | None) -> np.ndarray:
+        return self._coordinates(semantics, rows).float().cpu().numpy()

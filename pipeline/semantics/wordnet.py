@@ -6,14 +6,14 @@ import os
 import re
 import shutil
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import nltk.data
 import numpy as np
 import scipy.sparse as sp
-from nltk.corpus.reader.wordnet import Synset, WordNetCorpusReader
+from nltk.corpus.reader.wordnet import Synset, WordNetCorpusReader, WordNetError
 
 from pipeline.errors import PipelineError
 
@@ -63,7 +63,15 @@ def wordnet(data_dir: Path | None = None, source: Path = DEBIAN_WORDNET) -> Word
             raise PipelineError(f"WordNet 3.0 is in neither {source} nor NLTK's data; install it: {INSTALL}") from None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "The multilingual functions")  # no Open Multilingual Wordnet: not needed
-        return WordNetCorpusReader(root, None)
+        return _EnglishWordNet(root, None)
+
+
+class _EnglishWordNet(WordNetCorpusReader):
+    """NLTK's reader without its map of other WordNet versions onto this one, which only the Open
+    Multilingual Wordnet reads (not used here) and which took 4 of the 7 s of opening WordNet."""
+
+    def map_wn(self, version: str = "wordnet") -> None:
+        return None
 
 
 def _layout(source: Path, data_dir: Path) -> Path:
@@ -118,6 +126,51 @@ def synset_of(wnid: str) -> Synset:
         if synset is not None:
             return synset
     raise PipelineError(f"wnid {wnid!r} is not a WordNet 3.0 noun synset; a wnid is n + 8-digit offset, e.g. n02391049")
+
+
+_SYNSET_NAME = re.compile(r"[^\s.]+(?:\.[^\s.]+)*\.n\.\d+")  # dog.n.01, st._bernard.n.01
+
+
+def noun_synset(name: str, preferred: Sequence[Collection[str]] = ()) -> Synset | None:
+    """The noun synset a class name means, or None when WordNet has no such noun: a wnid
+    (``n02084071``), a synset name (``dog.n.01``), or a noun (``golden retriever``, ``Red fox``), read as
+    its most frequent sense by WordNet's sense counts. Among senses counted equally often (``red fox``:
+    a plant, a New World and an Old World fox, each seen 0 times) a lemma spelt as typed wins ("crane"
+    before the writer "Crane"), then the first of the ``preferred`` wnid sets that holds one (e.g. a
+    model's seen classes, its classes, its graph's nodes), then the sense nearest the last of them (whose
+    deepest ancestor there is deepest: the foxes before the plant for a graph of animals), then WordNet's
+    order; ``dog.n.03`` or a wnid names any other."""
+    name = name.strip()
+    if is_wnid(name):
+        try:
+            return synset_of(name)
+        except PipelineError:
+            return None
+    if _SYNSET_NAME.fullmatch(name):
+        try:
+            return wordnet().synset(name)
+        except WordNetError:
+            return None
+    typed = "_".join(name.split())
+    lemma = typed.lower()
+    senses = wordnet().synsets(lemma, pos="n")
+
+    def rank(synset: Synset) -> tuple[int, bool, int, int]:
+        names = [item.name() for item in synset.lemmas()]
+        count = sum(item.count() for item in synset.lemmas() if item.name().lower() == lemma)
+        wnid = wnid_of(synset)
+        group = next((i for i, group in enumerate(preferred) if wnid in group), len(preferred))
+        # the nearer a sense to the preferred synsets (the depth of its deepest ancestor among them), the better
+        ancestors = [synset, *synset.closure(lambda s: s.hypernyms() + s.instance_hypernyms())]
+        near = max((a.min_depth() for a in ancestors if preferred and wnid_of(a) in preferred[-1]), default=-1)
+        return -count, typed not in names, group, -near  # "crane" the bird or machine before "Crane" the writer
+
+    return min(senses, key=rank) if senses else None  # min keeps WordNet's order among equals
+
+
+def display_name(wnid: str) -> str:
+    """``golden retriever (n02099601)``: a wnid with its first lemma, for people to read."""
+    return f"{class_lemma(wnid)} ({wnid})"
 
 
 def wnid_of(synset: Synset) -> str:
@@ -178,6 +231,49 @@ def induced_graph(wnids: list[str], instances: bool = True) -> KnowledgeGraph:
         edges=np.array(edges, dtype=np.int64).reshape(-1, 2),
         n_classes=len(wnids),
     )
+
+
+@dataclass
+class ExtendedGraph:
+    """An induced graph with classes added: ``wnids`` (the classes first, the old ones then the added ones,
+    then every other node), child -> parent ``edges``, ``n_classes``, and ``source``, each node's index in
+    the graph it extends (-1: a node new to it, its vector still to be made)."""
+
+    wnids: list[str]
+    edges: np.ndarray
+    n_classes: int
+    source: np.ndarray
+
+
+def with_classes(wnids: list[str], edges: np.ndarray, n_classes: int, added: list[str],
+                 instances: bool = True) -> ExtendedGraph:
+    """The graph induced by ``wnids[:n_classes]`` (:func:`induced_graph`; ``edges`` child -> parent) with the
+    classes ``added`` too: a node already in it (an ancestor, e.g. ``person``) moves among the classes; a
+    synset new to it joins with its ancestors not yet there, linked as :func:`induced_graph` links them.
+    The graph a trained GCN runs over to embed classes it was not trained with."""
+    position = {w: i for i, w in enumerate(wnids)}
+    if len(position) != len(wnids) or any(w in position and position[w] < n_classes for w in added):
+        raise PipelineError("with_classes: the graph repeats a node, or a class to add is a class already")
+    if len(set(added)) != len(added):
+        raise PipelineError("with_classes: a class to add is listed twice")
+    moved = set(added)
+    nodes = wnids[:n_classes] + list(added) + [w for w in wnids[n_classes:] if w not in moved]
+    index = {w: i for i, w in enumerate(nodes)}
+    remap = np.array([index[w] for w in wnids], dtype=np.int64)
+    new_edges = [remap[np.asarray(edges, dtype=np.int64).reshape(-1, 2)]]
+    walk = [w for w in added if w not in position]  # grows while iterating: upward from the new synsets
+    for wnid in walk:
+        synset = synset_of(wnid)
+        parents = {*synset.hypernyms(), *(synset.instance_hypernyms() if instances else ())}
+        for parent in sorted(parents, key=Synset.offset):
+            parent_wnid = wnid_of(parent)
+            if parent_wnid not in index:
+                index[parent_wnid] = len(nodes)
+                nodes.append(parent_wnid)
+                walk.append(parent_wnid)
+            new_edges.append(np.array([[index[wnid], index[parent_wnid]]], dtype=np.int64))
+    source = np.array([position.get(w, -1) for w in nodes], dtype=np.int64)
+    return ExtendedGraph(nodes, np.concatenate(new_edges), n_classes + len(added), source)
 
 
 def ancestor_edges(graph: KnowledgeGraph) -> tuple[np.ndarray, np.ndarray]:
