@@ -154,6 +154,7 @@ def evaluate(model: ZSLModel, checkpoint: dict[str, Any], inputs: Inputs, plots:
 
     if candidate_sets:
         metrics["hit@k"], skipped = {}, {}
+        is_seen = np.isin(np.arange(len(class_emb)), seen).astype(np.float32)
         for name, cand in candidate_sets.items():
             test_classes = np.setdiff1d(cand, seen)
             rows = np.flatnonzero(np.isin(test_labels, test_classes))
@@ -161,15 +162,18 @@ def evaluate(model: ZSLModel, checkpoint: dict[str, Any], inputs: Inputs, plots:
                 skipped[name] = "no test image of its classes"
                 continue
             queries = test_emb[rows]
-            for include_train in (False, True):
-                key = f"{name}{'+train' if include_train else ''}"
+            # zero-shot; DGP's general setting (the training classes among the candidates, +train); and the
+            # same calibrated as GZSL is, the training classes' scores lowered by the validation γ
+            for suffix, include_train, bias in (("", False, None), ("+train", True, None),
+                                                ("+train_calibrated", True, -checkpoint["gamma"] * is_seen)):
+                key = f"{name}{suffix}"
                 pool = len(test_classes) + (len(seen) if include_train else 0)
                 set_ks = tuple(k for k in ks if k <= pool)  # a set of 10 classes has no hit@20
                 if len(set_ks) < len(ks):
                     skipped[key] = f"{', '.join(f'hit@{k}' for k in ks if k > pool)}: only {pool} candidate classes"
                 if set_ks:
                     metrics["hit@k"][key] = hit_at_k_over(queries, class_emb, test_labels[rows], test_classes, seen,
-                                                          include_train, set_ks)
+                                                          include_train, set_ks, class_bias=bias)
         if skipped:
             metrics["hit@k_skipped"] = skipped
             log.info("candidate sets: skipped %s", "; ".join(f"{k} ({v})" for k, v in skipped.items()))

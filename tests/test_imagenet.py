@@ -106,5 +106,6 @@ def test_end_to_end_without_seen_test_images(tmp_path: Path) -> None:
                        ks=(1, 2))
     assert "gzsl" not in metrics and not (tmp_path / "plots" / "figures" / "seen_unseen.png").exists()
     assert metrics["czsl"]["chance"] == 0.25
-    assert sorted(metrics["hit@k"]) == ["2-hops", "2-hops+train", "all", "all+train"]
+    assert sorted(metrics["hit@k"]) == ["2-hops", "2-hops+train", "2-hops+train_calibrated", "all", "all+train",
+                                        "all+train_calibrated"]
     assert metrics["hit@k"]["2-hops"]["hit@2"] == 1.0  # two candidates: always within the top 2

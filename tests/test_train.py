@@ -84,8 +84,10 @@ def test_joint_gcn_is_validated_through_its_closed_form_and_refined_once_chosen(
     with caplog.at_level("INFO", logger="pipeline.train"):
         checkpoint = train(inputs, TrainConfig("joint_gcn"))
     validated = [r.getMessage() for r in caplog.records if "val per-class accuracy" in r.getMessage()]
-    assert len(validated) == 8 and all("'epochs': 0," in line for line in validated)
-    assert all(row["hparams"].keys() == {"ridge", "supervision", "graph_steps"}
+    fitted = [r.getMessage() for r in caplog.records if "fitted in" in r.getMessage()]
+    # 8 closed forms fitted; each scored with the 6 settings of the semantic route, read only when embedding
+    assert len(fitted) == 8 and len(validated) == 48 and all("'epochs': 0," in line for line in validated)
+    assert all(row["hparams"].keys() == {"ridge", "supervision", "graph_steps", "semantic_weight", "temperature"}
                for row in checkpoint["validation"]["table"])
     assert checkpoint["hparams"]["epochs"] == 100 and len(checkpoint["fit"]["loss"]) == 2  # closed form, then Adam
 
@@ -170,10 +172,19 @@ def test_hit_at_k_over_candidate_sets_with_and_without_training_classes(cached, 
     assert sorted(sets) == ["all", "half"] and len(sets["all"]) == len(unseen) + 3
     model, saved = load_checkpoint(_saved(checkpoint, tmp_path))
     hits = evaluate(model, saved, inputs, tmp_path / "plots", sets, ks=(1, 5))["hit@k"]
-    assert sorted(hits) == ["all", "all+train", "half", "half+train"]
+    assert sorted(hits) == ["all", "all+train", "all+train_calibrated", "half", "half+train", "half+train_calibrated"]
     for name in ("all", "half"):
         assert 0 < hits[name]["hit@1"] <= hits[name]["hit@5"] <= 1
         assert hits[f"{name}+train"]["hit@1"] <= hits[name]["hit@1"]  # more candidates, never easier
+        # the validation γ lowers the training classes' scores: never below the uncalibrated setting here
+        assert saved["gamma"] > 0 and hits[f"{name}+train_calibrated"]["hit@1"] >= hits[f"{name}+train"]["hit@1"]
+
+    # a set smaller than the largest k (DGP's awa2-test has 10 classes) reports the k it can have
+    path.write_text(json.dumps({"small": unseen[:3], "none": ["n99999999"]}))
+    metrics = evaluate(model, saved, inputs, tmp_path / "plots", read_candidate_sets(path, inputs.classes), ks=(1, 5))
+    assert list(metrics["hit@k"]["small"]) == ["hit@1"] and "hit@5" in metrics["hit@k"]["small+train"]
+    assert metrics["hit@k_skipped"] == {"small": "hit@5: only 3 candidate classes",
+                                        "none": "no test image of its classes"}
 
 
 def _saved(checkpoint: dict, tmp_path: Path) -> Path:

@@ -166,6 +166,8 @@ class ZSLModel(ABC):
     defaults: ClassVar[dict[str, Any]] = {}
     grid: ClassVar[dict[str, list[Any]]] = {}
     multilabel: ClassVar[bool] = False  # trains on ``Split.tags`` (several classes per image)
+    # hyperparameters read only when embedding, never by fit: selection fits once for all their values
+    inference_hparams: ClassVar[tuple[str, ...]] = ()
     # validation folds selection averages by default (pipeline.train.validation_folds): 1 for networks
     # trained by gradient, 5 for closed forms, whose fits take milliseconds
     selection_folds: int = 1

@@ -12,6 +12,18 @@ from pipeline.models.classifiers import seen_classifiers, with_bias_input, with_
 from pipeline.models.layers import SmoothedClassVectors, l2_normalize, seen_targets
 
 
+def convex_combination(logits: np.ndarray, vectors: np.ndarray, temperature: float, top: int) -> np.ndarray:
+    """[N, E] unit-norm ConSE embeddings: each row the mean of the ``top`` seen classes' ``vectors`` [S, E]
+    with the highest ``logits`` [N, S], weighted by ``softmax(logits / temperature)``."""
+    logits = logits / temperature
+    top = min(int(top), logits.shape[1])
+    best = np.argpartition(-logits, top - 1, axis=1)[:, :top]
+    chosen = np.take_along_axis(logits, best, axis=1)
+    weight = np.exp(chosen - chosen.max(axis=1, keepdims=True))  # the softmax over all seen classes,
+    weight /= weight.sum(axis=1, keepdims=True)  # renormalised over the top ones (same ratios)
+    return l2_normalize(np.einsum("nt,nte->ne", weight, vectors[best]))
+
+
 class ConSE(SmoothedClassVectors, ZSLModel):
     """An image is embedded as the mean of the semantic vectors of its ``top`` most probable seen classes,
     weighted by their probabilities ``softmax(logits / temperature)``; a class by its own (unit-norm)
@@ -32,6 +44,7 @@ class ConSE(SmoothedClassVectors, ZSLModel):
     name = "conse"
     defaults = {"top": 10, "temperature": 1.0, "supervision": "auto", "feature_ridge": 1.0, "graph_steps": 0, "k": 3}
     grid = {"temperature": [1.0, 0.1], "supervision": ["auto", "ridge"]}
+    inference_hparams = ("temperature", "top")
     selection_folds = 5
 
     def __init__(self, **hparams: Any):
@@ -60,13 +73,8 @@ class ConSE(SmoothedClassVectors, ZSLModel):
         if data.features.shape[1] + 1 != classifiers.shape[1]:
             raise PipelineError(f"conse: features are {data.features.shape[1]}-d but the model was fitted on "
                                 f"{classifiers.shape[1] - 1}-d features")
-        logits = with_bias_input(data.features) @ classifiers.T / self.hparams["temperature"]
-        top = min(int(self.hparams["top"]), logits.shape[1])
-        best = np.argpartition(-logits, top - 1, axis=1)[:, :top]
-        chosen = np.take_along_axis(logits, best, axis=1)
-        weight = np.exp(chosen - chosen.max(axis=1, keepdims=True))  # the softmax over all seen classes,
-        weight /= weight.sum(axis=1, keepdims=True)  # renormalised over the top ones (same ratios)
-        return l2_normalize(np.einsum("nt,nte->ne", weight, vectors[best]))
+        logits = with_bias_input(data.features) @ classifiers.T
+        return convex_combination(logits, vectors, self.hparams["temperature"], self.hparams["top"])
 
     def class_embeddings(self, semantics: Semantics) -> np.ndarray:
         _, vectors = self._trained()

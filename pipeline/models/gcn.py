@@ -38,8 +38,9 @@ from torch import nn
 from pipeline.errors import PipelineError
 from pipeline.models.base import ADJACENCIES, Semantics, Split, epoch_bar
 from pipeline.models.classifiers import seen_classifiers, with_bias_input, with_classifier
+from pipeline.models.conse import convex_combination
 from pipeline.models.layers import GCN, Propagation, TorchZSLModel, class_graph, l2_normalize, smoothed_nodes
-from pipeline.models.memo import by_content, fingerprint
+from pipeline.models.memo import by_content, by_identity, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +55,27 @@ class _GraphInputs:
         graph = class_graph(model, semantics, h["k"])
         nodes = smoothed_nodes(graph, h["graph_steps"])
         adjacency = graph.adjacency(h["adjacency"])
-        self.nodes = torch.as_tensor(nodes, device=device)
+        self.nodes = torch.tensor(nodes, device=device)  # a copy: the smoothed vectors are kept read-only
         self.adjacency, self.n_classes, self.device = adjacency, graph.n_classes, device
         self.propagation = Propagation(adjacency, np.arange(graph.n_classes), device)  # the only outputs read
         # what these tensors are made of, for results kept by content (:func:`class_hidden`), hashed once here
         # rather than on every call
         self.content = tuple(fingerprint(v) for v in (nodes, adjacency.data, adjacency.indices, adjacency.indptr,
                                                       graph.n_classes, str(device)))
+
+
+def graph_inputs(model: str, semantics: Semantics, h: dict[str, Any], device: torch.device) -> _GraphInputs:
+    """:class:`_GraphInputs` of ``semantics`` for the hyperparameters it depends on, built once per semantics
+    object (selection fits 40 models on the same semantics; ImageNet-21K's graph takes 75 ms to smooth and
+    hash)."""
+    return _graph_inputs(model, semantics, h["adjacency"], h["k"], h["graph_steps"], str(device))
+
+
+@by_identity(4)
+def _graph_inputs(model: str, semantics: Semantics, adjacency: str, k: int, graph_steps: int,
+                  device: str) -> _GraphInputs:
+    h = {"adjacency": adjacency, "k": k, "graph_steps": graph_steps}
+    return _GraphInputs(model, semantics, h, torch.device(device))
 
 
 def _first_layer_content(gcn: GCN, g: _GraphInputs) -> tuple[Any, ...]:
@@ -105,20 +120,28 @@ def _closed_form_output_layer(net: _AnchoredGCN, g: _GraphInputs, seen: torch.Te
     Returns DGP's loss of the result (eval mode)."""
     net.eval()
     with torch.no_grad():
-        z = class_hidden(net.gcn, g)[seen].double()
+        z_mean, zc, gram = _centred_gram(net.gcn, g, seen.cpu().numpy())
         t = targets.double()
-        z_mean, t_mean = z.mean(0), t.mean(0)
-        zc = z - z_mean
-        gram = zc @ zc.T
+        t_mean = t.mean(0)
         alpha = ridge * gram.diagonal().mean().clamp_min(1e-12)
         dual = torch.linalg.solve(gram + alpha * torch.eye(len(gram), dtype=gram.dtype, device=gram.device), t - t_mean)
         w2 = zc.T @ dual
         net.gcn.layer2.weight.copy_(w2.float())
         net.gcn.layer2.bias.copy_((t_mean - z_mean @ w2).float())
-        predicted = F.normalize(net.gcn.output(z.float()), dim=-1)
+        predicted = F.normalize(net.gcn.output((zc + z_mean).float()), dim=-1)
         loss = (predicted - targets).pow(2).sum().item() / (2 * len(targets))
     net.train()
     return loss
+
+
+@by_content(2, lambda gcn, g, seen: (*_first_layer_content(gcn, g), seen))  # a fold's fits: every ridge, supervision
+def _centred_gram(gcn: GCN, g: _GraphInputs, seen: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The closed form's float64 inputs for the ``seen`` nodes: the mean Z̄ [H] of their propagated first
+    layer (:func:`class_hidden`), the centred rows Zc [S, H] and Zc Zcᵀ [S, S] (not to be modified)."""
+    z = class_hidden(gcn, g)[torch.as_tensor(seen)].double()
+    z_mean = z.mean(0)
+    zc = z - z_mean
+    return z_mean, zc, zc @ zc.T
 
 
 @by_content(12)  # selection: two anchor sets (head, ridge) per validation fold, then trainval
@@ -130,55 +153,62 @@ def anchor_basis(anchor_rows: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Separation:
-    """joint_gcn's separation term: ``weight`` × the mean over (class, other seen class) pairs of
-    ``relu(cos − margin)²``. Each epoch reads the seen classes and at most ``sample`` other classes drawn at
-    random (every class when there are fewer), the others' pairs weighted up by their share of all
-    classes: an unbiased estimate of the mean over all classes, whose epochs touch only the nodes those
-    outputs read (ImageNet-21K: 1000 seen and 1024 other classes of 21,842, not every node)."""
+    """joint_gcn's separation term: ``weight`` × the mean over (class, seen class) pairs of
+    ``relu(cos − margin)²`` (a class against itself counts 0): it keeps every class, unseen ones included,
+    from collapsing onto a seen class's embedding."""
 
     weight: float
     margin: float
-    sample: int
 
-    def rows(self, seen: np.ndarray, n_classes: int) -> np.ndarray:
-        """The class nodes an epoch reads: all, or the seen ones and ``sample`` others (sorted)."""
-        others = np.setdiff1d(np.arange(n_classes), seen)
-        if len(others) <= self.sample:
-            return np.arange(n_classes)
-        generator = np.random.default_rng(int(torch.randint(2**62, (1,))))  # seeded through torch, as dropout
-        return np.union1d(seen, generator.choice(others, self.sample, replace=False))
 
-    def loss(self, coordinates: torch.Tensor, seen_at: torch.Tensor, n_classes: int) -> torch.Tensor:
-        """The term for the class ``coordinates`` [R, r] of an epoch's rows, the seen ones at ``seen_at``."""
-        cosine = coordinates @ coordinates[seen_at].T  # [R, S]
-        cosine[seen_at, torch.arange(len(seen_at), device=cosine.device)] = -1.0  # not against itself
-        penalty = F.relu(cosine - self.margin).pow(2)
-        if len(coordinates) == n_classes:
-            return self.weight * penalty.mean()
-        is_seen = torch.zeros(len(coordinates), dtype=torch.bool, device=cosine.device)
-        is_seen[seen_at] = True
-        others = (n_classes - len(seen_at)) / (len(coordinates) - len(seen_at))
-        return self.weight * (penalty[is_seen].sum() + others * penalty[~is_seen].sum()) / penalty.shape[1] / n_classes
+@dataclass(frozen=True)
+class ClassBatch:
+    """The class nodes one Adam step reads: ``rows`` (sorted), the drawn seen classes' positions among
+    them (``seen_at``) and in the anchors (``anchors``), and the weights that make the step's losses
+    unbiased estimates of the full ones (``seen_weight``: seen classes / drawn ones; ``other_weight``:
+    likewise for the other classes; both 1 when every class the losses read is in the batch)."""
+
+    rows: np.ndarray
+    seen_at: np.ndarray
+    anchors: np.ndarray
+    seen_weight: float
+    other_weight: float
+
+    @classmethod
+    def draw(cls, seen: np.ndarray, n_classes: int, size: int, others: bool) -> ClassBatch:
+        """The classes DGP's loss reads (``seen``) and, with ``others``, the separation's (every class), or
+        when they are more than ``size`` a random draw of ``size`` of them: half seen, half others (only
+        seen without ``others``), seeded through torch as the dropout masks are."""
+        pool = np.arange(n_classes) if others else np.sort(seen)
+        if len(pool) <= size:
+            return cls(pool, np.searchsorted(pool, seen), np.arange(len(seen)), 1.0, 1.0)
+        generator = np.random.default_rng(int(torch.randint(2**62, (1,))))
+        n_seen = min(len(seen), size // 2 if others else size)
+        anchors = np.sort(generator.choice(len(seen), n_seen, replace=False))
+        other = np.setdiff1d(np.arange(n_classes), seen) if others else np.empty(0, np.int64)
+        n_other = min(len(other), size - n_seen)
+        drawn = generator.choice(other, n_other, replace=False) if n_other else np.empty(0, np.int64)
+        rows = np.union1d(seen[anchors], drawn)
+        return cls(rows, np.searchsorted(rows, seen[anchors]), anchors, len(seen) / n_seen,
+                   len(other) / max(n_other, 1))
 
 
 def fit_gcn(net: _AnchoredGCN, g: _GraphInputs, seen: np.ndarray, anchor_rows: np.ndarray, h: dict[str, Any],
             separation: Separation | None = None, name: str = "gcn") -> list[float]:
     """Fit ``net`` to the unit-norm ``anchor_rows`` [S, D'] of the ``seen`` nodes (module docstring):
     basis, closed-form output layer, then ``h["epochs"]`` Adam steps of DGP's loss (plus ``separation``
-    when given), each computing the outputs that loss reads only. Returns DGP's loss after each stage
-    (eval mode)."""
+    when given), each on the outputs of one :class:`ClassBatch` of at most ``h["class_batch"]`` classes
+    (all of them when they fit: IN200's 200), so a step touches only the nodes those outputs read.
+    Returns DGP's loss after each stage (eval mode)."""
     device = net.basis.device
     net.basis.copy_(torch.tensor(anchor_basis(anchor_rows), device=device))
     targets = torch.as_tensor(anchor_rows, device=device) @ net.basis.T  # [S, r], still unit norm
     seen_rows = torch.as_tensor(seen, device=device)
 
-    def dgp_loss(seen_coordinates: torch.Tensor) -> torch.Tensor:
-        return (seen_coordinates - targets).pow(2).sum() / (2 * len(seen_rows))
-
     def eval_loss() -> float:
         net.eval()
         with torch.no_grad():
-            value = dgp_loss(net.coordinates(g, seen)).item()
+            value = (net.coordinates(g, seen) - targets).pow(2).sum().item() / (2 * len(seen))
         net.train()
         return value
 
@@ -188,19 +218,38 @@ def fit_gcn(net: _AnchoredGCN, g: _GraphInputs, seen: np.ndarray, anchor_rows: n
                                      fused=device.type in ("cpu", "cuda"))  # one kernel: 1.5 ms a step, not 4.5
         bar = epoch_bar(h["epochs"], name)
         for _ in bar:
-            rows = np.sort(seen) if separation is None else separation.rows(seen, g.n_classes)
-            propagation = g.propagation if len(rows) == g.n_classes else Propagation(g.adjacency, rows, device)
+            batch = ClassBatch.draw(seen, g.n_classes, h["class_batch"], separation is not None)
+            full = len(batch.rows) == g.n_classes
+            propagation = g.propagation if full else Propagation(g.adjacency, batch.rows, device)
             coordinates = F.normalize(net.gcn(g.nodes, propagation), dim=-1)  # [len(rows), r]
-            seen_at = torch.as_tensor(np.searchsorted(rows, seen), device=device)
-            loss = dgp_loss(coordinates[seen_at])
+            seen_at = torch.as_tensor(batch.seen_at, device=device)
+            loss = (coordinates[seen_at] - targets[torch.as_tensor(batch.anchors, device=device)]).pow(2).sum() \
+                * batch.seen_weight / (2 * len(seen))  # DGP's loss
             if separation is not None:
-                loss = loss + separation.loss(coordinates, seen_at, g.n_classes)
+                loss = loss + separation.weight * _separation(coordinates, seen_at, batch, g.n_classes, len(seen),
+                                                              separation.margin, full)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             bar.set_postfix(loss=f"{loss.item():.4f}")
         losses.append(eval_loss())
     return losses
+
+
+def _separation(coordinates: torch.Tensor, seen_at: torch.Tensor, batch: ClassBatch, n_classes: int, n_seen: int,
+                margin: float, full: bool) -> torch.Tensor:
+    """The mean of ``relu(cos − margin)²`` over (class, seen class) pairs (:class:`Separation`), from a batch's
+    class ``coordinates`` [R, r] and its seen ones at ``seen_at``: exact for a full batch, else each pair
+    weighted by the draw's shares (an unbiased estimate)."""
+    cosine = coordinates @ coordinates[seen_at].T  # [R, drawn seen]
+    cosine[seen_at, torch.arange(len(seen_at), device=cosine.device)] = -1.0  # not against itself
+    penalty = F.relu(cosine - margin).pow(2)
+    if full:
+        return penalty.mean()
+    is_seen = torch.zeros(len(coordinates), dtype=torch.bool, device=cosine.device)
+    is_seen[seen_at] = True
+    rows = penalty[is_seen].sum() * batch.seen_weight + penalty[~is_seen].sum() * batch.other_weight
+    return rows * batch.seen_weight / (n_classes * n_seen)
 
 
 class _AnchoredModel(TorchZSLModel[_AnchoredGCN]):
@@ -210,14 +259,11 @@ class _AnchoredModel(TorchZSLModel[_AnchoredGCN]):
 
     def __init__(self, **hparams: Any):
         super().__init__(**hparams)
-        self._graph: tuple[Semantics, _GraphInputs] | None = None
+        self.seen_classifiers: tuple[np.ndarray, np.ndarray] | None = None  # the anchors' rows [S, D + 1], classes
 
     def _graph_inputs(self, semantics: Semantics) -> _GraphInputs:
-        """The class graph of ``semantics`` as tensors, built once for the semantics last given (fitting
-        and then embedding the classes of the same semantics is what selection does for every fit)."""
-        if self._graph is None or self._graph[0] is not semantics:
-            self._graph = (semantics, _GraphInputs(self.name, semantics, self.hparams, self.device))
-        return self._graph[1]
+        """The class graph of ``semantics`` as tensors (:func:`graph_inputs`)."""
+        return graph_inputs(self.name, semantics, self.hparams, self.device)
 
     def reads_graph(self, semantics: Semantics) -> bool:
         return semantics.graph is not None
@@ -243,6 +289,7 @@ class _AnchoredModel(TorchZSLModel[_AnchoredGCN]):
         rows, self.supervision = seen_classifiers(self.name, train, positions, seen, semantics, h["supervision"],
                                                   h["feature_ridge"])
         rows, seen = with_classifier(rows, seen)
+        self.seen_classifiers = (rows, seen)
         rows = l2_normalize(rows)
         rank = min(len(rows), rows.shape[1])  # the anchors' span (seen classes without images included)
         if rank != self.sizes[2]:
@@ -280,7 +327,7 @@ class _AnchoredModel(TorchZSLModel[_AnchoredGCN]):
 
 _SHARED_DEFAULTS = {
     "hidden": 2048, "dropout": 0.5, "adjacency": "dgp", "lr": 1e-3, "weight_decay": 5e-4, "ridge": 0.1,
-    "supervision": "auto", "feature_ridge": 1.0, "k": 3, "graph_steps": 0, "device": "auto",
+    "supervision": "auto", "feature_ridge": 1.0, "k": 3, "graph_steps": 0, "device": "auto", "class_batch": 512,
 }
 
 
@@ -309,20 +356,72 @@ class JointGCN(_AnchoredModel):
     after the closed form; selection validates the closed form and refines the winner)
     ``sep_weight`` × separation joins DGP's loss: the mean over (class, other seen class) pairs of
     ``relu(cos − margin)²``, which keeps every class, unseen ones included, from collapsing onto a
-    seen class's embedding."""
+    seen class's embedding.
+
+    A second route, weighted by ``semantic_weight`` (chosen on validation; 0 turns it off), scores the
+    class vectors (``train.source``: names, glosses) as ConSE does: an image is the mean of the vectors
+    of its ``top`` most probable seen classes, weighted by ``softmax(logits / temperature)`` of the
+    anchors' classifiers; the score adds ``semantic_weight`` × its cosine with the class's vector. The GCN
+    route ranks the specific classes near the seen ones, the semantic route the general ones the
+    probable seen classes share (ImageNet-21K's "dog" for a photo of a spaniel); both embeddings are
+    one vector each, concatenated, so scoring stays one inner product."""
 
     name = "joint_gcn"
-    defaults = {**_SHARED_DEFAULTS, "epochs": 100, "margin": 0.5, "sep_weight": 1.0, "sep_sample": 1024}
-    grid = {"ridge": [0.1, 1.0], "supervision": ["auto", "ridge"], "graph_steps": [0, 2]}
+    defaults = {**_SHARED_DEFAULTS, "epochs": 100, "margin": 0.5, "sep_weight": 1.0,
+                "semantic_weight": 0.5, "temperature": 1.0, "top": 10}
+    grid = {"ridge": [0.1, 1.0], "supervision": ["auto", "ridge"], "graph_steps": [0, 2],
+            "semantic_weight": [0.0, 0.5, 1.0], "temperature": [1.0, 0.1]}
+    inference_hparams = ("semantic_weight", "temperature", "top")
 
     def separation(self) -> Separation | None:
         h = self.hparams
-        return Separation(h["sep_weight"], h["margin"], h["sep_sample"]) if h["sep_weight"] > 0 else None
+        return Separation(h["sep_weight"], h["margin"]) if h["sep_weight"] > 0 else None
+
+    def __init__(self, **hparams: Any):
+        super().__init__(**hparams)
+        self.route: tuple[np.ndarray, np.ndarray] | None = None  # the semantic route's seen classifiers, vectors
+
+    def _seen(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.route is None:
+            raise PipelineError(f"{self.name}: the model is not trained; call fit or load_state first")
+        return self.route
 
     def image_embeddings(self, data: Split) -> np.ndarray:
         net = self.trained()
-        x = torch.as_tensor(self._check_features(data), device=self.device)
-        return F.normalize(x @ net.basis.T, dim=-1).cpu().numpy()
+        x = self._check_features(data)
+        graph = F.normalize(torch.as_tensor(x, device=self.device) @ net.basis.T, dim=-1).cpu().numpy()
+        weight = self.hparams["semantic_weight"]
+        if weight == 0:
+            return graph
+        classifiers, vectors = self._seen()
+        semantic = convex_combination(x @ classifiers.T, vectors, self.hparams["temperature"], self.hparams["top"])
+        return np.hstack([graph, np.sqrt(weight) * semantic]).astype(np.float32)
 
     def class_embeddings_of(self, semantics: Semantics, rows: np.ndarray | None) -> np.ndarray:
-        return self._coordinates(semantics, rows).float().cpu().numpy()
+        graph = self._coordinates(semantics, rows).float().cpu().numpy()
+        weight = self.hparams["semantic_weight"]
+        if weight == 0:
+            return graph
+        vectors = semantics.vectors if rows is None else semantics.vectors[rows]
+        if vectors.shape[1] != self._seen()[1].shape[1]:
+            raise PipelineError(f"{self.name}: class vectors are {vectors.shape[1]}-d but the model was fitted on "
+                                f"{self._seen()[1].shape[1]}-d ones")
+        return np.hstack([graph, np.sqrt(weight) * l2_normalize(vectors)]).astype(np.float32)
+
+    def fit(self, train: Split, seen: np.ndarray, semantics: Semantics, seed: int) -> dict[str, Any]:
+        result = super().fit(train, seen, semantics, seed)
+        assert self.seen_classifiers is not None
+        rows, classes = self.seen_classifiers
+        self.route = (rows, l2_normalize(semantics.vectors[classes]))
+        return result
+
+    def state(self) -> dict[str, Any]:
+        classifiers, vectors = self._seen()
+        return {**super().state(), "classifiers": classifiers.copy(), "seen_vectors": vectors.copy()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        if "classifiers" not in state:
+            raise PipelineError(f"{self.name}: the checkpoint predates the semantic route (no seen classifiers); "
+                                "retrain it: zsl train --model joint_gcn ...")
+        self.route = (np.asarray(state["classifiers"], np.float32), np.asarray(state["seen_vectors"], np.float32))

@@ -1,4 +1,4 @@
-"""Results of pure functions of arrays, kept by the arrays' content.
+"""Results of pure functions of arrays, kept by the arrays' content (or by the objects' identity).
 
 Selection fits every combination of a grid on the same validation folds, so the costly steps that
 depend on a fold's data alone (a Gram matrix's eigendecomposition, an orthonormal basis of the
@@ -65,6 +65,33 @@ def by_content(kept: int, content: Callable[..., tuple[Any, ...]] | None = None)
             while len(results) > kept:
                 results.popitem(last=False)
             return value
+
+        return kept_result  # type: ignore[return-value]
+
+    return decorate
+
+
+def by_identity(kept: int) -> Callable[[FunctionT], FunctionT]:
+    """Decorate a function to return the kept result of its last ``kept`` distinct argument lists, objects
+    compared by identity (numbers and strings by value). The kept entries hold their arguments, so an
+    object's identity cannot pass to another while its result is kept. For arguments too large to hash
+    on every call and never modified in place (a semantics object with ImageNet-21K's graph)."""
+
+    def decorate(function: FunctionT) -> FunctionT:
+        results: OrderedDict[tuple[Any, ...], tuple[tuple[Any, ...], Any]] = OrderedDict()
+
+        def identity(value: Any) -> Any:
+            return value if isinstance(value, (int, float, str, bool, type(None))) else ("id", id(value))
+
+        @functools.wraps(function)
+        def kept_result(*args: Any) -> Any:
+            key = tuple(identity(a) for a in args)
+            if key not in results:
+                results[key] = (args, function(*args))
+                while len(results) > kept:
+                    results.popitem(last=False)
+            results.move_to_end(key)
+            return results[key][1]
 
         return kept_result  # type: ignore[return-value]
 
