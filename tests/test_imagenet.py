@@ -83,7 +83,7 @@ TRAIN = ["n02391049", "n02374451", "n02085620", "n02123045", "n01530575", "n0153
 TEST = ["n02389026", "n02086240", "n02124075", "n01532829"]  # sorrel, shih-tzu, egyptian cat, house finch
 
 
-def test_end_to_end_without_seen_test_images(tmp_path: Path) -> None:
+def test_end_to_end_without_seen_test_images(tmp_path: Path, shared_data: Path) -> None:
     root, split = tmp_path / "imagenet", tmp_path / "split.json"
     split.write_text(json.dumps({"train": TRAIN, "test": TEST}))
     for i, wnid in enumerate(TRAIN + TEST):
@@ -109,3 +109,13 @@ def test_end_to_end_without_seen_test_images(tmp_path: Path) -> None:
     assert sorted(metrics["hit@k"]) == ["2-hops", "2-hops+train", "2-hops+train_calibrated", "all", "all+train",
                                         "all+train_calibrated"]
     assert metrics["hit@k"]["2-hops"]["hit@2"] == 1.0  # two candidates: always within the top 2
+
+    # DGP's own imagenet-testsets.json, unmodified: each set reports the k it can have, the others are named
+    # (this split's 4 test classes are ILSVRC ones, in DGP's "train" set and none of its test sets)
+    dgp = read_candidate_sets(shared_data / "imagenet" / "imagenet-testsets.json", inputs.classes)
+    metrics = evaluate(model, saved, inputs, tmp_path / "plots", dgp)
+    assert sorted(metrics["hit@k"]) == ["train", "train+train", "train+train_calibrated"]
+    assert metrics["hit@k"]["train"].keys() == {"hit@1", "hit@2"}
+    skipped = metrics["hit@k_skipped"]
+    assert skipped["train"] == "hit@5, hit@10, hit@20: only 4 candidate classes"
+    assert all(skipped[name] == "no test image of its classes" for name in ("2-hops", "3-hops", "all", "awa2-test"))

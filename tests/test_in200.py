@@ -6,6 +6,8 @@ unseen classes (benchmarks/in200.py measures every model; README "Real images: I
 """
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,9 @@ from pipeline.inputs import load_inputs
 from pipeline.models import make_model
 from pipeline.semantics.build import SemanticsConfig, build_semantics
 from pipeline.store import FeatureStore
-from pipeline.train import TrainConfig, train
+from pipeline.train import TrainConfig, train, train_files
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +85,28 @@ def test_models_beat_the_training_free_baseline_on_real_unseen_classes(model, in
     czsl, h = FLOORS[model]
     assert metrics["czsl"]["hit@1"] >= czsl > baseline["czsl"]["hit@1"] >= 0.1
     assert metrics["gzsl"]["H"] >= h
+
+
+def test_predict_labels_photos_with_any_wordnet_noun_through_the_graph_model(in200):
+    """``zsl predict IMAGES --classes "person,golden retriever,red fox,airliner"`` with joint_gcn: person, a
+    class of the model, by name; the three others as WordNet nodes added to its graph (red fox: the fox
+    nearest the model's classes, not the plant of the same name); the photos of people and of dogs are
+    labelled by it, names shown with their wnids."""
+    root, features, semantics = in200
+    model = root.parent / "joint_gcn.pt"
+    train_files(features, semantics, TrainConfig("joint_gcn", "text:minilm"), model)  # as zsl train writes it
+    photos = sorted((root / "test" / "n00007846").glob("*.jpg")) + sorted((root / "test" / "n02084071").glob("*.jpg"))
+    run = subprocess.run([sys.executable, str(REPO / "cli.py"), "predict", *map(str, photos), "--model-file",
+                          str(model), "--semantics", str(semantics), "--classes",
+                          "person,golden retriever,red fox,airliner", "-k", "1"],
+                         capture_output=True, text=True, cwd=root.parent)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "golden retriever: golden retriever (n02099601), a node added to the WordNet graph" in run.stderr
+    assert "airliner: airliner (n02690373), a node added to the WordNet graph" in run.stderr
+    assert "red fox: red fox (n02119477), a node added to the WordNet graph" in run.stderr
+    assert "1 of the model's classes, 3 WordNet nouns added to its graph" in run.stderr
+    labels = [line.split(",")[1] for line in run.stdout.splitlines()[1:]]
+    assert len(labels) == 10 and set(labels) <= {"person (n00007846)", "golden retriever (n02099601)",
+                                                "red fox (n02119477)", "airliner (n02690373)"}
+    assert labels[:5].count("person (n00007846)") >= 3  # the people (measured: 3 of 5)
+    assert "golden retriever (n02099601)" in labels[5:]  # a dog by a name new to the graph (measured: 2 of 5)
