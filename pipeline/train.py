@@ -7,9 +7,12 @@
    ``selection_folds`` by default, 5 for the closed-form models, whose selection then reads 5× the
    val classes instead of the noise of one small draw, 1 for networks trained by gradient.
 2. Every combination of the model's ``grid`` (minus fixed hyperparameters) is fitted on ``train``
-   and scored by per-class accuracy on the ``val`` classes (candidates: val classes only); the
-   best mean over the folds wins. A model that refines a closed form by gradient steps is
-   validated through its closed form (``ZSLModel.stand_in``) and refined on the winner only.
+   and scored by per-class accuracy on the ``val`` classes (candidates: val classes only, the only
+   classes embedded); the best mean over the folds wins. Combinations that differ only in
+   hyperparameters read when embedding (``ZSLModel.inference_hparams``) share one fit. A model that
+   refines a closed form by gradient steps is validated through its closed form
+   (``ZSLModel.stand_in``) and refined on the winner only. Seen classes without images (ImageNet's
+   1000, known by their classifier rows) are train classes of every fold.
 3. γ of calibrated stacking maximises the harmonic mean H of the winner's fold-0 model (the one
    validated: for a refined model its closed form) on the held-out seen images and the val images
    over train ∪ val classes. Refining on fold 0 too, only to calibrate γ, doubled ``joint_gcn``'s
@@ -137,7 +140,7 @@ def train(inputs: Inputs, cfg: TrainConfig) -> dict[str, Any]:
     def fit_and_score(hparams: dict[str, Any], fold: int) -> tuple[float, ZSLModel]:
         v = folds[fold]
         stand_in = make_model(cfg.model, **hparams).stand_in()
-        key = (fold, repr(sorted((k, v) for k, v in stand_in.items() if k not in inference)))
+        key = (fold, repr(sorted((k, value) for k, value in stand_in.items() if k not in inference)))
         if key not in fitted:  # combinations that differ in inference hyperparameters only follow each other
             for stale in [k for k in fitted if k[1] != key[1]]:
                 del fitted[stale]

@@ -56,7 +56,7 @@ class _GraphInputs:
         nodes = smoothed_nodes(graph, h["graph_steps"])
         adjacency = graph.adjacency(h["adjacency"])
         self.nodes = torch.tensor(nodes, device=device)  # a copy: the smoothed vectors are kept read-only
-        self.adjacency, self.n_classes, self.device = adjacency, graph.n_classes, device
+        self.adjacency, self.n_classes = adjacency, graph.n_classes  # for the Adam steps' class batches
         self.propagation = Propagation(adjacency, np.arange(graph.n_classes), device)  # the only outputs read
         # what these tensors are made of, for results kept by content (:func:`class_hidden`), hashed once here
         # rather than on every call
@@ -359,7 +359,7 @@ class JointGCN(_AnchoredModel):
     seen class's embedding.
 
     A second route, weighted by ``semantic_weight`` (chosen on validation; 0 turns it off), scores the
-    class vectors (``train.source``: names, glosses) as ConSE does: an image is the mean of the vectors
+    class vectors (``train.source``) as ConSE does: an image is the mean of the vectors
     of its ``top`` most probable seen classes, weighted by ``softmax(logits / temperature)`` of the
     anchors' classifiers; the score adds ``semantic_weight`` × its cosine with the class's vector. The GCN
     route ranks the specific classes near the seen ones, the semantic route the general ones the
