@@ -138,10 +138,25 @@ class Predictions:
 _ROUTE_NAMES = {"class": "of the model's classes", "wordnet": "WordNet nouns added to its graph"}
 
 
+_NAME_FILE_SUFFIXES = (".txt", ".csv", ".tsv", ".lst", ".list", ".names")
+
+
 def read_class_names(text: str) -> list[str]:
-    """Candidate names from a text file (one per line) or a comma-separated list."""
+    """Candidate names from a text file (one per line, UTF-8) or a comma-separated list. Text that looks
+    like a file (a folder in it, or a list's suffix such as ``.txt``) must be a readable file: a missing
+    ``unseen.txt`` is an error, never one class called "unseen.txt"."""
     path = Path(text)
-    names = path.read_text().splitlines() if path.is_file() else text.split(",")
+    if path.is_file():
+        try:
+            names = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise PipelineError(f"{path}: cannot read the class names ({e}); give a UTF-8 text file, one name "
+                                "per line") from None
+    elif "," not in text and ("/" in text or path.suffix.lower() in _NAME_FILE_SUFFIXES):
+        raise PipelineError(f"{text}: no such file of class names; give an existing file (one name per line) or "
+                            "the names themselves, separated by commas")
+    else:
+        names = text.split(",")
     names = [n.strip() for n in names if n.strip()]
     if not names:
         raise PipelineError(f"{text!r}: no class names (give a file with one name per line, or a comma list)")
@@ -151,12 +166,13 @@ def read_class_names(text: str) -> list[str]:
 
 
 def predict(model_file: str | Path, *, features: str | Path | None = None, split: str | None = None,
-            images: Sequence[str | Path] = (), classes: Sequence[str] | None = None,
+            images: Sequence[str | Path] = (), classes: Sequence[str] | str | None = None,
             semantics: str | Path = "features/semantics.h5", k: int = 5, calibrate: bool = True,
             backbone: str = "efficientnet_lite0", backbone_model: str | None = None, pretrained: str = "imagenet",
             image_size: int | None = None, batch_size: int = 64, workers: int = 2,
             device: str = "auto") -> Predictions:
-    """Top-``k`` ``classes`` (default: all of the model's) of the images of a feature store or of image
+    """Top-``k`` ``classes`` (default: all of the model's; a list of names, or one string read as
+    ``--classes`` reads it: a file of names or a comma list) of the images of a feature store or of image
     files/folders (see the module docstring); image files go through ``backbone`` (``zsl extract``'s
     options and defaults), which must be the one the model's features came from."""
     model_file, semantics = Path(model_file), Path(semantics)
@@ -169,6 +185,8 @@ def predict(model_file: str | Path, *, features: str | Path | None = None, split
     if checkpoint.get("multilabel"):
         raise PipelineError(f"{model_file}: a multi-label model; predict labels single-label models")
     known = list(checkpoint["classes"])
+    if isinstance(classes, str):  # a file or a comma list, as --classes reads it: never its letters
+        classes = read_class_names(classes)
     sem, rows, candidates = candidate_semantics(model_file, model, checkpoint, semantics,
                                                 list(classes) if classes else known)
     if features is not None:

@@ -59,6 +59,26 @@ def test_new_class_names_are_embedded_by_the_models_encoder(workdir):
     assert sum(p == t for p, t in zip(result.labels, truth)) >= 6  # 8 images of two known classes
 
 
+def test_class_names_are_never_misread(workdir, tmp_path):
+    model = workdir / "minilm-model.pt"
+    if not model.is_file():
+        train(workdir / "features/image_features.h5", workdir / "features/semantics.h5", model, model="eszsl",
+              source="text:minilm", select=False)
+    args = {"features": workdir / "features/image_features.h5", "semantics": workdir / "features/semantics.h5"}
+    # a string is a comma list or a file of names, as --classes reads it, never its letters
+    assert predict(model, classes="red solid square,blue solid star", **args).classes == [
+        "red solid square", "blue solid star"]
+    names = tmp_path / "unseen.txt"
+    names.write_text("red solid square\nblue solid star\n")
+    assert predict(model, classes=str(names), **args).classes == ["red solid square", "blue solid star"]
+    for missing in (str(tmp_path / "missing.txt"), "unseen.txt", "lists/unseen"):
+        with pytest.raises(PipelineError, match="no such file of class names"):
+            predict(model, classes=missing, **args)
+    names.write_bytes(b"caf\xe9\n")  # Latin-1, not UTF-8
+    with pytest.raises(PipelineError, match="unseen.txt: cannot read the class names"):
+        predict(model, classes=str(names), **args)
+
+
 def test_names_a_model_on_attributes_cannot_embed_are_one_line_errors(workdir):
     model = workdir / "attributes-model.pt"
     train(workdir / "features/image_features.h5", workdir / "features/semantics.h5", model, model="eszsl",
