@@ -1,6 +1,7 @@
 """Load the cached inputs of training and evaluation: split features, class sets, semantics."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from pipeline.grid import GridSource
 from pipeline.models.base import Graph, Semantics, Split
 from pipeline.semantics.file import SemanticsFile
 from pipeline.store import FeatureStore, Head
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -113,6 +116,10 @@ def load_inputs(features: Path, semantics: Path, source: str = "attributes",
             for other in others.values():
                 other.close()
         classes, unseen_tags, head, seen = store.classes, store.unseen_tags, store.head, store.seen_classes
+        if seen is None and store.provenance.get("dataset") == "imagenet":
+            log.warning("%s: an ImageNet store written before seen_classes existed: only the training classes "
+                        "with images are seen; extract again with --overwrite to have every train wnid of the "
+                        "split file seen (GCNZ / DGP)", features)
     needed = {"trainval", "test"} if unseen_tags is not None else {"trainval", "test_seen", "test_unseen"}
     if needed - set(splits):
         raise PipelineError(f"{features}: no {sorted(needed - set(splits))} split; zero-shot training needs "
