@@ -23,6 +23,7 @@ import io
 import json
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -46,6 +47,11 @@ from pipeline.store import FeatureStore
 from pipeline.train import load_checkpoint
 
 
+# route -> (how one candidate was read, how a count of them reads in the summary)
+_ROUTES = {"class": ("a class of the model", "of the model's classes"),
+           "wordnet": ("a node added to the WordNet graph the model runs over", "WordNet nouns added to its graph")}
+
+
 @dataclass(frozen=True)
 class Candidate:
     """A candidate class as predict reads it: the ``name`` given, the ``label`` shown (``golden retriever
@@ -59,9 +65,8 @@ class Candidate:
 
     def describe(self) -> str:
         """One line: ``person: person (n00007846), a node added to the WordNet graph the model runs over``."""
-        how = {"class": "a class of the model", "wordnet": "a node added to the WordNet graph the model runs over"}
         reading = f"{self.label}, " if self.label != self.name else ""
-        return f"{self.name}: {reading}{how.get(self.route, f'free text embedded by {self.route}')}"
+        return f"{self.name}: {reading}{_ROUTES.get(self.route, (f'free text embedded by {self.route}',))[0]}"
 
 
 @dataclass(frozen=True)
@@ -95,10 +100,8 @@ class Predictions:
             counts[label] = counts.get(label, 0) + 1
         common = ", ".join(f"{name} {n}" for name, n in sorted(counts.items(), key=lambda kv: -kv[1])[:3])
         acc = self.accuracy()
-        routes: dict[str, int] = {}
-        for candidate in self.candidates:
-            routes[candidate.route] = routes.get(candidate.route, 0) + 1
-        read = ", ".join(f"{n} {_ROUTE_NAMES.get(route, f'embedded by {route}')}" for route, n in routes.items()) \
+        routes = Counter(c.route for c in self.candidates)
+        read = ", ".join(f"{n} {_ROUTES.get(route, ('', f'embedded by {route}'))[1]}" for route, n in routes.items()) \
             if set(routes) - {"class"} else ""  # said only when some are not among the model's classes
         return (f"{len(self.images)} images over {len(self.classes)} candidate classes"
                 f"{f' ({read})' if read else ''}{' (seen classes calibrated)' if self.calibrated else ''}; "
@@ -133,9 +136,6 @@ class Predictions:
     def write(self, path: Path) -> None:
         """Write the rows to ``path`` (``.json``, else CSV) atomically."""
         write_whole(path, self.text("json" if path.suffix == ".json" else "csv").encode(), "predictions")
-
-
-_ROUTE_NAMES = {"class": "of the model's classes", "wordnet": "WordNet nouns added to its graph"}
 
 
 _NAME_FILE_SUFFIXES = (".txt", ".csv", ".tsv", ".lst", ".list", ".names")
@@ -249,7 +249,7 @@ def candidate_semantics(model_file: Path, model: ZSLModel, checkpoint: dict[str,
             not_nouns.append(name)
         elif encoder is not None:
             texts.append(name)
-            rows.append(-len(texts))  # placed after the known classes below
+            rows.append(len(known) + len(texts) - 1)
             candidates.append(Candidate(name, name, source))
         else:
             raise PipelineError(f"{name!r} is not among the {len(known)} classes of {model_file}, which reads "
@@ -260,35 +260,33 @@ def candidate_semantics(model_file: Path, model: ZSLModel, checkpoint: dict[str,
                             f"{model_file} embeds classes only as nodes of the WordNet graph: name a synset "
                             "(dog.n.01) or a wnid (n02084071), or use a model trained on class-name vectors without "
                             "the graph (eszsl or conse, graph_steps 0)")
-    if len({r for r in rows}) != len(rows):
+    if len(set(rows)) != len(rows):
         raise PipelineError(f"the candidates name one class twice: {[c.name for c in candidates]}; list each once")
-    if added_wnids:
-        sem = _with_wordnet_classes(sem, graph_wnids or [], added_wnids, encoder, cfg)
-    elif texts:
+    new = added_wnids or texts  # one route or the other: graph models add synsets, text models embed text
+    if new:
         assert encoder is not None
-        extra, _ = class_name_embeddings(encoder, texts, cfg)
+        extra, _ = class_name_embeddings(encoder, new, cfg)
         vectors = np.vstack([sem.vectors, extra])
-        sem = replace(sem, vectors=vectors, text={encoder: vectors}, graph=None, classifiers=None)
-    return sem, np.array([r if r >= 0 else len(known) - r - 1 for r in rows], dtype=np.int64), candidates
+        graph = _with_wordnet_classes(sem.graph, graph_wnids or [], added_wnids, cfg) if added_wnids else None
+        sem = replace(sem, vectors=vectors, text={encoder: vectors}, graph=graph, classifiers=None)
+    return sem, np.array(rows, dtype=np.int64), candidates
 
 
-def _with_wordnet_classes(sem: Semantics, graph_wnids: list[str], added: list[str], encoder: str | None,
-                          cfg: SemanticsConfig) -> Semantics:
-    """``sem`` with the synsets ``added`` as classes after its own: the WordNet graph extended by them and
-    their hypernyms (:func:`pipeline.semantics.wordnet.with_classes`), node vectors of the new nodes made as
-    the semantics stage made the others (the mean over lemmas, ``graph_text``), class-name vectors too."""
-    assert sem.graph is not None and encoder is not None
-    graph = wn.with_classes(graph_wnids, sem.graph.edges, sem.graph.n_classes, added,
-                            instances=cfg.graph_links == "hypernyms+instances")
-    new = np.flatnonzero(graph.source < 0)
-    nodes = np.zeros((len(graph.wnids), sem.graph.node_vectors.shape[1]), np.float32)
-    nodes[graph.source >= 0] = sem.graph.node_vectors[graph.source[graph.source >= 0]]
+def _with_wordnet_classes(graph: Graph | None, graph_wnids: list[str], added: list[str],
+                          cfg: SemanticsConfig) -> Graph:
+    """``graph`` with the synsets ``added`` as classes after its own, extended by them and their hypernyms
+    (:func:`pipeline.semantics.wordnet.with_classes`); the new nodes' vectors made as the semantics stage
+    made the others (the mean over lemmas, ``graph_text``)."""
+    assert graph is not None
+    extended = wn.with_classes(graph_wnids, graph.edges, graph.n_classes, added,
+                               instances=cfg.graph_links == "hypernyms+instances")
+    new = np.flatnonzero(extended.source < 0)
+    nodes = np.zeros((len(extended.wnids), graph.node_vectors.shape[1]), np.float32)
+    nodes[extended.source >= 0] = graph.node_vectors[extended.source[extended.source >= 0]]
     if len(new):
-        nodes[new] = lemma_vectors(cfg.graph_text, [wn.lemmas_of(wn.synset_of(graph.wnids[i])) for i in new], cfg)[0]
-    extra, _ = class_name_embeddings(encoder, added, cfg)
-    vectors = np.vstack([sem.vectors, extra])
-    return replace(sem, vectors=vectors, text={encoder: vectors}, classifiers=None,
-                   graph=Graph(graph.edges, nodes, graph.n_classes, sem.graph.node_encoder))
+        lemmas = [wn.lemmas_of(wn.synset_of(extended.wnids[i])) for i in new]
+        nodes[new] = lemma_vectors(cfg.graph_text, lemmas, cfg)[0]
+    return Graph(extended.edges, nodes, extended.n_classes, graph.node_encoder)
 
 
 def _store_rows(path: Path, split: str | None) -> tuple[Split, list[str], list[str] | None]:

@@ -214,23 +214,10 @@ def induced_graph(wnids: list[str], instances: bool = True) -> KnowledgeGraph:
         if wnid in seen:
             raise PipelineError(f"wnid {wnid} is listed twice among the classes; list each class once")
         seen.add(wnid)
-    nodes = [synset_of(w) for w in wnids]
-    index = {s.offset(): i for i, s in enumerate(nodes)}
-    edges: list[tuple[int, int]] = []
-    for child, synset in enumerate(nodes):  # grows while iterating: a breadth-first walk upward
-        parents = {*synset.hypernyms(), *(synset.instance_hypernyms() if instances else ())}
-        for parent in sorted(parents, key=Synset.offset):
-            if parent.offset() not in index:
-                index[parent.offset()] = len(nodes)
-                nodes.append(parent)
-            edges.append((child, index[parent.offset()]))
-    return KnowledgeGraph(
-        wnids=[wnid_of(s) for s in nodes],
-        names=[_name(s) for s in nodes],
-        lemmas=[lemmas_of(s) for s in nodes],
-        edges=np.array(edges, dtype=np.int64).reshape(-1, 2),
-        n_classes=len(wnids),
-    )
+    graph = with_classes([], np.empty((0, 2), np.int64), 0, list(wnids), instances)
+    nodes = [synset_of(w) for w in graph.wnids]
+    return KnowledgeGraph(wnids=graph.wnids, names=[_name(s) for s in nodes], lemmas=[lemmas_of(s) for s in nodes],
+                          edges=graph.edges, n_classes=graph.n_classes)
 
 
 @dataclass
@@ -260,20 +247,22 @@ def with_classes(wnids: list[str], edges: np.ndarray, n_classes: int, added: lis
     nodes = wnids[:n_classes] + list(added) + [w for w in wnids[n_classes:] if w not in moved]
     index = {w: i for i, w in enumerate(nodes)}
     remap = np.array([index[w] for w in wnids], dtype=np.int64)
-    new_edges = [remap[np.asarray(edges, dtype=np.int64).reshape(-1, 2)]]
-    walk = [w for w in added if w not in position]  # grows while iterating: upward from the new synsets
+    new_edges: list[tuple[int, int]] = []
+    walk = [w for w in added if w not in position]  # grows while iterating: breadth-first, upward
     for wnid in walk:
         synset = synset_of(wnid)
         parents = {*synset.hypernyms(), *(synset.instance_hypernyms() if instances else ())}
-        for parent in sorted(parents, key=Synset.offset):
+        for parent in sorted(parents, key=Synset.offset):  # each node's parents in offset order
             parent_wnid = wnid_of(parent)
             if parent_wnid not in index:
                 index[parent_wnid] = len(nodes)
                 nodes.append(parent_wnid)
                 walk.append(parent_wnid)
-            new_edges.append(np.array([[index[wnid], index[parent_wnid]]], dtype=np.int64))
+            new_edges.append((index[wnid], index[parent_wnid]))
+    edges = np.concatenate([remap[np.asarray(edges, dtype=np.int64).reshape(-1, 2)],
+                            np.array(new_edges, dtype=np.int64).reshape(-1, 2)])
     source = np.array([position.get(w, -1) for w in nodes], dtype=np.int64)
-    return ExtendedGraph(nodes, np.concatenate(new_edges), n_classes + len(added), source)
+    return ExtendedGraph(nodes, edges, n_classes + len(added), source)
 
 
 def ancestor_edges(graph: KnowledgeGraph) -> tuple[np.ndarray, np.ndarray]:
