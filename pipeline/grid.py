@@ -1,23 +1,26 @@
 """Spatial (grid) features streamed from the feature store in bounded memory.
 
 A CUB grid file at 14×14×2048 fp16 is ~9.5 GB, so attention models never load it: a
-:class:`GridSource` names some rows of a store and yields mini-batches read in chunk-aligned
-blocks, by a background thread that keeps ``prefetch`` blocks ahead of the compute (h5py reads
-while torch computes with the GIL released). Memory: about ``(prefetch + 2) * block_rows`` rows.
+:class:`GridSource` names some rows of a store and yields mini-batches, in order (chunk-aligned
+blocks, for embedding) or drawn anywhere (each batch a read of just its rows, for training), by a
+background thread that keeps ``prefetch`` items ahead of the compute (h5py reads while torch
+computes with the GIL released). Memory: a few blocks or batches, whatever the store's size.
 """
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from pipeline.store import FeatureStore
 
 _DONE = object()
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -62,65 +65,72 @@ class GridSource:
             raise ValueError(f"cannot join grids {self.names} of {self.path} and {other.names} of {other.path}")
         return GridSource(self.path, np.concatenate([self.rows, other.rows]), self.names)
 
-    def n_batches(self, batch_size: int, block_rows: int = 512) -> int:
-        """How many batches one pass of :meth:`batches` yields (batches never span two blocks)."""
-        blocks = _blocks(np.sort(self.rows), self.path, block_rows)
-        return sum(-(-(hi - lo) // batch_size) for lo, hi in blocks)
-
-    def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0, block_rows: int = 512,
+    def batches(self, batch_size: int, block_rows: int = 512,
                 prefetch: int = 2) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield (positions into this source [B], float32 grid [B, R, D]) covering every row once.
-
-        Without ``shuffle`` the order follows the store's rows; with it, the order of the
-        chunk-aligned blocks and of the rows within each block is drawn from ``seed`` (reads stay
-        sequential, batches still mix images from across a block).
-        """
+        """Yield (positions into this source [B], float32 grid [B, R, D]) covering every row once, in
+        the store's row order (chunk-aligned blocks of ~``block_rows`` rows, read sequentially)."""
         order = np.argsort(self.rows, kind="stable")
         sorted_rows = self.rows[order]
-        blocks = _blocks(sorted_rows, self.path, block_rows)
-        rng = np.random.default_rng(seed)
-        if shuffle:
-            rng.shuffle(blocks)
-        out: queue.Queue = queue.Queue(maxsize=prefetch)
-        stop = threading.Event()
 
-        def read() -> None:
-            try:
-                with FeatureStore(self.path) as store:
-                    for lo, hi in blocks:
-                        block = _read(store, self.names, sorted_rows[lo:hi])
-                        while not stop.is_set():
-                            try:
-                                out.put((lo, hi, block), timeout=0.1)
-                                break
-                            except queue.Full:
-                                continue
-                        if stop.is_set():
-                            return
-                out.put(_DONE)
-            except BaseException as e:  # hand any read error to the consumer
-                out.put(e)
+        def read(store: FeatureStore) -> Iterator[tuple[int, int, np.ndarray]]:
+            for lo, hi in _blocks(sorted_rows, self.path, block_rows):
+                yield lo, hi, _read(store, self.names, sorted_rows[lo:hi])
 
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
+        for lo, hi, grid in _prefetched(self.path, read, prefetch):
+            for start in range(0, hi - lo, batch_size):
+                yield order[lo + start : min(hi, lo + start + batch_size)], grid[start : start + batch_size]
+
+    def draws(self, batches: list[np.ndarray], prefetch: int = 2) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield (positions, float32 grid [B, R, D]) for each array of positions into this source in
+        ``batches`` (any rows, repeats allowed): each batch one read of just its rows, wherever they lie,
+        so batches can be drawn from the whole source (random mini-batches) in bounded memory."""
+
+        def read(store: FeatureStore) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            for positions in batches:
+                rows, inverse = np.unique(self.rows[positions], return_inverse=True)
+                yield positions, _read(store, self.names, rows, scattered=True)[inverse]
+
+        yield from _prefetched(self.path, read, prefetch)
+
+
+def _prefetched(path: Path, read: Callable[[FeatureStore], Iterator[T]], prefetch: int) -> Iterator[T]:
+    """The items of ``read(store)`` (``path`` open), produced by a background thread at most ``prefetch``
+    items ahead of the consumer; a read error is raised in the consumer, and stopping early stops the thread."""
+    out: queue.Queue = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+
+    def produce() -> None:
         try:
-            while (item := out.get()) is not _DONE:
-                if isinstance(item, BaseException):
-                    raise item
-                lo, hi, grid = item
-                positions = order[lo:hi]
-                within = rng.permutation(hi - lo) if shuffle else np.arange(hi - lo)
-                for start in range(0, hi - lo, batch_size):
-                    pick = within[start : start + batch_size]
-                    yield positions[pick], grid[pick]
-        finally:
-            stop.set()
-            reader.join()
+            with FeatureStore(path) as store:
+                for item in read(store):
+                    while not stop.is_set():
+                        try:
+                            out.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+            out.put(_DONE)
+        except BaseException as e:  # hand any read error to the consumer
+            out.put(e)
+
+    reader = threading.Thread(target=produce, daemon=True)
+    reader.start()
+    try:
+        while (item := out.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        reader.join()
 
 
-def _read(store: FeatureStore, names: tuple[str, ...], rows: np.ndarray) -> np.ndarray:
-    """Rows ``rows`` (ascending, inside one block) of the data sets ``names``, float32, joined along channels."""
-    parts = [store.read_rows(name, rows) for name in names]
+def _read(store: FeatureStore, names: tuple[str, ...], rows: np.ndarray, scattered: bool = False) -> np.ndarray:
+    """Rows ``rows`` (ascending) of the data sets ``names``, float32, joined along channels: inside one
+    block (one read of the range), or ``scattered`` anywhere (a read of just those rows)."""
+    parts = [(store.read_each if scattered else store.read_rows)(name, rows) for name in names]
     return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
 
 

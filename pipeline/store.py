@@ -511,6 +511,10 @@ class FeatureStore:
         block = self.dataset(name)[int(rows[0]) : int(rows[-1]) + 1]
         return block[rows - rows[0]].astype(np.float32, copy=False)
 
+    def read_each(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` (ascending, distinct, anywhere) of ``name`` as float32, reading just those rows."""
+        return self.dataset(name)[rows].astype(np.float32, copy=False)
+
     def describe(self) -> str:
         """Human-readable schema, split counts, provenance and completeness (``cli.py info``)."""
         lines = [f"{self.path}", f"  complete: {self.complete}"]

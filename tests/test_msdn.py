@@ -20,6 +20,7 @@ from pipeline.grid import GridSource
 from pipeline.models import MODELS, make_model
 from pipeline.models.base import Semantics, Split
 from pipeline.models.msdn import MSDN, calibration_loss, distillation_loss
+from pipeline.models.streaming import epoch_draws
 from pipeline.store import create_store
 
 C, A, R, D, E, PER_CLASS = 12, 10, 16, 32, 8, 30
@@ -165,8 +166,58 @@ def test_cross_entropy_runs_over_all_classes():
     classes = torch.eye(4, 3) + 0.1
     psi, phi = torch.tensor([[1.0, 0.0, 2.0]]), torch.tensor([[0.0, 0.5, 0.0]])
     labels = torch.tensor([1])
+    bias = torch.tensor([-1.0, -1.0, -1.0, 1.0])
     expected = sum(F.cross_entropy(s @ classes.T, labels) for s in (psi, phi))  # 4 classes, unseen 3 included
-    assert model.loss(psi, phi, labels, classes, torch.tensor([3])).item() == pytest.approx(expected.item())
+    assert model.loss(psi, phi, labels, classes, torch.tensor([3]), bias).item() == pytest.approx(expected.item())
+
+
+def test_calibration_and_distillation_read_the_official_is_bias_margin():
+    """As the official is_bias: +1 on unseen, −1 on seen logits for the self-calibration and the
+    distillation's Jensen–Shannon term; the cross-entropy reads the logits without it."""
+    classes = torch.eye(4, 3) + 0.1
+    psi, phi = torch.tensor([[1.0, 0.0, 2.0]]), torch.tensor([[0.0, 0.5, 0.0]])
+    labels, unseen, bias = torch.tensor([1]), torch.tensor([3]), torch.tensor([-1.0, -1.0, -1.0, 1.0])
+    logits = [s @ classes.T for s in (psi, phi)]
+    ce = sum(F.cross_entropy(z, labels) for z in logits)
+    calibrated = make_model("msdn", calibration_weight=0.5, distill_weight=0.0, device="cpu")
+    expected = ce + 0.5 * sum(calibration_loss(z + bias, unseen) for z in logits)
+    assert calibrated.loss(psi, phi, labels, classes, unseen, bias).item() == pytest.approx(expected.item())
+    distilled = make_model("msdn", calibration_weight=0.0, distill_weight=0.3, device="cpu")
+    expected = ce + 0.3 * distillation_loss(logits[0] + bias, logits[1] + bias)
+    assert distilled.loss(psi, phi, labels, classes, unseen, bias).item() == pytest.approx(expected.item())
+    assert distillation_loss(logits[0] + bias, logits[1] + bias) != pytest.approx(distillation_loss(*logits).item())
+
+
+def test_batches_are_drawn_from_the_whole_training_set_and_read_as_stored(problem):
+    """A class-ordered store (every class's images together): a uniform epoch covers each image once
+    and its batches mix classes as random draws do (CUB: ~43 classes in 50 images); balanced batches
+    (AWA2, SUN) take distinct classes; every batch's grid is its own rows of the store."""
+    labels = problem.train.labels
+    rng = np.random.default_rng(0)
+    epoch = epoch_draws(labels, 32, rng, "uniform")
+    assert len(epoch) == -(-len(labels) // 32)
+    np.testing.assert_array_equal(np.sort(np.concatenate(epoch)), np.arange(len(labels)))
+    assert np.mean([len(np.unique(labels[b])) for b in epoch[:-1]]) > 8.5  # 9 classes: a block read gives ~1-2
+    balanced = epoch_draws(labels, 6, rng, "balanced")
+    assert all(len(b) == 6 and len(np.unique(labels[b])) == 6 for b in balanced)
+    few = epoch_draws(labels, 20, rng, "balanced")  # 9 classes, 20 // 9 = 2 images each
+    assert all(len(b) == 18 and np.bincount(labels[b]).max() == 2 for b in few)
+    grid = problem.train.grid
+    for positions, block in grid.draws(epoch[:3] + [np.array([5, 5, 0])]):
+        np.testing.assert_allclose(block, problem.grid[grid.rows[positions]], atol=1e-2)  # float16 store
+    with pytest.raises(PipelineError, match="sampling 'shuffled' unknown"):
+        make_model("msdn", sampling="shuffled")
+    with pytest.raises(PipelineError, match="multi-label"):
+        epoch_draws(np.full(10, -1), 4, rng, "balanced")
+
+
+def test_recipes_set_sampling_and_awa2_clamps_negative_attributes():
+    assert make_model("msdn").hparams["sampling"] == "uniform"
+    awa2 = make_model("msdn", recipe="awa2")
+    assert awa2.hparams["sampling"] == "balanced" and awa2.hparams["nonnegative_attributes"] is True
+    vectors = np.array([[3.0, -4.0, 0.0], [1.0, 1.0, 0.0]], np.float32)
+    np.testing.assert_allclose(awa2._classes(Semantics(vectors)), [[1, 0, 0], [0.70710677, 0.70710677, 0]])
+    np.testing.assert_allclose(make_model("msdn")._classes(Semantics(vectors))[0], [0.6, -0.8, 0])
 
 
 def test_training_reaches_unseen_accuracy_well_above_chance(problem, fitted):

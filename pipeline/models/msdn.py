@@ -25,9 +25,14 @@ its L2-normalised attribute vector, so the score is the official mix of the two 
 ``recipe`` (``cub`` | ``awa2`` | ``sun``) sets the per-dataset values of the official scripts, which
 any hyperparameter given explicitly overrides: ``calibration_weight`` 0.1 / 0.12 / 0.0001,
 ``distill_weight`` 0.001 / 1e-7 / 0.01, ``combine`` 0.9 / 1.0 / 0.7, ``momentum`` 0.9 / 0 / 0.9,
-``epochs`` 30 / 50 / 70, ``normalize_attribute_vectors`` False / True / False. Departures (README,
-"Fidelity"): no grid search and no best-epoch pick on the test set (the official scripts report the
-best test epoch), plain shuffled batches (SUN's script draws class-balanced ones).
+``epochs`` 30 / 50 / 70, ``normalize_attribute_vectors`` False / True / False, ``sampling`` uniform /
+balanced / balanced (mini-batches drawn from the whole training set, :func:`pipeline.models.streaming.epoch_draws`),
+``nonnegative_attributes`` False / True / False (AWA2's loader sets its negative attribute values to 0).
+The logits of the self-calibration and the distillation carry the official ``is_bias`` margin (+1 on
+unseen classes, −1 on seen ones). Departures (README, "Fidelity"): no grid search and no best-epoch
+pick on the test set (the official scripts report the best test epoch); an epoch is a permutation of
+the training images (the official loop draws each batch independently); GZSL is calibrated by γ
+chosen on validation where the official test adds the is_bias margin (a fixed γ of 2).
 """
 from __future__ import annotations
 
@@ -41,17 +46,17 @@ from torch import nn
 from pipeline.errors import PipelineError
 from pipeline.models.base import Semantics, Split
 from pipeline.models.layers import TorchZSLModel, l2_normalize
-from pipeline.models.streaming import GridBatch, embed, train_on_grid
+from pipeline.models.streaming import SAMPLINGS, GridBatch, embed, train_on_grid
 
 NO_ATTRIBUTE_VECTORS = ("MSDN needs attribute-name embeddings: set semantics.attribute_vectors "
                         "(e.g. minilm or the w2v .pkl)")
 RECIPES: dict[str, dict[str, Any]] = {
     "cub": {"calibration_weight": 0.1, "distill_weight": 1e-3, "combine": 0.9, "momentum": 0.9, "epochs": 30,
-            "normalize_attribute_vectors": False},
+            "normalize_attribute_vectors": False, "sampling": "uniform", "nonnegative_attributes": False},
     "awa2": {"calibration_weight": 0.12, "distill_weight": 1e-7, "combine": 1.0, "momentum": 0.0, "epochs": 50,
-             "normalize_attribute_vectors": True},
+             "normalize_attribute_vectors": True, "sampling": "balanced", "nonnegative_attributes": True},
     "sun": {"calibration_weight": 1e-4, "distill_weight": 1e-2, "combine": 0.7, "momentum": 0.9, "epochs": 70,
-            "normalize_attribute_vectors": False},
+            "normalize_attribute_vectors": False, "sampling": "balanced", "nonnegative_attributes": False},
 }
 
 
@@ -94,13 +99,14 @@ class _MSDNNet(nn.Module):
     def forward(self, grid: torch.Tensor) -> dict[str, torch.Tensor]:
         v = F.normalize(self.attribute_vectors, dim=-1) if self.normalize_vectors else self.attribute_vectors
         f = F.normalize(grid.float(), dim=-1)  # each region L2-normalised (normalize_F)
-        scores = torch.einsum("ae,ed,brd->bar", v, self.w1, f)  # [B, A, R]
-        alpha = torch.softmax(torch.einsum("ae,ed,brd->bar", v, self.w2, f), dim=-1)  # over regions
-        psi = (alpha * scores).sum(-1)  # [B, A]
-        region_scores = torch.einsum("brd,de,ae->bra", f, self.w3, v)  # [B, R, A]
-        gamma = torch.softmax(torch.einsum("ae,ed,brd->bra", v, self.w4, f), dim=-1)  # over attributes
+        # the four region-attribute maps [B, R, A] in one matrix product: f [B·R, D] x [D, 4A]
+        maps = torch.cat([v @ self.w1, v @ self.w2, (self.w3 @ v.T).T, v @ self.w4])  # [4A, D]
+        scores, alpha_logits, region_scores, gamma_logits = (f @ maps.T).chunk(4, dim=-1)
+        alpha = torch.softmax(alpha_logits, dim=1)  # over regions
+        psi = (alpha * scores).sum(dim=1)  # [B, A]
+        gamma = torch.softmax(gamma_logits, dim=-1)  # over attributes
         phi = (gamma * region_scores).sum(dim=1)  # [B, A]: summed over the regions
-        return {"psi": psi, "phi": phi, "alpha": alpha, "gamma": gamma}
+        return {"psi": psi, "phi": phi, "alpha": alpha.transpose(1, 2), "gamma": gamma}
 
 
 class MSDN(TorchZSLModel[_MSDNNet]):
@@ -114,7 +120,7 @@ class MSDN(TorchZSLModel[_MSDNNet]):
     defaults = {
         "recipe": "cub", "epochs": None, "lr": 1e-4, "batch_size": 50, "weight_decay": 1e-4, "momentum": None,
         "combine": None, "distill_weight": None, "calibration_weight": None, "normalize_attribute_vectors": None,
-        "device": "auto",
+        "sampling": None, "nonnegative_attributes": None, "device": "auto",
     }
     grid: dict[str, list[Any]] = {}
 
@@ -124,6 +130,8 @@ class MSDN(TorchZSLModel[_MSDNNet]):
         if recipe not in RECIPES:
             raise PipelineError(f"msdn: recipe {recipe!r} unknown; use one of {sorted(RECIPES)}")
         self.hparams.update({k: v for k, v in RECIPES[recipe].items() if self.hparams[k] is None})
+        if self.hparams["sampling"] not in SAMPLINGS:
+            raise PipelineError(f"msdn: sampling {self.hparams['sampling']!r} unknown; use one of {', '.join(SAMPLINGS)}")
 
     def _attribute_vectors(self, semantics: Semantics) -> np.ndarray:
         if semantics.attribute_vectors is None:
@@ -147,7 +155,8 @@ class MSDN(TorchZSLModel[_MSDNNet]):
         return _MSDNNet(sizes[0], sizes[1], sizes[2], bool(self.hparams["normalize_attribute_vectors"]))
 
     def _classes(self, semantics: Semantics) -> np.ndarray:
-        return l2_normalize(np.asarray(semantics.vectors, dtype=np.float32))
+        vectors = np.asarray(semantics.vectors, dtype=np.float32)
+        return l2_normalize(np.maximum(vectors, 0) if self.hparams["nonnegative_attributes"] else vectors)
 
     def train_net(self, train: Split, positions: np.ndarray, seen: np.ndarray, semantics: Semantics,
                   generator: torch.Generator) -> list[float]:
@@ -158,30 +167,34 @@ class MSDN(TorchZSLModel[_MSDNNet]):
         classes = self.tensor(self._classes(semantics))  # [C, A]
         n_classes = len(classes)
         unseen_rows = torch.as_tensor(np.setdiff1d(np.arange(n_classes), seen), device=self.device)
+        bias = torch.ones(n_classes, device=self.device)  # the official is_bias: +1 unseen, −1 seen
+        bias[torch.as_tensor(seen, device=self.device)] = -1.0
 
         def batch_loss(batch: GridBatch) -> torch.Tensor:
             out = net(batch.grid)
-            return self.loss(out["psi"].float(), out["phi"].float(), batch.labels, classes, unseen_rows)
+            return self.loss(out["psi"].float(), out["phi"].float(), batch.labels, classes, unseen_rows, bias)
 
         optimizer = torch.optim.RMSprop(net.parameters(), lr=h["lr"], weight_decay=h["weight_decay"],
                                         momentum=h["momentum"])
         return train_on_grid(net, train, batch_loss, optimizer, epochs=h["epochs"], batch_size=h["batch_size"],
                              generator=generator, device=self.device, model=self.name,
-                             class_index=np.arange(n_classes))
+                             class_index=np.arange(n_classes), sampling=h["sampling"])
 
     def loss(self, psi: torch.Tensor, phi: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor,
-             unseen_rows: torch.Tensor) -> torch.Tensor:
+             unseen_rows: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """Cross-entropy over all classes + self-calibration per sub-network, plus the distillation
-        between them; ``labels`` are global class indices."""
+        between them; ``labels`` are global class indices. As the official ``is_bias``, the logits
+        the self-calibration and the distillation read are shifted by ``bias`` [C] (+1 unseen, −1
+        seen), those of the cross-entropy are not."""
         h = self.hparams
         total = psi.new_zeros(())
         logits = [scores @ classes.T for scores in (psi, phi)]  # [B, C] each
         for z in logits:
             total = total + F.cross_entropy(z, labels)
             if h["calibration_weight"] > 0:
-                total = total + h["calibration_weight"] * calibration_loss(z, unseen_rows)
+                total = total + h["calibration_weight"] * calibration_loss(z + bias, unseen_rows)
         if h["distill_weight"] > 0:
-            total = total + h["distill_weight"] * distillation_loss(*logits)
+            total = total + h["distill_weight"] * distillation_loss(*(z + bias for z in logits))
         return total
 
     def _check_grid(self, data: Split) -> None:

@@ -1,9 +1,9 @@
 """Mini-batches of grid features for attention models, streamed from the store to the device.
 
 Models keep their own losses and optimiser steps (devices come from
-:func:`pipeline.models.layers.resolve_device`); these helpers only move data: shuffled
-training batches (chunk-aligned reads overlapped with compute, see :mod:`pipeline.grid`) and
-in-order embedding of a whole split.
+:func:`pipeline.models.layers.resolve_device`); these helpers only move data: training batches
+drawn from the whole training set (each a read of just its rows, overlapped with compute, see
+:mod:`pipeline.grid`) and in-order embedding of a whole split.
 """
 from __future__ import annotations
 
@@ -40,14 +40,40 @@ def _require_grid(data: Split, model: str) -> None:
         raise PipelineError(f"{model} attends over image regions: extract with --grid (params: extract.grid: true)")
 
 
+SAMPLINGS = ("uniform", "balanced")
+
+
+def epoch_draws(labels: np.ndarray, batch_size: int, rng: np.random.Generator, sampling: str) -> list[np.ndarray]:
+    """Positions of one epoch's ``ceil(n / batch_size)`` mini-batches, drawn from the whole training set
+    as MSDN's loaders draw them. ``uniform``: a fresh permutation of every image, cut into batches;
+    ``balanced`` (its AWA2 and SUN loaders, ``is_balance``): each batch takes ``min(C, batch_size)``
+    distinct classes of the C present, at random, and ``max(batch_size // C, 1)`` images of each, drawn
+    with replacement (AWA2: 40 classes, batches of 40 images)."""
+    n = len(labels)
+    count = -(-n // batch_size)
+    if sampling == "uniform":
+        order = rng.permutation(n)
+        return [order[i * batch_size : (i + 1) * batch_size] for i in range(count)]
+    if sampling != "balanced":
+        raise PipelineError(f"sampling {sampling!r} unknown; use one of {', '.join(SAMPLINGS)}")
+    if (labels < 0).any():
+        raise PipelineError("balanced sampling needs one class per image; multi-label data take sampling: uniform")
+    by_class = np.split(np.argsort(labels, kind="stable"), np.flatnonzero(np.diff(np.sort(labels))) + 1)
+    per_class = max(batch_size // len(by_class), 1)
+    return [np.concatenate([rng.choice(by_class[c], per_class)
+                            for c in rng.choice(len(by_class), min(len(by_class), batch_size), replace=False)])
+            for _ in range(count)]
+
+
 def training_batches(train: Split, batch_size: int, seed: int, device: torch.device, model: str,
-                     class_index: np.ndarray | None = None) -> Iterator[GridBatch]:
-    """One epoch of shuffled batches of ``train``; ``class_index`` maps global labels to model rows
-    (multi-label data, labels -1, keeps them)."""
+                     class_index: np.ndarray | None = None, sampling: str = "uniform") -> Iterator[GridBatch]:
+    """One epoch of mini-batches of ``train`` drawn by :func:`epoch_draws` from ``seed``; ``class_index``
+    maps global labels to model rows (multi-label data, labels -1, keeps them)."""
     _require_grid(train, model)
     assert train.grid is not None
     labels = class_index[train.labels] if class_index is not None and train.tags is None else train.labels
-    for positions, grid in train.grid.batches(batch_size, shuffle=True, seed=seed):
+    draws = epoch_draws(train.labels, batch_size, np.random.default_rng(seed), sampling)
+    for positions, grid in train.grid.draws(draws):
         yield GridBatch(torch.from_numpy(grid).to(device, non_blocking=True),
                         torch.from_numpy(train.features[positions].astype(np.float32)).to(device),
                         torch.from_numpy(labels[positions]).to(device), torch.from_numpy(positions))
@@ -75,17 +101,19 @@ def embed(data: Split, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
 def train_on_grid(net: torch.nn.Module, train: Split, batch_loss: Callable[[GridBatch], torch.Tensor],
                   optimizer: torch.optim.Optimizer, *, epochs: int, batch_size: int, generator: torch.Generator,
                   device: torch.device, model: str, class_index: np.ndarray,
-                  scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> list[float]:
-    """``optimizer`` steps over ``epochs`` streamed, shuffled epochs of ``train`` (fp16 autocast + grad
-    scaling on CUDA; ``scheduler``, if any, steps after every batch); ``batch_loss`` returns a batch's
-    mean loss. Returns the mean loss of each epoch."""
+                  scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+                  sampling: str = "uniform") -> list[float]:
+    """``optimizer`` steps over ``epochs`` streamed epochs of ``train``, batches drawn by
+    :func:`epoch_draws` (fp16 autocast + grad scaling on CUDA; ``scheduler``, if any, steps after every
+    batch); ``batch_loss`` returns a batch's mean loss. Returns the mean loss of each epoch."""
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     losses = []
     bar = epoch_bar(epochs, model)
     for _ in bar:
         epoch_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
         total, count = 0.0, 0
-        for batch in training_batches(train, int(batch_size), epoch_seed, device, model, class_index):
+        for batch in training_batches(train, int(batch_size), epoch_seed, device, model, class_index,
+                                       sampling):
             with autocast(device):
                 loss = batch_loss(batch)
             optimizer.zero_grad(set_to_none=True)
