@@ -179,12 +179,12 @@ def test_cli_train_and_evaluate_write_tag_metrics(cached, tmp_path):
 
 
 def test_official_recipe_and_grid_head_train(cached):
-    """recipe nus_wide: Adam with L2 on weights only and a OneCycle schedule that ends annealed; the grid
+    """recipe official: Adam with L2 on weights only and a OneCycle schedule that ends annealed; the grid
     head (ours) streams the store's regions."""
     features, semantics, _ = cached
     inputs = load_inputs(features, semantics)
     seen = np.setdiff1d(np.arange(48), inputs.unseen_tags)
-    model = SDL(recipe="nus_wide", epochs=2, input="grid", k=3)
+    model = SDL(recipe="official", epochs=2, input="grid", k=3)
     assert (model.hparams["lr"], model.hparams["batch_size"], model.hparams["weight_decay"]) == (2.5e-5, 32, 3e-4)
     net = model.build([inputs.splits["trainval"].features.shape[1], 1280, inputs.semantics.vectors.shape[1]])
     optimizer, schedule = model._optimizer(net, steps=100)

@@ -31,8 +31,8 @@ At test the image embedding is ``A`` [N, K, E] and :mod:`pipeline.scoring` score
 maximum over the K inner products. Not from the paper: the backbone is frozen (cached features).
 
 Training ``recipe``: ``frozen`` (ours, the default: AdamW lr 1e-3, weight decay 1e-4, batch 128,
-20 epochs, for a head trained from scratch on frozen features) or ``nus_wide`` (the official
-``train.py``: Adam lr 2.5e-5 with L2 3e-4 on the weights only, not biases or norms, OneCycle with
+20 epochs, for a head trained from scratch on frozen features) or ``official`` (the official
+``train.py``, the repository's only training script, written for MS-COCO: Adam lr 2.5e-5 with L2 3e-4 on the weights only, not biases or norms, OneCycle with
 10 % warm-up, batch 32, 10 epochs; meant for fine-tuning the whole network). Explicit ``lr``,
 ``batch_size``, ``epochs`` or ``weight_decay`` override the recipe.
 """
@@ -54,7 +54,7 @@ from pipeline.models.streaming import GridBatch, embed, train_on_grid
 INPUTS = ("auto", "pooled", "grid")
 RECIPES: dict[str, dict[str, Any]] = {
     "frozen": {"lr": 1e-3, "batch_size": 128, "epochs": 20, "weight_decay": 1e-4},
-    "nus_wide": {"lr": 2.5e-5, "batch_size": 32, "epochs": 10, "weight_decay": 3e-4},
+    "official": {"lr": 2.5e-5, "batch_size": 32, "epochs": 10, "weight_decay": 3e-4},
 }
 CHUNK_GRID = 256  # images per forward pass when embedding grid features
 
@@ -188,8 +188,7 @@ class SDL(TorchZSLModel[_SDLNet]):
                             h["reg_weight"])
 
         batch_size = int(h["batch_size"])
-        steps = int(h["epochs"]) * (train.grid.n_batches(batch_size) if self.sizes[1] and train.grid is not None
-                                    else -(-len(train) // batch_size))
+        steps = int(h["epochs"]) * -(-len(train) // batch_size)
         if self.sizes[1]:
             def batch_loss(batch: GridBatch) -> torch.Tensor:
                 return loss(net(batch.pooled, batch.grid), batch.rows)
