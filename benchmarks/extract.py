@@ -81,7 +81,10 @@ def _subset(data: ImageDataset, n: int, name: str) -> ImageDataset:
 
 
 def make_dataset(source: str, n: int, out_dir: Path) -> ImageDataset:
-    """``n`` images: the built-in synthetic PNGs, or JPEG photos made from them (``jpeg``)."""
+    """``n`` images: the built-in synthetic PNGs, JPEG photos made from them (``jpeg``), or the first
+    ``n`` (sorted paths) of a folder of real photos (``folder:PATH``, ``PATH/<class>/<image>``)."""
+    if source.startswith("folder:"):
+        return _subset(load_folder(Path(source.removeprefix("folder:")), name="folder"), n, "folder")
     per_class = max(2, math.ceil(n / math.prod(len(v) for v in FACTORS.values())))
     generate_synthetic(out_dir / "synthetic", images_per_class=per_class)
     synthetic = _subset(load_synthetic(out_dir / "synthetic"), n, "synthetic")
@@ -180,11 +183,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--device", default="auto")
     p.add_argument("--grid", action="store_true", help="also extract and store spatial features")
-    p.add_argument("--source", choices=("synthetic", "jpeg"), default="synthetic",
-                   help="synthetic: the built-in 64 px PNGs; jpeg: %dx%d JPEGs made from them" % JPEG_SIZE)
+    p.add_argument("--source", default="synthetic",
+                   help="synthetic: the built-in 64 px PNGs; jpeg: %dx%d JPEGs made from them; folder:PATH: real "
+                        "photos in PATH/<class>/ (e.g. CUB_200_2011/images)" % JPEG_SIZE)
     p.add_argument("--out-dir", type=Path, default=None, help="data and feature files (default: a temp dir)")
     p.add_argument("--repeats", type=int, default=1, help="timed runs of each phase; the fastest is reported")
     args = p.parse_args(argv)
+    if args.source not in ("synthetic", "jpeg") and not (args.source.startswith("folder:")
+                                                         and Path(args.source[7:]).is_dir()):
+        p.error(f"--source {args.source!r}: use synthetic, jpeg or folder:PATH with an existing folder")
     if min(args.images, args.batch_size, args.repeats) < 1 or args.workers < 0:
         p.error("--images, --batch-size and --repeats must be positive, --workers not negative")
     if args.pretrained is None:

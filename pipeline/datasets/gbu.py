@@ -117,7 +117,8 @@ def load_gbu(name: str, root: Path, splits_file: Path) -> ImageDataset:
     if len(rel) != expected or max_loc != expected:
         raise PipelineError(
             f"found {len(rel)} images under {image_dir}, {splits_file} expects {expected} "
-            f"(locs up to {max_loc}): is the archive complete and unmodified?"
+            f"(locs up to {max_loc}){_first_missing(root / 'images.txt', image_dir, rel)}: "
+            "is the archive complete and unmodified?"
         )
     return ImageDataset(
         name=key,
@@ -127,3 +128,16 @@ def load_gbu(name: str, root: Path, splits_file: Path) -> ImageDataset:
         classes=meta["classes"],
         splits=meta["splits"],
     )
+
+
+def _first_missing(listing: Path, image_dir: Path, found: list[str]) -> str:
+    """``; first missing: PATH (of N listed in images.txt)`` when the archive's image list (CUB's
+    ``images.txt``: ``<id> <class>/<file>`` per line) is there and names an image not found, else ''."""
+    if not listing.is_file():
+        return ""
+    try:
+        listed = [line.split(maxsplit=1)[1] for line in listing.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError, IndexError):
+        return ""  # an unreadable list only loses the hint; the count above still stands
+    missing = sorted(set(listed) - set(found))
+    return f"; {len(missing)} of the {len(listed)} in {listing.name} missing, first: {image_dir / missing[0]}" if missing else ""
