@@ -55,7 +55,7 @@ from torch import nn
 
 from pipeline.errors import PipelineError
 from pipeline.models.base import Semantics, Split
-from pipeline.models.layers import Standardize, TorchZSLModel, l2_normalize, mlp
+from pipeline.models.layers import CPUFastDropout, Standardize, TorchZSLModel, l2_normalize, mlp
 from pipeline.models.streaming import GridBatch, embed, train_on_grid
 
 
@@ -102,11 +102,13 @@ class DRMNNet(nn.Module):
         # semantic interaction transformer over the A attribute tokens
         self.value = nn.Linear(grid_dim, hidden)
         self.token = nn.Linear(embed_dim, hidden)
-        self.dropout = nn.Dropout(float(h["dropout"]))
+        self.dropout = CPUFastDropout(float(h["dropout"]))
         self.transformer = nn.ModuleList([
             nn.TransformerEncoderLayer(hidden, int(h["heads"]), 2 * hidden, float(h["dropout"]), batch_first=True,
                                        norm_first=True)
             for _ in range(int(h["layers"]))])
+        for layer in self.transformer:  # the same masks' law, drawn ~8x faster on the CPU than bernoulli_
+            layer.dropout, layer.dropout1, layer.dropout2 = (CPUFastDropout(float(h["dropout"])) for _ in range(3))
         self.out_norm = nn.LayerNorm(hidden)
         self.score = nn.Linear(hidden, 1)
         # global branch
