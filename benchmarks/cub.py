@@ -35,14 +35,12 @@ import numpy as np  # noqa: E402
 
 from benchmarks.in21k import run_cli  # noqa: E402
 from pipeline.datasets.gbu import read_att_splits  # noqa: E402
-from pipeline.safe_pickle import load_pickle  # noqa: E402
 from pipeline.store import FeatureStore  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 SPLITS = SHARED / "gbu" / "CUB" / "att_splits.mat"
 W2V = SHARED / "gbu_attribute_w2v" / "CUB_attribute.pkl"
 NAMES = SHARED / "gbu_attribute_w2v" / "CUB_attributes.txt"
-GBU_IMAGES = SHARED / "gbu_images" / "CUB.pkl"
 MODELS = ("eszsl", "conse", "msdn", "drmn")  # ``model:key=value,...`` fixes hyperparameters
 SNAPSHOT_FOLDER = "datasets/cub200_cropped"
 
@@ -51,8 +49,7 @@ def cub_layout(deit: Path, root: Path) -> Path:
     """``root`` (a ``CUB_200_2011`` folder) with ``images/<class>/<file>.jpg`` symlinked to the photos of
     ``deit``: a fetched git directory of Zeyu-Shen/deit (its newest commit is unpacked under ``root``'s
     parent) or a folder holding ``datasets/cub200_cropped/{train,val}/<class>/``. The deit train/val split
-    is not GBU's and is ignored. Also writes ``images.txt`` as the CUB archive has it (from the GBU image
-    list) when that list is at hand. Returns ``root``."""
+    is not GBU's and is ignored. Returns ``root``."""
     photos = deit / SNAPSHOT_FOLDER
     if not photos.is_dir():
         unpacked = root.parent / "deit"
@@ -67,10 +64,6 @@ def cub_layout(deit: Path, root: Path) -> Path:
         if not link.is_symlink():
             link.parent.mkdir(parents=True, exist_ok=True)
             os.symlink(path.resolve(), link)
-    if GBU_IMAGES.is_file() and not (root / "images.txt").is_file():
-        files = load_pickle(GBU_IMAGES)["image_files"]
-        lines = [f"{i} {str(f).split('images/', 1)[1]}" for i, f in enumerate(files, start=1)]
-        (root / "images.txt").write_text("\n".join(lines) + "\n")
     return root
 
 
