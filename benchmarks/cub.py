@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from benchmarks.in21k import run_cli  # noqa: E402
+from benchmarks.in21k import model_spec, run_cli  # noqa: E402
 from pipeline.datasets.gbu import read_att_splits  # noqa: E402
 from pipeline.store import FeatureStore  # noqa: E402
 
@@ -139,10 +139,8 @@ def main() -> None:
                         str(SPLITS), "--attribute-names", str(NAMES), "--attribute-vectors", str(W2V)])
         print(json.dumps({"step": "semantics", "size": int(size), "seconds": step["seconds"]}), flush=True)
         for spec in args.models.split(";"):
-            model, _, fixed = spec.partition(":")
-            name = spec.replace(":", "_").replace(",", "_").replace("=", "")
+            model, name, hparams = model_spec(spec)
             checkpoint, metrics = work / f"{name}_{size}.pt", work / f"{name}_{size}.json"
-            hparams = [arg for item in fixed.split(",") if item for arg in ("--hparam", item)]
             trained = run_cli(["train", "--model", model, "--features", str(features), "--semantics", str(semantics),
                                "--output", str(checkpoint), *hparams])
             run_cli(["evaluate", "--model-file", str(checkpoint), "--features", str(features), "--semantics",

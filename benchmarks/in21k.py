@@ -65,6 +65,13 @@ def run_cli(args: list[str]) -> dict[str, Any]:
     return {"seconds": round(seconds, 2), "peak_mib": round(peak / MIB), "log": output}
 
 
+def model_spec(spec: str) -> tuple[str, str, list[str]]:
+    """A ``--models`` item ``model[:key=value,...]`` as (model, a file-name stem, ``--hparam`` arguments)."""
+    model, _, fixed = spec.partition(":")
+    name = spec.replace(":", "_").replace(",", "_").replace("=", "")
+    return model, name, [arg for item in fixed.split(",") if item for arg in ("--hparam", item)]
+
+
 def summary(metrics: dict[str, Any]) -> dict[str, Any]:
     """Hit@1/2/5/10/20 of each reported set, zero-shot and general (``+train``: DGP's, uncalibrated;
     ``+train_calibrated``: the training classes' scores lowered by the validation γ, as GZSL)."""
@@ -97,10 +104,8 @@ def main() -> None:
         print(json.dumps({"step": "semantics", "graph_text": encoder, "seconds": step["seconds"],
                           "peak_mib": step["peak_mib"]}), flush=True)
         for spec in args.models.split(";"):
-            model, _, fixed = spec.partition(":")
-            name = spec.replace(":", "_").replace(",", "_").replace("=", "")
+            model, name, hparams = model_spec(spec)
             checkpoint, metrics = work / f"{name}_{encoder}.pt", work / f"{name}_{encoder}.json"
-            hparams = [arg for item in fixed.split(",") if item for arg in ("--hparam", item)]
             trained = run_cli(["train", "--model", model, "--features", str(features), "--semantics", str(semantics),
                                "--source", f"text:{encoder}", "--output", str(checkpoint), *hparams])
             evaluated = run_cli(["evaluate", "--model-file", str(checkpoint), "--features", str(features),
