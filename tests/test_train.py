@@ -16,9 +16,19 @@ from pipeline.datasets.synthetic import generate_synthetic, load_synthetic
 from pipeline.evaluate import evaluate
 from pipeline.extract import extract
 from pipeline.inputs import Inputs, load_inputs
-from pipeline.models.base import Split
+from pipeline.models import make_model
+from pipeline.models.base import Semantics, Split
 from pipeline.semantics.build import SemanticsConfig, build_semantics
-from pipeline.train import TrainConfig, load_checkpoint, save_checkpoint, train, validation_folds, validation_split
+from pipeline.train import (
+    TrainConfig,
+    Validation,
+    fold_problem,
+    load_checkpoint,
+    save_checkpoint,
+    train,
+    validation_folds,
+    validation_split,
+)
 
 
 @pytest.fixture(scope="module")
@@ -190,3 +200,24 @@ def test_hit_at_k_over_candidate_sets_with_and_without_training_classes(cached, 
 def _saved(checkpoint: dict, tmp_path: Path) -> Path:
     save_checkpoint(checkpoint, tmp_path / "model.pt")
     return tmp_path / "model.pt"
+
+
+def test_a_model_fitting_the_unseen_classes_is_validated_on_its_fold_alone():
+    """MSDN's fit reads every class outside the seen ones as unseen: its validation fit sees the fold's
+    train and val classes only (renumbered), never the test classes besides."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(6), 3)
+    train = Split(rng.normal(size=(18, 4)).astype(np.float32), labels)
+    v = Validation(train.subset(np.flatnonzero(labels < 3)), train.subset(np.array([1])),
+                   train.subset(np.flatnonzero((labels >= 3) & (labels < 5))), np.array([0, 1, 2]), np.array([3, 4]))
+    semantics = Semantics(np.arange(10 * 2, dtype=np.float32).reshape(10, 2), text={"minilm": np.eye(10)},
+                          attribute_vectors=np.ones((2, 3), np.float32), classifiers=np.full((10, 5), 7.0))
+    split, seen, local = fold_problem(v, semantics)
+    np.testing.assert_array_equal(seen, [0, 1, 2])
+    np.testing.assert_array_equal(split.labels, v.train.labels)
+    np.testing.assert_array_equal(local.vectors, semantics.vectors[:5])  # classes 5..9 (the test classes) gone
+    assert local.text["minilm"].shape == (5, 10) and local.classifiers.shape == (5, 5)
+    assert make_model("msdn").fits_unseen_classes and not make_model("eszsl").fits_unseen_classes
+    shifted = Validation(v.train, v.seen_holdout, v.val, np.array([0, 1, 2]), np.array([7, 9]))
+    _, _, local = fold_problem(shifted, semantics)
+    np.testing.assert_array_equal(local.vectors, semantics.vectors[[0, 1, 2, 7, 9]])

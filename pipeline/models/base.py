@@ -168,6 +168,9 @@ class ZSLModel(ABC):
     multilabel: ClassVar[bool] = False  # trains on ``Split.tags`` (several classes per image)
     # hyperparameters read only when embedding, never by fit: selection fits once for all their values
     inference_hparams: ClassVar[tuple[str, ...]] = ()
+    # fit reads the semantics of the classes outside ``seen`` as the unseen ones (MSDN's self-calibration):
+    # validation fits then see only their fold's train and val classes (pipeline.train.fold_problem)
+    fits_unseen_classes: ClassVar[bool] = False
     # validation folds selection averages by default (pipeline.train.validation_folds): 1 for networks
     # trained by gradient, 5 for closed forms, whose fits take milliseconds
     selection_folds: int = 1

@@ -123,6 +123,7 @@ class MSDN(TorchZSLModel[_MSDNNet]):
         "sampling": None, "nonnegative_attributes": None, "device": "auto",
     }
     grid: dict[str, list[Any]] = {}
+    fits_unseen_classes = True  # self-calibration toward, and cross-entropy over, every class
 
     def __init__(self, **hparams: Any):
         super().__init__(**hparams)
