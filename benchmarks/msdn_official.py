@@ -16,8 +16,8 @@ issue allows, device and data loading:
 
 Every test the script runs (at iteration 0 and then once an epoch) is recorded, and one more after its
 last iteration. Prints one JSON line: the script's reported numbers (its best test H with that
-test's U and S, its best test ZSL accuracy: the best test epoch, as the paper reports) and the last
-test's, with seconds and peak memory.
+test's U and S, its best test ZSL accuracy: the best test epoch, as the paper reports), the last
+test's, every test in order (``tests``), seconds and peak memory.
 
     python benchmarks/msdn_official.py --repo /work/.mirror/shiming-chen+MSDN/repo \\
         --features cub_lite0_448.h5 --splits ../shared/data/gbu/CUB/att_splits.mat \\
@@ -191,7 +191,8 @@ def run_official(repo: Path, features: Path, splits: Path, w2v: Path, epochs: in
                 "best_test": {"T1": round(namespace["best_acc"], 4), "U": round(best_u, 4), "S": round(best_s, 4),
                               "H": round(best_h, 4)},
                 "last": {"T1": round(zsl, 4), "U": round(unseen, 4), "S": round(seen, 4), "H": round(h, 4)},
-                "tests": len(tests)}
+                "tests": [{"T1": round(z, 4), "U": round(u, 4), "S": round(s, 4), "H": round(h, 4)}
+                          for s, u, h, z in tests]}  # every test the script ran, then the last
 
 
 def main() -> None:
