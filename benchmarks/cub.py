@@ -128,6 +128,9 @@ def main() -> None:
     parser.add_argument("--no-reference", action="store_true", help="skip the ESZSL reference closed form")
     args = parser.parse_args()
     work = args.work.resolve()
+    if not (args.deit / SNAPSHOT_FOLDER).is_dir() and not (args.deit / "HEAD").is_file():
+        parser.error(f"--deit {args.deit}: neither a fetched git directory of Zeyu-Shen/deit nor a folder holding "
+                     f"{SNAPSHOT_FOLDER}; fetch github:Zeyu-Shen/deit and pass the path fetch prints")
     root = cub_layout(args.deit.resolve(), work / "CUB_200_2011")
     for size in args.sizes.split(","):
         features, semantics = work / f"cub_lite0_{size}.h5", work / f"cub_semantics_{size}.h5"

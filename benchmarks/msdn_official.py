@@ -72,8 +72,9 @@ def loader_module(features: Path, splits: Path, w2v: Path) -> types.ModuleType:
     class CUBDataLoader:
         def __init__(self, data_path: str, device: torch.device, is_scale: bool = False,
                      is_unsupervised_attr: bool = False, is_balance: bool = True):
-            if is_scale or is_unsupervised_attr:
-                raise NotImplementedError("only the settings MSDN_cub.py uses are read from the store")
+            if is_scale or is_unsupervised_attr:  # MSDN_cub.py passes neither
+                raise ValueError("this loader reads the store as MSDN_cub.py uses it: is_scale=False, "
+                                 "is_unsupervised_attr=False")
             self.device, self.is_balance, self.dataset = device, is_balance, "CUB"
             meta = read_att_splits(splits)
             with FeatureStore(features) as store:
