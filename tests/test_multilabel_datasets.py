@@ -11,7 +11,7 @@ from conftest import write_toy_store
 
 from pipeline.datasets import load_dataset
 from pipeline.datasets import nus_wide as nus
-from pipeline.datasets.coco import load_coco
+from pipeline.datasets.coco import CATEGORY_NAMES, load_coco
 from pipeline.datasets.tag_table import load_tag_table
 from pipeline.errors import PipelineError
 from pipeline.semantics.build import SemanticsConfig, build_semantics
@@ -118,16 +118,7 @@ def test_nus_wide_class_order_matches_the_sdl_label_set(shared_data, tmp_path):
 
 COCO_IDS = [*range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66), 67, 70, *range(72, 83),
             *range(84, 91)]
-COCO_NAMES = [
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow", "elephant",
-    "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard",
-    "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
-    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange", "broccoli",
-    "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed", "dining table", "toilet",
-    "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
-    "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
-]
+COCO_NAMES = list(CATEGORY_NAMES)
 CATEGORIES = [{"id": i, "name": n, "supercategory": "x"} for i, n in zip(COCO_IDS, COCO_NAMES)]
 ID = dict(zip(COCO_NAMES, COCO_IDS))
 
@@ -159,15 +150,43 @@ def coco_root(tmp_path) -> Path:
     return tmp_path
 
 
-def test_coco_48_17_split_drops_training_images_with_unseen_objects(shared_data, coco_root):
+def _label_table(root: Path, images: dict[str, list[str]]) -> None:
+    """``labels.csv`` of the coco_real layout: file, coco_id, split2014, then 0/1 per category, alphabetical."""
+    columns = sorted(n.replace(" ", "_") for n in COCO_NAMES)
+    lines = [",".join(["file", "coco_id", "split2014", *columns])]
+    for k, (file, shown) in enumerate(images.items()):
+        year = file.split("/")[1]
+        lines.append(",".join([file, str(k), year, *("1" if c.replace("_", " ") in shown else "0" for c in columns)]))
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(params=["instances", "label_table"])
+def coco_layouts(request, tmp_path, coco_root) -> tuple[Path, str]:
+    """The same images and labels as the official annotations or as a label table; image path prefix."""
+    if request.param == "instances":
+        return coco_root, ""
+    root = tmp_path / "table"
+    root.mkdir()
+    _label_table(root, {"images/train2014/COCO_train2014_3.jpg": ["person", "car"],
+                        "images/val2014/COCO_val2014_2.jpg": ["dog", "person"],
+                        "images/train2014/COCO_train2014_1.jpg": ["person", "dog"],
+                        "images/train2014/COCO_train2014_2.jpg": ["bicycle"],
+                        "images/train2014/COCO_train2014_4.jpg": ["traffic light"],
+                        "images/val2014/COCO_val2014_1.jpg": ["cat"],
+                        "images/val2014/COCO_val2014_3.jpg": ["hair drier"]})
+    return root, "images/"
+
+
+def test_coco_48_17_split_drops_training_images_with_unseen_objects(shared_data, coco_layouts):
+    coco_root, prefix = coco_layouts
     data = load_dataset("coco", coco_root, shared_data / "coco" / "cls_ids.pickle")
     assert data.name == "coco" and len(data.classes) == 65 and len(data.unseen_tags) == 17
     assert {data.classes[i] for i in data.unseen_tags} == {
         "airplane", "bus", "cat", "dog", "cow", "elephant", "umbrella", "tie", "snowboard", "skateboard", "cup",
         "knife", "cake", "couch", "keyboard", "sink", "scissors"}
     assert data.classes[:4] == ["person", "bicycle", "car", "motorcycle"] and "traffic light" not in data.classes
-    assert data.image_ids == ["train2014/COCO_train2014_2.jpg", "train2014/COCO_train2014_3.jpg",
-                              "val2014/COCO_val2014_1.jpg", "val2014/COCO_val2014_2.jpg"]
+    assert data.image_ids == [prefix + f for f in ["train2014/COCO_train2014_2.jpg", "train2014/COCO_train2014_3.jpg",
+                                                   "val2014/COCO_val2014_1.jpg", "val2014/COCO_val2014_2.jpg"]]
     assert data.splits["trainval"].tolist() == [0, 1] and data.splits["test"].tolist() == [2, 3]
     shown = [sorted(data.classes[j] for j in np.flatnonzero(row)) for row in data.tags]
     assert shown == [["bicycle"], ["car", "person"], ["cat"], ["dog", "person"]]
@@ -180,6 +199,19 @@ def test_coco_needs_its_split_file_and_annotations(shared_data, coco_root):
     (coco_root / "annotations" / "instances_val2014.json").unlink()
     with pytest.raises(PipelineError, match="instances_val2014.json: not found; extract annotations_trainval2014"):
         load_coco(coco_root, shared_data / "coco" / "cls_ids.pickle")
+    (coco_root / "labels.csv").write_text("file,split2014,person\nimages/train2014/a.jpg,train2014,1\n")
+    with pytest.raises(PipelineError, match="labels.csv: no column bicycle, car, motorcycle ... in the header"):
+        load_coco(coco_root, shared_data / "coco" / "cls_ids.pickle")
+
+
+def test_coco_label_table_of_the_real_photos(shared_data):
+    """``../shared/data/coco_real``: 4,948 train2014 and 1,220 val2014 photos under the 48/17 protocol."""
+    data = load_dataset("coco", shared_data / "coco_real", shared_data / "coco" / "cls_ids.pickle")
+    trainval, test = data.tags[data.splits["trainval"]], data.tags[data.splits["test"]]
+    assert (len(trainval), len(test)) == (2751, 1196)
+    assert not trainval[:, data.unseen_tags].any() and trainval.any(axis=1).all() and test.any(axis=1).all()
+    assert test[:, data.unseen_tags].any(axis=1).sum() == 507 and test[:, data.unseen_tags].any(axis=0).all()
+    assert all((shared_data / "coco_real" / data.image_ids[i]).is_file() for i in (0, len(data.image_ids) - 1))
 
 
 # --- tag tables ----------------------------------------------------------------------------------
