@@ -512,8 +512,14 @@ class FeatureStore:
         return block[rows - rows[0]].astype(np.float32, copy=False)
 
     def read_each(self, name: str, rows: np.ndarray) -> np.ndarray:
-        """Rows ``rows`` (ascending, distinct, anywhere) of ``name`` as float32, reading just those rows."""
-        return self.dataset(name)[rows].astype(np.float32, copy=False)
+        """Rows ``rows`` (ascending, distinct, anywhere) of ``name`` as float32, reading just those rows: one
+        slice per run of consecutive rows (h5py's list indexing is ~15× slower on scattered rows)."""
+        data = self.dataset(name)
+        out = np.empty((len(rows), *data.shape[1:]), np.float32)
+        starts = np.flatnonzero(np.diff(rows, prepend=-2) != 1)  # the first position of each run
+        for lo, hi in zip(starts, [*starts[1:], len(rows)]):
+            out[lo:hi] = data[rows[lo]:rows[hi - 1] + 1]
+        return out
 
     def describe(self) -> str:
         """Human-readable schema, split counts, provenance and completeness (``cli.py info``)."""
