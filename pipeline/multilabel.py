@@ -115,7 +115,7 @@ def train_multilabel(inputs: Inputs, cfg: TrainConfig) -> dict[str, Any]:
     }
 
 
-def _tag_metrics(embeddings: np.ndarray, class_emb: np.ndarray, full: np.ndarray, targets: np.ndarray,
+def _setting_metrics(embeddings: np.ndarray, class_emb: np.ndarray, full: np.ndarray, targets: np.ndarray,
                  tags: np.ndarray, ks: tuple[int, ...]) -> tuple[dict[str, Any], dict[int, dict[str, float]]]:
     """mAP over ``tags`` (from ``full``, the [N, C] scores of every tag) and P/R/F1@k (reported
     ``ks``, and the curve's k) with ``tags`` as the candidates of the top-k search."""
@@ -130,6 +130,18 @@ def _tag_metrics(embeddings: np.ndarray, class_emb: np.ndarray, full: np.ndarray
     return report, curve
 
 
+def zsl_gzsl_metrics(embeddings: np.ndarray, class_emb: np.ndarray, targets: np.ndarray, unseen_tags: np.ndarray,
+                ks: tuple[int, ...] = F1_KS) -> tuple[dict[str, Any], dict[str, dict[int, dict[str, float]]]]:
+    """``zsl`` (the unseen tags are the candidates) and ``gzsl`` (every tag) metrics of image ``embeddings``
+    ([N, E] or [N, K, E]) scored against the tags' ``class_emb`` [C, E], and each setting's P/R/F1@k curve."""
+    full = scores(embeddings, class_emb)  # once: ZSL reads the unseen tags' columns
+    metrics: dict[str, Any] = {}
+    curves = {}
+    for setting, tags in (("zsl", np.asarray(unseen_tags)), ("gzsl", np.arange(len(class_emb)))):
+        metrics[setting], curves[setting] = _setting_metrics(embeddings, class_emb, full, targets, tags, ks)
+    return metrics, curves
+
+
 def evaluate_multilabel(model: ZSLModel, checkpoint: dict[str, Any], inputs: Inputs, plots: Path,
                         ks: tuple[int, ...] = F1_KS) -> dict[str, Any]:
     """ZSL and GZSL tag metrics of ``model`` on ``test``; writes ``plots/f1_at_k.json`` (a row per k: ``zsl_P``,
@@ -138,13 +150,8 @@ def evaluate_multilabel(model: ZSLModel, checkpoint: dict[str, Any], inputs: Inp
     assert test.tags is not None and inputs.unseen_tags is not None
     if np.intersect1d(checkpoint["seen"], inputs.unseen_tags).size:
         raise PipelineError("the model was trained on tags that are unseen here; retrain on this feature file")
-    embeddings = model.image_embeddings(test)
-    class_emb = model.class_embeddings(inputs.semantics)
-    full = scores(embeddings, class_emb)  # once: ZSL reads the unseen tags' columns
-    metrics: dict[str, Any] = {}
-    curves = {}
-    for setting, tags in (("zsl", inputs.unseen_tags), ("gzsl", np.arange(len(inputs.classes)))):
-        metrics[setting], curves[setting] = _tag_metrics(embeddings, class_emb, full, test.tags, tags, ks)
+    metrics, curves = zsl_gzsl_metrics(model.image_embeddings(test), model.class_embeddings(inputs.semantics), test.tags,
+                                  inputs.unseen_tags, ks)
     metrics["model"] = checkpoint["model"]  # after the numbers, as evaluate orders them
     rows = [{"k": k, **{f"{s}_{m.split('@')[0]}": curves[s][k][m] for s in curves for m in curves[s][k]}}
             for k in curves["zsl"]]  # one row per k, a column per setting and measure: one line each in dvc plots
