@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import importlib.machinery
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +44,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.measure import PeakMemory  # noqa: E402
+from benchmarks.snapshot import copy_files  # noqa: E402
 from pipeline.datasets.gbu import read_att_splits  # noqa: E402
 from pipeline.semantics.attributes import read_attribute_vectors  # noqa: E402
 from pipeline.store import FeatureStore  # noqa: E402
@@ -138,15 +138,8 @@ def loader_module(features: Path, splits: Path, w2v: Path) -> types.ModuleType:
 
 
 def official_sources(repo: Path, into: Path) -> Path:
-    """The snapshot's files (a checked-out folder, or a fetched git directory read with ``git show``)."""
-    for name in OFFICIAL_FILES:
-        target = into / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if (repo / name).is_file():
-            target.write_bytes((repo / name).read_bytes())
-        else:
-            target.write_bytes(subprocess.run(["git", "--git-dir", str(repo), "show", f"HEAD:{name}"],
-                                              check=True, capture_output=True).stdout)
+    """The snapshot's files the benchmark runs, importable as packages under ``into``."""
+    copy_files(repo, OFFICIAL_FILES, into)
     (into / "core" / "__init__.py").touch()
     return into
 

@@ -32,7 +32,6 @@ import argparse
 import contextlib
 import io
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,6 +48,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.measure import PeakMemory  # noqa: E402
+from benchmarks.snapshot import copy_files  # noqa: E402
 from pipeline.datasets.coco import read_cls_ids  # noqa: E402
 from pipeline.multilabel import zsl_gzsl_metrics  # noqa: E402
 from pipeline.safe_pickle import load_pickle  # noqa: E402
@@ -60,15 +60,8 @@ OFFICIAL_FILES = ("train.py", "src/loss_functions/SDL_loss.py", "src/helper_func
 
 
 def official_sources(repo: Path, into: Path) -> Path:
-    """The snapshot's files (a checked-out folder, or a fetched git directory read with ``git show``)."""
-    for name in OFFICIAL_FILES:
-        target = into / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if (repo / name).is_file():
-            target.write_bytes((repo / name).read_bytes())
-        else:
-            target.write_bytes(subprocess.run(["git", "--git-dir", str(repo), "show", f"HEAD:{name}"],
-                                              check=True, capture_output=True).stdout)
+    """The snapshot's files the benchmark runs, importable as packages under ``into``."""
+    copy_files(repo, OFFICIAL_FILES, into)
     for package in ("src", "src/loss_functions", "src/helper_functions"):  # folders without an __init__.py
         (into / package / "__init__.py").touch()
     return into
