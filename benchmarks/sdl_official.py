@@ -144,10 +144,12 @@ def run_official(repo: Path, features: Path, splits: Path, wordvec: Path, epochs
 
     # per epoch: calc_F1 then mAP of the GZSL test, then the same of the ZSL test
     per_epoch = []
+    def setting(f1: tuple[float, float, float], m_ap: float) -> dict[str, float]:
+        return {"mAP": round(m_ap, 2), **{k: round(v, 2) for k, v in zip(("P@3", "R@3", "F1@3"), f1)}}
+
     for e in range(0, len(recorded), 4):
-        (_, (gp, gr, gf)), (_, gmap), (_, (zp, zr, zf)), (_, zmap) = recorded[e:e + 4]
-        per_epoch.append({"gzsl": {"mAP": round(gmap, 2), "P@3": round(gp, 2), "R@3": round(gr, 2), "F1@3": round(gf, 2)},
-                          "zsl": {"mAP": round(zmap, 2), "P@3": round(zp, 2), "R@3": round(zr, 2), "F1@3": round(zf, 2)}})
+        (_, gzsl_f1), (_, gzsl_map), (_, zsl_f1), (_, zsl_map) = recorded[e:e + 4]
+        per_epoch.append({"gzsl": setting(gzsl_f1, gzsl_map), "zsl": setting(zsl_f1, zsl_map)})
     best = max(range(len(per_epoch)), key=lambda e: per_epoch[e]["gzsl"]["F1@3"])  # the script's model-highest
     model.eval()
     with torch.no_grad():

@@ -150,8 +150,8 @@ def evaluate_multilabel(model: ZSLModel, checkpoint: dict[str, Any], inputs: Inp
     assert test.tags is not None and inputs.unseen_tags is not None
     if np.intersect1d(checkpoint["seen"], inputs.unseen_tags).size:
         raise PipelineError("the model was trained on tags that are unseen here; retrain on this feature file")
-    metrics, curves = zsl_gzsl_metrics(model.image_embeddings(test), model.class_embeddings(inputs.semantics), test.tags,
-                                  inputs.unseen_tags, ks)
+    metrics, curves = zsl_gzsl_metrics(model.image_embeddings(test), model.class_embeddings(inputs.semantics),
+                                       test.tags, inputs.unseen_tags, ks)
     metrics["model"] = checkpoint["model"]  # after the numbers, as evaluate orders them
     rows = [{"k": k, **{f"{s}_{m.split('@')[0]}": curves[s][k][m] for s in curves for m in curves[s][k]}}
             for k in curves["zsl"]]  # one row per k, a column per setting and measure: one line each in dvc plots
