@@ -130,6 +130,10 @@ def create_store(
                 f["head/weight"] = np.asarray(head.weight, np.float32)
                 f["head/bias"] = np.asarray(head.bias, np.float32)
                 f.create_dataset("head/classes", data=head.classes, dtype=_STR)
+            f.flush()  # a failed write raises here; HDF5 would only print it when the file is closed
+        with open(building, "rb") as raw:
+            os.fsync(raw.fileno())
+        _check_created(building, dataset, feature_dim, head)
     except BaseException as e:
         with contextlib.suppress(OSError):
             building.unlink(missing_ok=True)
@@ -138,6 +142,36 @@ def create_store(
                                 "output folder with room for it") from None
         raise
     building.replace(path)
+
+
+def _check_created(path: Path, dataset: ImageDataset, feature_dim: int, head: Head | None) -> None:
+    """Read a just-created store back and compare it with what was written: HDF5 reports some failed
+    writes (a full disk while its metadata is flushed) only as ignored errors, leaving a file that opens
+    but holds other rows, names or splits. Raises OSError naming what differs."""
+    expected: dict[str, np.ndarray | list[str]] = {
+        "labels": dataset.labels.astype(np.int64), "image_ids": dataset.image_ids, "classes": dataset.classes,
+        **{f"splits/{name}": np.asarray(idx, dtype=np.int64) for name, idx in dataset.splits.items()}}
+    if dataset.seen_classes is not None:
+        expected["seen_classes"] = np.asarray(dataset.seen_classes, dtype=np.int64)
+    if dataset.tags is not None:
+        expected["tags"] = np.packbits(dataset.tags, axis=1, bitorder="little")
+        expected["unseen_tags"] = np.asarray(dataset.unseen_tags, dtype=np.int64)
+    if head is not None:
+        expected.update({"head/weight": np.asarray(head.weight, np.float32),
+                         "head/bias": np.asarray(head.bias, np.float32), "head/classes": list(head.classes)})
+    try:
+        with h5py.File(path, "r") as f:
+            differs = [name for name, value in expected.items() if name not in f or not (
+                strings(f[name]) == value if isinstance(value, list) else np.array_equal(f[name][:], value))]
+            n = len(dataset)
+            if f.attrs.get("schema_version") != SCHEMA_VERSION or f.attrs.get("feature_dim") != feature_dim:
+                differs.append("attributes")
+            if f["ok"].shape != (n,) or f["ok"][:].any() or f["complete"][0] != 0 or f["features"].shape[0] != n:
+                differs.append("ok / complete / features")
+    except (OSError, RuntimeError, KeyError, ValueError) as e:
+        raise OSError(f"the new file does not read back: {_write_error(e)}") from None
+    if differs:
+        raise OSError(f"the new file reads back other {', '.join(differs)} than were written (a write was lost)")
 
 
 def _fill_empty_store(

@@ -363,6 +363,61 @@ def test_a_kill_or_a_full_disk_at_any_write_while_finishing_loses_nothing_and_th
             assert got.splits["trainval"].tolist() == [0, 2] and got.splits["test_seen"].tolist() == [5]
 
 
+_CREATE = """
+import sys
+import numpy as np
+from pathlib import Path
+from pipeline.datasets.base import ImageDataset
+from pipeline.errors import PipelineError
+from pipeline.store import Head, create_store
+data = ImageDataset("tiny", Path("."), [f"img/{i:03d}.jpg" for i in range(40)], np.arange(40) % 4,
+                    ["cat", "dog", "fox", "owl"], {"trainval": np.arange(24), "test_unseen": np.arange(24, 40)})
+head = Head(np.ones((4, 8), np.float32), np.arange(4, dtype=np.float32), ["cat", "dog", "fox", "owl"])
+try:
+    create_store(Path(sys.argv[1]), data, 8, "float16", (4, 8), {"backbone": "x"}, head=head)
+except PipelineError as e:
+    sys.exit(f"error: {e}")
+"""
+
+
+@pytest.mark.skipif(not _strace_works(), reason="needs strace (ptrace) to fail exact system calls")
+def test_a_full_disk_at_any_write_while_creating_a_store_never_leaves_one_with_other_data(tmp_path):
+    """HDF5 reports some failed writes only as ignored errors when the file is closed: the new store is
+    read back before it takes its name, so a store that exists holds exactly what was written."""
+    def create(run: str, *strace: str) -> tuple[subprocess.CompletedProcess, Path]:
+        (tmp_path / run).mkdir()
+        output = tmp_path / run / "f.h5"
+        return subprocess.run([*strace, sys.executable, "-c", _CREATE, str(output)], capture_output=True,
+                              text=True, cwd=REPO), output
+
+    trace = tmp_path / "trace"
+    clean, reference = create("clean", "strace", "-f", "-qq", "-o", str(trace), "-e", "trace=pwrite64")
+    assert clean.returncode == 0, clean.stderr
+    writes = sum(line.split(None, 1)[1].startswith("pwrite64(") for line in trace.read_text().splitlines())
+    assert writes >= 5
+    with FeatureStore(reference) as store:
+        expected = (store.image_ids, store.labels.tolist(), store.classes,
+                    {name: rows.tolist() for name, rows in store.splits.items()}, store.head.classes,
+                    store.head.bias.tolist())
+    refused = 0
+    with ThreadPoolExecutor(2) as pool:  # each fault in its own process and folder
+        runs = list(pool.map(lambda k: create(f"enospc-{k}", "strace", "-f", "-qq", "-o", os.devnull, "-e",
+                                              "trace=pwrite64", "-e", f"inject=pwrite64:error=ENOSPC:when={k}"),
+                             range(1, writes + 1)))
+    for k, (failed, output) in enumerate(runs, start=1):
+        if output.exists():  # the lost write did not matter: everything reads back as written
+            with FeatureStore(output) as store:
+                got = (store.image_ids, store.labels.tolist(), store.classes,
+                       {name: rows.tolist() for name, rows in store.splits.items()}, store.head.classes,
+                       store.head.bias.tolist())
+                assert got == expected and not store.complete and not store.ok.any(), k
+        else:
+            assert "cannot create the feature store" in failed.stderr, (k, failed.stderr[-1500:])
+            assert not list(output.parent.glob("*.creating")), k
+            refused += 1
+    assert refused >= writes // 2
+
+
 # --- torchrun: one shard per rank, joined ------------------------------------------------------------------
 
 
