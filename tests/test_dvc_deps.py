@@ -75,3 +75,26 @@ def test_no_module_of_the_library_imports_itself_back():
 
     cyclic = sorted(name for name in graph if name in reaches(name))
     assert not cyclic, f"modules on an import cycle: {cyclic}"
+
+
+def test_every_dvc_override_the_readme_shows_is_accepted_by_dvc(tmp_path):
+    """Each ``-S key=value`` of the README applies to params.yaml as ``dvc exp run -S`` applies it (DVC's Hydra
+    grammar: a key the section lacks needs ``++``), and lands on a parameter the stages read."""
+    import re
+    import shutil
+
+    from dvc.utils.hydra import apply_overrides
+
+    from pipeline.models import make_model
+
+    overrides = sorted(set(re.findall(r"-S (\+*[a-z_]+\.[a-z_]+=[^\s`]+)", (REPO / "README.md").read_text())))
+    assert len(overrides) >= 8 and "++eszsl.gamma=1.0" in overrides
+    params = tmp_path / "params.yaml"
+    for override in overrides:
+        shutil.copyfile(REPO / "params.yaml", params)
+        apply_overrides(params, [override])  # raises as `dvc exp run` refuses
+        section, key = override.lstrip("+").split("=")[0].split(".")
+        value = yaml.safe_load(params.read_text())[section][key]
+        if section not in ("extract", "synthetic"):  # a model section: one of the model's hyperparameters
+            assert key in make_model(section).hparams, override
+        assert value is not None, override
