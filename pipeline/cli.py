@@ -139,7 +139,7 @@ def info(file: Path) -> None:
 @click.option("--output", type=click.Path(path_type=Path), default=Path("data/synthetic"), show_default=True)
 @click.option("--images-per-class", type=int, default=24, show_default=True)
 @click.option("--image-size", type=int, default=64, show_default=True)
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0, max=2**32 - 1), default=0, show_default=True)
 @click.option("--multilabel", is_flag=True, help="1-3 objects per image, tagged with their classes.")
 def synthesize(output: Path, images_per_class: int, image_size: int, seed: int, multilabel: bool) -> None:
     """Draw the built-in synthetic zero-shot dataset (colour x pattern x shape)."""
@@ -217,7 +217,7 @@ def _hparam(text: str) -> tuple[str, object]:
 @click.option("--clip-features", type=click.Path(path_type=Path), default=None,
               help="CLIP features of the same images (cfzsl).")
 @click.option("--hparam", "hparams", multiple=True, help="Fixed hyperparameter KEY=VALUE (repeatable).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0, max=2**32 - 1), default=0, show_default=True)
 @click.option("--select/--no-select", default=True, show_default=True, help="Grid search on validation.")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
               show_default=True)

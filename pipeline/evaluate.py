@@ -115,6 +115,9 @@ def read_candidate_sets(path: Path, classes: list[str]) -> dict[str, np.ndarray]
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise PipelineError(f"{path}: cannot read candidate sets ({e})") from e
+    if not isinstance(data, dict):
+        raise PipelineError(f"{path}: candidate sets must be a JSON object {{\"set name\": [class, ...]}}, "
+                            f"got a JSON {type(data).__name__}")
     index = {c: i for i, c in enumerate(classes)}
     return {name: np.array(sorted(index[c] for c in names if c in index), dtype=np.int64)
             for name, names in data.items() if isinstance(names, list)}
@@ -140,9 +143,12 @@ def evaluate(model: ZSLModel, checkpoint: dict[str, Any], inputs: Inputs, plots:
     unseen_emb = model.image_embeddings(test_unseen)
 
     score, top = search(unseen_emb, class_emb, min(max(ks) + 1, len(unseen)), candidates=unseen)
+    czsl_ks = tuple(x for x in ks if x <= len(unseen))
+    if len(czsl_ks) < len(ks):
+        log.info("CZSL: hit@k for k > %d skipped (%d unseen classes)", len(unseen), len(unseen))
     metrics: dict[str, Any] = {
         "czsl": {"acc": per_class_accuracy(top[:, 0], test_unseen.labels), "chance": 1 / len(unseen),
-                 **hit_at_k(top, test_unseen.labels, tuple(x for x in ks if x <= len(unseen)), scores=score)},
+                 **(hit_at_k(top, test_unseen.labels, czsl_ks, scores=score) if czsl_ks else {})},
     }
 
     test_labels = np.concatenate([test_seen.labels, test_unseen.labels])

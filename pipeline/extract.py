@@ -323,7 +323,7 @@ def extract(
 
 def failure_limit(max_failures: float, n: int) -> int:
     """How many of ``n`` images may fail: ``max_failures`` × n when it is below 1, else the count itself."""
-    if not 0 <= max_failures or (max_failures >= 1 and max_failures != int(max_failures)):
+    if not 0 <= max_failures < float("inf") or (max_failures >= 1 and max_failures != int(max_failures)):
         raise PipelineError(f"max_failures must be a fraction in [0, 1) or a whole count, got {max_failures}")
     return int(max_failures * n) if max_failures < 1 else int(max_failures)
 

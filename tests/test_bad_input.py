@@ -200,6 +200,13 @@ CASES = {
                                        "{unseen}", "--output", "{tmp}/x.h5"], "unseen classes have no folder"),
     "ks zero": (["evaluate", "--model-file", "{model}", "--features", "{features}", "--semantics", "{semantics}",
                  "--metrics", "{metrics}", "--ks", "0,5"], "'0,5': expected positive whole numbers"),
+    "max failures inf": (["extract", "--dataset", "folder", "--root", "{images}", "--max-failures", "inf", "--output",
+                          "{tmp}/x.h5"], "max_failures must be a fraction in [0, 1) or a whole count, got inf"),
+    "seed beyond 32 bits": (["train", "--model", "eszsl", "--seed", "99999999999999999999"],
+                            "'--seed': 99999999999999999999 is not in the range"),
+    "candidate sets as a JSON list": (["evaluate", "--model-file", "{model}", "--features", "{features}", "--semantics",
+                                       "{semantics}", "--metrics", "{metrics}", "--candidate-sets", "{tmp}/list.json"],
+                                      "list.json: candidate sets must be a JSON object"),
     "truncated model": (["evaluate", "--model-file", "{truncated_model}", "--features", "{features}", "--semantics",
                          "{semantics}", "--metrics", "{metrics}"], "not a model checkpoint this package can load"),
 }
@@ -225,6 +232,7 @@ def test_bad_cli_input_is_one_error_line_and_finished_outputs_stay(files, case):
     (tmp / "truncated.pt").write_bytes(files["model"].read_bytes()[:300])
     names |= {"random_model": str(tmp / "random.pt"), "truncated_model": str(tmp / "truncated.pt"),
               "images": str(files["images"]), "evil": str(files["evil"]), "unseen": str(files["unseen"])}
+    (tmp / "list.json").write_text('["n02084071", "n02121808"]')
     model_bytes = files["model"].read_bytes()
     result = CliRunner().invoke(cli, [a.format(**names) for a in args])
     assert result.exit_code != 0 and not isinstance(result.exception, (TypeError, KeyError, IndexError, ValueError))

@@ -119,3 +119,5 @@ def test_end_to_end_without_seen_test_images(tmp_path: Path, shared_data: Path) 
     skipped = metrics["hit@k_skipped"]
     assert skipped["train"] == "hit@5, hit@10, hit@20: only 4 candidate classes"
     assert all(skipped[name] == "no test image of its classes" for name in ("2-hops", "3-hops", "all", "awa2-test"))
+    only_large = evaluate(model, saved, inputs, tmp_path / "plots", ks=(100000,))  # no k fits 4 classes: none
+    assert only_large["czsl"].keys() == {"acc", "chance"}
