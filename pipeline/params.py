@@ -83,8 +83,9 @@ SCHEMA: dict[str, dict[str, Check]] = {
 
 
 def check_params(params: Any, sections: Iterable[str], source: str = "params.yaml") -> dict[str, Any]:
-    """``params`` with its ``sections`` checked against :data:`SCHEMA` (module docstring); a top-level
-    name close to a section's (``trian``) is reported as misspelt."""
+    """``params`` with its ``sections`` checked against :data:`SCHEMA` (module docstring; the section
+    ``model``: a model name whose own section, if any, holds keys); a top-level name close to a section's
+    (``trian``) is reported as misspelt."""
     if not isinstance(params, dict):
         raise PipelineError(f"{source}: expected sections (data:, extract:, ...), got {type(params).__name__}")
     problems, out = [], dict(params)
@@ -93,6 +94,13 @@ def check_params(params: Any, sections: Iterable[str], source: str = "params.yam
         if name not in SCHEMA and name != "model" and close:
             problems.append(f"{name}: unknown section (did you mean {close[0]}?)")
     for name in sections:
+        if name == "model":  # the model's name and its section; their keys are the model's to check
+            model = params.get("model")
+            if not isinstance(model, str) or not model:
+                problems.append("model: missing" if model is None else f"model: expected a model name, got {model!r}")
+            elif not isinstance(params.get(model) or {}, dict):
+                problems.append(f"{model}: expected keys (hyperparameters), got {params[model]!r}")
+            continue
         keys, section = SCHEMA[name], params.get(name)
         if not isinstance(section, dict):
             problems.append(f"{name}: missing section" if section is None else f"{name}: expected keys, got {section!r}")

@@ -26,10 +26,10 @@ def load_params(*sections: str, path: Path = Path("params.yaml")) -> dict[str, A
     """params.yaml (DVC's parameter file) with the ``sections`` a stage reads checked; a bad one ends the
     stage with one line naming every problem."""
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             params = yaml.safe_load(f)
         return check_params(params, sections, str(path))
-    except (OSError, yaml.YAMLError) as e:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         sys.exit(f"error: {path}: cannot read the parameters ({str(e).splitlines()[0]})")
     except PipelineError as e:
         sys.exit(f"error: {e}")

@@ -10,7 +10,7 @@ from stages import load_params, stage_paths
 
 def main() -> None:
     paths = stage_paths("features", "semantics", "output")
-    params = load_params("train")
+    params = load_params("model", "train")
     model, t = params["model"], params["train"]
     cfg = TrainConfig(model=model, semantics=t["source"], seed=t["seed"], select=t["select"],
                       val_fraction=t["val_fraction"], hparams=params.get(model) or {}, val_folds=t["val_folds"])

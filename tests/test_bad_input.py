@@ -76,6 +76,27 @@ def test_bad_model_sections_are_one_line_naming_each_culprit(model, section, cul
         make_model(model, **section)
 
 
+@pytest.mark.parametrize("path, value, culprit", [
+    ("model", ["eszsl"], "model: expected a model name, got ['eszsl']"),
+    ("model", ..., "model: missing"),
+    ("joint_gcn", [1, 2], "joint_gcn: expected keys (hyperparameters), got [1, 2]"),
+])
+def test_a_bad_model_entry_is_one_line(path, value, culprit):
+    with pytest.raises(PipelineError) as err:
+        check_params(_with(path, value), ["model", "train"])
+    assert culprit in str(err.value) and "\n" not in str(err.value)
+
+
+def test_params_that_are_not_utf8_stop_a_stage_in_one_line(tmp_path):
+    (tmp_path / "params.yaml").write_bytes((REPO / "params.yaml").read_bytes() + b"# caf\xe9\n")
+    run = subprocess.run([sys.executable, "-m", "stages.train", "--features", "f.h5", "--semantics", "s.h5",
+                          "--output", "m.pt"], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert run.returncode == 1 and run.stderr.strip().splitlines() == [
+        "error: params.yaml: cannot read the parameters ('utf-8' codec can't decode byte 0xe9 in position "
+        f"{len((REPO / 'params.yaml').read_bytes()) + 5}: invalid continuation byte)"]
+
+
 def test_numbers_yaml_reads_as_text_are_taken_as_numbers():
     params = check_params(_with("train.val_fraction", "2e-1"), SCHEMA)
     assert params["train"]["val_fraction"] == 0.2
