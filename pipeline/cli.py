@@ -8,20 +8,13 @@ torch's C++ initialisers can abort the process instead).
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
 
+from pipeline import interrupt
 
-def _interrupted_while_starting(signum: int, frame: object) -> None:
-    """Ctrl-C during the imports: one line and out (an exception raised there can abort inside torch)."""
-    os.write(2, b"interrupted while starting\n")
-    os._exit(130)
-
-
-signal.signal(signal.SIGINT, _interrupted_while_starting)
+interrupt.while_starting()
 
 import click  # noqa: E402
 
@@ -58,10 +51,10 @@ class _Command(click.Command):
                                         help="Log debugging details."))
 
     def invoke(self, ctx: click.Context) -> object:
-        signal.signal(signal.SIGINT, _interrupted_while_starting)
+        interrupt.while_starting()
         import pipeline.compat  # noqa: F401  (torch)
 
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on, Ctrl-C is click's "Aborted!"
+        interrupt.once_started()  # from here on, Ctrl-C is click's "Aborted!"
         try:
             return super().invoke(ctx)
         except PipelineError as e:

@@ -1,17 +1,34 @@
 """Thin DVC stage entry points: each takes the paths it reads and writes from its ``cmd`` in dvc.yaml
 (every path a stage touches is visible there), reads its sections of params.yaml and calls into
-pipeline/."""
+pipeline/. A stage imports this package first, so that Ctrl-C while torch loads is one line, and runs
+its ``main`` with :func:`run`."""
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
-from typing import Any
+from pipeline import interrupt
 
-import yaml
+interrupt.while_starting()
 
-from pipeline.errors import PipelineError
-from pipeline.params import check_params
+import argparse  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import yaml  # noqa: E402
+
+from pipeline.errors import PipelineError  # noqa: E402
+from pipeline.params import check_params  # noqa: E402
+
+
+def run(main: Callable[[], None]) -> None:
+    """Run a stage's ``main``; Ctrl-C ends it with one line and exit status 130 (its outputs are written
+    under temporary names, so nothing half-written is left)."""
+    interrupt.once_started()
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(interrupt.EXIT_INTERRUPTED)
 
 
 def stage_paths(*names: str) -> argparse.Namespace:

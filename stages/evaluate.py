@@ -1,4 +1,7 @@
 """DVC stage ``evaluate``: metrics.json and plots/ for the trained model on the test splits."""
+from stages import load_params, run, stage_paths  # first: Ctrl-C while torch loads is one line
+
+# isort: split
 import json
 import sys
 from pathlib import Path
@@ -6,7 +9,6 @@ from pathlib import Path
 import pipeline  # noqa: F401
 from pipeline.errors import PipelineError
 from pipeline.evaluate import evaluate_files, headline
-from stages import load_params, stage_paths
 
 
 def main() -> None:
@@ -25,4 +27,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

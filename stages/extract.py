@@ -1,11 +1,13 @@
 """DVC stage ``extract``: image features of ``data`` with the ``extract`` backbone settings."""
+from stages import load_params, run, stage_paths  # first: Ctrl-C while torch loads is one line
+
+# isort: split
 import sys
 from pathlib import Path
 
 import pipeline  # noqa: F401
 from pipeline.distributed import extract_dataset
 from pipeline.errors import PipelineError
-from stages import load_params, stage_paths
 
 
 def main() -> None:
@@ -22,4 +24,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -1,10 +1,12 @@
 """DVC stage ``semantics``: class semantics for the classes of the extracted feature file."""
+from stages import load_params, run, stage_paths  # first: Ctrl-C while torch loads is one line
+
+# isort: split
 import sys
 
 import pipeline  # noqa: F401
 from pipeline.errors import PipelineError
 from pipeline.semantics.build import SemanticsConfig, build_semantics
-from stages import load_params, stage_paths
 
 
 def main() -> None:
@@ -21,4 +23,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

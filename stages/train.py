@@ -1,11 +1,13 @@
 """DVC stage ``train``: fit ``model`` (hyperparameters from its params section) on cached features."""
+from stages import load_params, run, stage_paths  # first: Ctrl-C while torch loads is one line
+
+# isort: split
 import sys
 from pathlib import Path
 
 import pipeline  # noqa: F401
 from pipeline.errors import PipelineError
 from pipeline.train import TrainConfig, describe_checkpoint, train_files
-from stages import load_params, stage_paths
 
 
 def main() -> None:
@@ -23,4 +25,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -228,6 +228,8 @@ CASES = {
     "candidate sets as a JSON list": (["evaluate", "--model-file", "{model}", "--features", "{features}", "--semantics",
                                        "{semantics}", "--metrics", "{metrics}", "--candidate-sets", "{tmp}/list.json"],
                                       "list.json: candidate sets must be a JSON object"),
+    "unwritable synthesize output": (["synthesize", "--output", "/proc/zsl-synthetic"],
+                                     "/proc/zsl-synthetic: cannot write the synthetic dataset"),
     "truncated model": (["evaluate", "--model-file", "{truncated_model}", "--features", "{features}", "--semantics",
                          "{semantics}", "--metrics", "{metrics}"], "not a model checkpoint this package can load"),
 }
@@ -283,6 +285,21 @@ def test_outputs_into_a_read_only_folder_are_one_line_each(files, read_only_fold
         result = CliRunner().invoke(cli, args)
         errors = [line for line in result.output.splitlines() if line.startswith("Error")]
         assert result.exit_code == 1 and len(errors) == 1 and culprit in errors[0], (command, result.output)
+
+
+@pytest.mark.parametrize("delay", [1.0, 4.0])
+def test_ctrl_c_in_a_dvc_stage_is_one_line_and_leaves_no_dataset(tmp_path, delay):
+    """While the stage starts (1 s) and while it draws images (4 s: 19,200 of them take longer)."""
+    params = _with("synthetic.images_per_class", 400)
+    params["data"]["root"] = str(tmp_path / "syn")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = subprocess.Popen([sys.executable, "-m", "stages.synthesize"], stderr=subprocess.PIPE, text=True,
+                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    assert not (tmp_path / "syn" / "synthetic.json").exists()
 
 
 @pytest.mark.parametrize("delay", [0.3, 0.6, 1.0])

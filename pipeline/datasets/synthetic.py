@@ -190,6 +190,15 @@ def generate_synthetic(root: Path, images_per_class: int = 24, image_size: int =
             return
     except PipelineError:
         pass
+    try:
+        _draw(root, params, images_per_class, image_size, seed, multilabel)
+    except OSError as e:
+        raise PipelineError(f"{root}: cannot write the synthetic dataset ({e.strerror or e}); choose a writable "
+                            "folder with room for it") from None
+
+
+def _draw(root: Path, params: dict, images_per_class: int, image_size: int, seed: int, multilabel: bool) -> None:
+    """Draw the dataset under ``root`` (see :func:`generate_synthetic`), its metadata last."""
     meta_path = root / META_NAME
     meta_path.unlink(missing_ok=True)
     if (root / "images").exists():
