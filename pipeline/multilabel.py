@@ -116,7 +116,7 @@ def train_multilabel(inputs: Inputs, cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _setting_metrics(embeddings: np.ndarray, class_emb: np.ndarray, full: np.ndarray, targets: np.ndarray,
-                 tags: np.ndarray, ks: tuple[int, ...]) -> tuple[dict[str, Any], dict[int, dict[str, float]]]:
+                     tags: np.ndarray, ks: tuple[int, ...]) -> tuple[dict[str, Any], dict[int, dict[str, float]]]:
     """mAP over ``tags`` (from ``full``, the [N, C] scores of every tag) and P/R/F1@k (reported
     ``ks``, and the curve's k) with ``tags`` as the candidates of the top-k search."""
     report: dict[str, Any] = dict(map_report(full, targets, tags))
@@ -131,7 +131,7 @@ def _setting_metrics(embeddings: np.ndarray, class_emb: np.ndarray, full: np.nda
 
 
 def zsl_gzsl_metrics(embeddings: np.ndarray, class_emb: np.ndarray, targets: np.ndarray, unseen_tags: np.ndarray,
-                ks: tuple[int, ...] = F1_KS) -> tuple[dict[str, Any], dict[str, dict[int, dict[str, float]]]]:
+                     ks: tuple[int, ...] = F1_KS) -> tuple[dict[str, Any], dict[str, dict[int, dict[str, float]]]]:
     """``zsl`` (the unseen tags are the candidates) and ``gzsl`` (every tag) metrics of image ``embeddings``
     ([N, E] or [N, K, E]) scored against the tags' ``class_emb`` [C, E], and each setting's P/R/F1@k curve."""
     full = scores(embeddings, class_emb)  # once: ZSL reads the unseen tags' columns
