@@ -105,6 +105,9 @@ def main() -> None:
     parser.add_argument("--sdl-repo", type=Path, default=None,
                         help="fetched Alibaba-MIIL/ZS_SDL: also run the official SDL training loop")
     args = parser.parse_args()
+    if not (args.images / "labels.csv").is_file() and not (args.images / "annotations").is_dir():
+        parser.error(f"--images {args.images}: holds neither labels.csv nor annotations/; give "
+                     "../shared/data/coco_real or an MS-COCO 2014 folder")
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     features, semantics = work / "coco_lite0_224.h5", work / "coco_semantics.h5"
