@@ -30,9 +30,14 @@ class GridBatch:
     rows: torch.Tensor
 
 
-def autocast(device: torch.device) -> ContextManager:
-    """fp16 mixed precision on CUDA, nothing on the CPU."""
-    return torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
+def autocast(device: torch.device, cpu_bf16: bool = False) -> ContextManager:
+    """fp16 mixed precision on CUDA; with ``cpu_bf16``, bf16 on a CPU with native bf16 arithmetic
+    (AVX512-BF16), else nothing."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    if cpu_bf16 and device.type == "cpu" and torch.cpu._is_avx512_bf16_supported():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return nullcontext()
 
 
 def _require_grid(data: Split, model: str) -> None:
@@ -102,10 +107,11 @@ def train_on_grid(net: torch.nn.Module, train: Split, batch_loss: Callable[[Grid
                   optimizer: torch.optim.Optimizer, *, epochs: int, batch_size: int, generator: torch.Generator,
                   device: torch.device, model: str, class_index: np.ndarray,
                   scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-                  sampling: str = "uniform") -> list[float]:
+                  sampling: str = "uniform", cpu_bf16: bool = False) -> list[float]:
     """``optimizer`` steps over ``epochs`` streamed epochs of ``train``, batches drawn by
-    :func:`epoch_draws` (fp16 autocast + grad scaling on CUDA; ``scheduler``, if any, steps after every
-    batch); ``batch_loss`` returns a batch's mean loss. Returns the mean loss of each epoch."""
+    :func:`epoch_draws` (fp16 autocast + grad scaling on CUDA, bf16 autocast on the CPU with ``cpu_bf16``:
+    :func:`autocast`; ``scheduler``, if any, steps after every batch); ``batch_loss`` returns a batch's
+    mean loss. Returns the mean loss of each epoch."""
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     losses = []
     bar = epoch_bar(epochs, model)
@@ -114,7 +120,7 @@ def train_on_grid(net: torch.nn.Module, train: Split, batch_loss: Callable[[Grid
         total, count = 0.0, 0
         for batch in training_batches(train, int(batch_size), epoch_seed, device, model, class_index,
                                        sampling):
-            with autocast(device):
+            with autocast(device, cpu_bf16):
                 loss = batch_loss(batch)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
