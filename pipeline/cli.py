@@ -98,7 +98,7 @@ def cli(verbose: bool) -> None:
               help="Image decoding workers (threads on CPU, processes on CUDA).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--output", type=click.Path(path_type=Path), required=True, help="HDF5 feature file to write.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output made with other settings.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output (other settings, or to recompute); it stays until the new one is finished.")
 @click.option("--max-failures", type=click.FloatRange(min=0), default=0.01, show_default=True,
               help="Unreadable images allowed (recorded, exit status 3): a fraction below 1, else a count.")
 @click.option("--merge", is_flag=True,

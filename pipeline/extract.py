@@ -341,7 +341,7 @@ def _extract_locked(dataset: ImageDataset, backbone: Backbone, output: Path, *, 
     if started_by != SCHEMA_VERSION:
         log.warning("%s was started by an older version (store schema %s); starting over", partial, started_by)
         partial.unlink()
-    if partial.exists() and not (_same_settings(partial, wanted)[0] and not overwrite):
+    if partial.exists() and not _same_settings(partial, wanted)[0]:  # the same settings resume, overwrite or not
         log.warning("%s was started with other settings; starting over", partial)
         partial.unlink()
     if not partial.exists():

@@ -16,8 +16,11 @@ def main() -> None:
     data, p = params["data"], dict(params["extract"])
     splits = Path(data["splits"]) if data.get("splits") else None
     try:
+        # DVC runs this stage when the data, code or settings changed, and keeps the old store (persist: true,
+        # so a failed run never deletes it): extract anew into OUTPUT.partial (an interrupted run resumes)
+        # and replace the store only once the new one is finished
         result = extract_dataset(data["dataset"], Path(data["root"]), splits, p.pop("backbone"), p.pop("clip_model"),
-                                 p.pop("pretrained"), p.pop("image_size"), paths.output, **p)
+                                 p.pop("pretrained"), p.pop("image_size"), paths.output, overwrite=True, **p)
     except PipelineError as e:
         sys.exit(f"error: {e}")
     print(result.summary())  # failures within extract.max_failures are recorded, not fatal: the stage succeeds
