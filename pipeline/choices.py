@@ -11,3 +11,4 @@ def is_backbone(name: object) -> bool:
     return name in BACKBONES or timm
 DATASETS = ("synthetic", "folder", "webdataset", "imagenet", "cub", "awa2", "sun", "nus_wide", "coco", "tags")
 DTYPES = ("float16", "float32")  # feature dtypes a store can hold
+MODEL_NAMES = ("eszsl", "joint_gcn", "gcn_regression", "cfzsl", "clip_prompt", "conse", "msdn", "drmn", "sdl")

@@ -18,7 +18,7 @@ interrupt.while_starting()
 
 import click  # noqa: E402
 
-from pipeline.choices import BACKBONES, DATASETS, DTYPES, TIMM_PREFIX, is_backbone  # noqa: E402
+from pipeline.choices import BACKBONES, DATASETS, DTYPES, MODEL_NAMES, TIMM_PREFIX, is_backbone  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
 
 EXIT_IMAGES_FAILED = 3
@@ -201,8 +201,7 @@ def _hparam(text: str) -> tuple[str, object]:
 
 
 @cli.command()
-@click.option("--model", "model_name", required=True,
-              help="eszsl, joint_gcn, gcn_regression, conse, cfzsl, clip_prompt, msdn, drmn, sdl (multi-label).")
+@click.option("--model", "model_name", type=click.Choice(MODEL_NAMES), required=True, help="sdl is multi-label.")
 @click.option("--features", type=click.Path(path_type=Path), default=Path("features/image_features.h5"),
               show_default=True)
 @click.option("--semantics", type=click.Path(path_type=Path), default=Path("features/semantics.h5"), show_default=True)

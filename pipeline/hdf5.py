@@ -11,6 +11,8 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 
+SIGNATURE = b"\x89HDF\r\n\x1a\n"  # the first 8 bytes of every HDF5 file
+
 
 def open_for_reading(path: Path, kind: str, make: str) -> h5py.File:
     """``path`` opened read-only; a missing file or one HDF5 cannot read is a one-line error naming the

@@ -26,6 +26,9 @@ class TrainConfig:
     hparams: dict[str, Any] = field(default_factory=dict)
     val_folds: int | None = None  # validation draws averaged by selection; None: the model's selection_folds
 
+    def __post_init__(self) -> None:
+        make_model(self.model, **self.hparams)  # an unknown model or hyperparameter fails before any data is read
+
     def folds(self) -> int:
         """How many validation folds selection averages (``val_folds`` or the model's default)."""
         folds = make_model(self.model).selection_folds if self.val_folds is None else self.val_folds

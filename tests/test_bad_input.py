@@ -230,6 +230,10 @@ CASES = {
                                       "list.json: candidate sets must be a JSON object"),
     "unwritable synthesize output": (["synthesize", "--output", "/proc/zsl-synthetic"],
                                      "/proc/zsl-synthetic: cannot write the synthetic dataset"),
+    "feature store as model": (["predict", "--model-file", "{features}", "--features", "{features}"],
+                               "features.h5: an HDF5 file (a feature store or semantics file), not a model checkpoint"),
+    "model name typo": (["train", "--model", "jont_gcn", "--features", "{features}", "--semantics", "{semantics}",
+                         "--output", "{model}"], "'--model': 'jont_gcn' is not one of 'eszsl', 'joint_gcn'"),
     "truncated model": (["evaluate", "--model-file", "{truncated_model}", "--features", "{features}", "--semantics",
                          "{semantics}", "--metrics", "{metrics}"], "not a model checkpoint this package can load"),
 }

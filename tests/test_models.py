@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.choices import MODEL_NAMES
 from pipeline.errors import PipelineError
 from pipeline.models import MODELS, make_model
 from pipeline.models.base import Graph, Semantics, Split, normalized_adjacency
@@ -84,6 +85,7 @@ def scores(model, problem: Problem) -> np.ndarray:
 
 def test_registry_names_every_model_and_rejects_unknown_names():
     assert set(MODELS) == {"eszsl", "joint_gcn", "gcn_regression", "conse", "cfzsl", "clip_prompt", "msdn", "drmn", "sdl"}
+    assert tuple(MODELS) == MODEL_NAMES  # what the command line offers (--model) is what make_model builds
     assert all(cls.name == name for name, cls in MODELS.items())
     with pytest.raises(PipelineError, match="unknown model 'svm'.*eszsl"):
         make_model("svm")

@@ -9,13 +9,15 @@ import warnings
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import nltk.data
 import numpy as np
 import scipy.sparse as sp
-from nltk.corpus.reader.wordnet import Synset, WordNetCorpusReader, WordNetError
 
 from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:  # nltk is imported when WordNet is first read (1 s of start-up otherwise)
+    from nltk.corpus.reader.wordnet import Synset, WordNetCorpusReader
 
 DEBIAN_WORDNET = Path("/usr/share/wordnet")
 ENTITY = "n00001740"  # entity.n.01, the root of the noun hierarchy
@@ -52,6 +54,16 @@ def wordnet(data_dir: Path | None = None, source: Path = DEBIAN_WORDNET) -> Word
     ``nltk.data.path``; without them, NLTK's own downloaded ``corpora/wordnet`` is read. The other functions
     here use ``wordnet()`` with its defaults.
     """
+    import nltk.data
+    from nltk.corpus.reader.wordnet import WordNetCorpusReader
+
+    class _EnglishWordNet(WordNetCorpusReader):
+        """NLTK's reader without its map of other WordNet versions onto this one, which only the Open
+        Multilingual Wordnet reads (not used here) and which took 4 of the 7 s of opening WordNet."""
+
+        def map_wn(self, version: str = "wordnet") -> None:
+            return None
+
     if all((source / name).is_file() for name in _REQUIRED):
         if data_dir is None:
             data_dir = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "zsl-pipeline" / "nltk_data"
@@ -64,14 +76,6 @@ def wordnet(data_dir: Path | None = None, source: Path = DEBIAN_WORDNET) -> Word
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "The multilingual functions")  # no Open Multilingual Wordnet: not needed
         return _EnglishWordNet(root, None)
-
-
-class _EnglishWordNet(WordNetCorpusReader):
-    """NLTK's reader without its map of other WordNet versions onto this one, which only the Open
-    Multilingual Wordnet reads (not used here) and which took 4 of the 7 s of opening WordNet."""
-
-    def map_wn(self, version: str = "wordnet") -> None:
-        return None
 
 
 def _layout(source: Path, data_dir: Path) -> Path:
@@ -103,6 +107,8 @@ def _layout(source: Path, data_dir: Path) -> Path:
         raise PipelineError(
             f"cannot lay out WordNet in {root} ({err.strerror}); set XDG_CACHE_HOME or pass data_dir= a writable folder"
         ) from None
+    import nltk.data
+
     if str(data_dir) not in nltk.data.path:
         nltk.data.path.append(str(data_dir))
     return root
@@ -147,6 +153,8 @@ def noun_synset(name: str, preferred: Sequence[Collection[str]] = ()) -> Synset 
         except PipelineError:
             return None
     if _SYNSET_NAME.fullmatch(name):
+        from nltk.corpus.reader.wordnet import WordNetError
+
         try:
             return wordnet().synset(name)
         except WordNetError:
@@ -252,7 +260,7 @@ def with_classes(wnids: list[str], edges: np.ndarray, n_classes: int, added: lis
     for wnid in walk:
         synset = synset_of(wnid)
         parents = {*synset.hypernyms(), *(synset.instance_hypernyms() if instances else ())}
-        for parent in sorted(parents, key=Synset.offset):  # each node's parents in offset order
+        for parent in sorted(parents, key=lambda s: s.offset()):  # each node's parents in offset order
             parent_wnid = wnid_of(parent)
             if parent_wnid not in index:
                 index[parent_wnid] = len(nodes)
