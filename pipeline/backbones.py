@@ -387,11 +387,18 @@ def load_backbone(backbone: str, model: str | None, pretrained: str, image_size:
 
     ``model`` names the open_clip architecture for ``backbone='clip'`` (default ViT-B-32) and
     is ignored otherwise; ``image_size`` defaults to 224 (CLIP and timm: the model's own size).
+    The arguments are kept in ``provenance["options"]`` (a weights file by its absolute path), so that
+    the same backbone can be built again from a feature store or a checkpoint.
     """
     if image_size is not None and image_size < 16:
         raise PipelineError(f"image_size must be at least 16 px, got {image_size}")
     if backbone in BUILDERS:
-        return BUILDERS[backbone](model, pretrained, image_size)
-    if backbone.startswith(TIMM_PREFIX):
-        return _timm(backbone[len(TIMM_PREFIX):], pretrained, image_size)
-    raise PipelineError(f"unknown backbone {backbone!r}; choose one of {BACKBONES} or {TIMM_PREFIX}<timm model name>")
+        net = BUILDERS[backbone](model, pretrained, image_size)
+    elif backbone.startswith(TIMM_PREFIX):
+        net = _timm(backbone[len(TIMM_PREFIX):], pretrained, image_size)
+    else:
+        raise PipelineError(f"unknown backbone {backbone!r}; choose one of {BACKBONES} or "
+                            f"{TIMM_PREFIX}<timm model name>")
+    weights = str(Path(pretrained).resolve()) if Path(pretrained).is_file() else pretrained
+    net.provenance["options"] = {"backbone": backbone, "model": model, "pretrained": weights, "image_size": image_size}
+    return net

@@ -24,9 +24,9 @@ from pipeline.errors import PipelineError  # noqa: E402
 EXIT_IMAGES_FAILED = 3
 
 
-def _backbone(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    """Click callback: a built-in backbone name or timm:<model>."""
-    if is_backbone(value):
+def _backbone(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback: a built-in backbone name or timm:<model> (None: not given, where that is allowed)."""
+    if value is None or is_backbone(value):
         return value
     raise click.BadParameter(f"{value!r}: use one of {', '.join(BACKBONES)}, or {TIMM_PREFIX}<timm model name> "
                              f"(e.g. {TIMM_PREFIX}convnext_tiny)", param=param)
@@ -98,7 +98,8 @@ def cli(verbose: bool) -> None:
               help="Image decoding workers (threads on CPU, processes on CUDA).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--output", type=click.Path(path_type=Path), required=True, help="HDF5 feature file to write.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output (other settings, or to recompute); it stays until the new one is finished.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing output (other settings, or to recompute); it stays until the new one is done.")
 @click.option("--max-failures", type=click.FloatRange(min=0), default=0.01, show_default=True,
               help="Unreadable images allowed (recorded, exit status 3): a fraction below 1, else a count.")
 @click.option("--merge", is_flag=True,
@@ -261,8 +262,8 @@ def evaluate(model_file: Path, features: Path, semantics: Path, clip_features: P
               help="A feature store to label instead of image files (all its images, or --split).")
 @click.option("--split", default=None, help="With --features: only this split (e.g. test_unseen).")
 @click.option("--model-file", type=click.Path(path_type=Path), default=Path("models/model.pt"), show_default=True)
-@click.option("--semantics", type=click.Path(path_type=Path), default=Path("features/semantics.h5"),
-              show_default=True, help="The semantics file the model was trained with.")
+@click.option("--semantics", type=click.Path(path_type=Path), default=None,
+              help="The semantics file the model was trained with [default: the one its checkpoint records].")
 @click.option("--classes", default=None,
               help="Candidate class names: a text file (one per line) or a comma list [default: the model's classes].")
 @click.option("-k", "--top-k", type=click.IntRange(min=1), default=5, show_default=True)
@@ -270,18 +271,19 @@ def evaluate(model_file: Path, features: Path, semantics: Path, clip_features: P
               help="Penalise the model's seen classes by its gamma when the candidates mix seen and new classes.")
 @click.option("--output", type=click.Path(path_type=Path), default=None,
               help="Write the predictions here (.csv or .json) [default: CSV on stdout].")
-@click.option("--backbone", default="efficientnet_lite0", show_default=True, callback=_backbone,
-              help="For image files: the backbone the model's features came from (checked): " + BACKBONE_HELP)
-@click.option("--clip-model", default=None, help="open_clip architecture for --backbone clip [default: ViT-B-32].")
-@click.option("--pretrained", default="imagenet", show_default=True)
+@click.option("--backbone", default=None, callback=_backbone,
+              help="For image files, all four backbone options default to those the model's features were extracted "
+                   "with (recorded in its checkpoint); one given must agree with them. " + BACKBONE_HELP)
+@click.option("--clip-model", default=None, help="open_clip architecture for --backbone clip.")
+@click.option("--pretrained", default=None)
 @click.option("--image-size", type=click.IntRange(min=16), default=None)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-def predict(images: tuple[Path, ...], features: Path | None, split: str | None, model_file: Path, semantics: Path,
-            classes: str | None, top_k: int, calibration: bool, output: Path | None, backbone: str,
-            clip_model: str | None, pretrained: str, image_size: int | None, batch_size: int, workers: int,
-            device: str) -> None:
+def predict(images: tuple[Path, ...], features: Path | None, split: str | None, model_file: Path,
+            semantics: Path | None, classes: str | None, top_k: int, calibration: bool, output: Path | None,
+            backbone: str | None, clip_model: str | None, pretrained: str | None, image_size: int | None,
+            batch_size: int, workers: int, device: str) -> None:
     """Label images (files, folders, or a feature store) with any class names: top-k classes and scores."""
     from pipeline.predict import predict as run_predict
     from pipeline.predict import read_class_names

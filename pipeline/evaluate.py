@@ -20,7 +20,7 @@ import numpy as np
 
 from pipeline import __version__
 from pipeline.errors import PipelineError
-from pipeline.inputs import Inputs, load_inputs
+from pipeline.inputs import Inputs, check_semantics, load_inputs
 from pipeline.metrics import (
     FIGURES,
     BestScores,
@@ -60,6 +60,7 @@ def evaluate_files(model_file: Path, features: Path, semantics: Path, metrics: P
     model, checkpoint = load_checkpoint(model_file)
     inputs = load_inputs(features, semantics, checkpoint["config"]["semantics"],
                          {"clip": clip_features} if clip_features else None)
+    check_semantics(inputs.semantics, semantics, checkpoint, model_file)
     sets = read_candidate_sets(candidate_sets, inputs.classes) if candidate_sets else None
     # the numbers first, what produced them last: the columns of `dvc exp show` follow this order
     result = {**evaluate(model, checkpoint, inputs, plots, sets, ks, tag_ks),

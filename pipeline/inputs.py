@@ -1,6 +1,7 @@
 """Load the cached inputs of training and evaluation: split features, class sets, semantics."""
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,28 @@ def read_semantics(path: Path, source: str, classes: list[str], head: Head | Non
     if attribute_vectors is not None and not np.isfinite(attribute_vectors).all():
         raise PipelineError(f"{path}: attribute_text (the attribute-name vectors) holds NaN or inf; rebuild it")
     return Semantics(vectors, text, graph, attribute_vectors, _classifiers(head, classes), source)
+
+
+def semantics_digest(semantics: Semantics) -> str:
+    """SHA-256 of what a model reads of ``semantics``: the class vectors, the attribute-name vectors and the
+    graph (edges, node vectors). A checkpoint keeps it, so that evaluate and predict refuse other semantics."""
+    digest = hashlib.sha256()
+    graph = semantics.graph
+    for part in (semantics.vectors, semantics.attribute_vectors, *((graph.edges, graph.node_vectors) if graph else ())):
+        array = np.ascontiguousarray(part if part is not None else np.empty(0, np.float32))
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(array)
+    return digest.hexdigest()
+
+
+def check_semantics(semantics: Semantics, path: Path, checkpoint: dict, model_file: Path) -> None:
+    """Refuse ``semantics`` (read from ``path``) when they are not those the model of ``model_file`` was
+    trained with (its checkpoint's ``semantics_digest``; checkpoints without one pass)."""
+    wanted = checkpoint.get("semantics_digest")
+    if wanted is not None and semantics_digest(semantics) != wanted:
+        trained = checkpoint.get("files", {}).get("semantics", "another file")
+        raise PipelineError(f"{path}: its {semantics.source} semantics are not those {model_file} was trained with "
+                            f"({trained}): pass that file (--semantics), or retrain on this one")
 
 
 def _classifiers(head: Head | None, classes: list[str]) -> np.ndarray | None:

@@ -21,7 +21,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
+import re
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
@@ -36,7 +38,7 @@ from pipeline.datasets.base import ImageDataset
 from pipeline.datasets.folder import find_images
 from pipeline.errors import PipelineError
 from pipeline.extract import extract, normal_setting
-from pipeline.inputs import read_semantics, read_split
+from pipeline.inputs import check_semantics, read_semantics, read_split
 from pipeline.models.base import Graph, Semantics, Split, ZSLModel
 from pipeline.outputs import write_whole
 from pipeline.scoring import search
@@ -46,6 +48,7 @@ from pipeline.semantics.file import SemanticsFile
 from pipeline.store import FeatureStore
 from pipeline.train import load_checkpoint
 
+log = logging.getLogger(__name__)
 
 # route -> (how one candidate was read, how a count of them reads in the summary)
 _ROUTES = {"class": ("a class of the model", "of the model's classes"),
@@ -167,15 +170,16 @@ def read_class_names(text: str) -> list[str]:
 
 def predict(model_file: str | Path, *, features: str | Path | None = None, split: str | None = None,
             images: Sequence[str | Path] = (), classes: Sequence[str] | str | None = None,
-            semantics: str | Path = "features/semantics.h5", k: int = 5, calibrate: bool = True,
-            backbone: str = "efficientnet_lite0", backbone_model: str | None = None, pretrained: str = "imagenet",
+            semantics: str | Path | None = None, k: int = 5, calibrate: bool = True,
+            backbone: str | None = None, backbone_model: str | None = None, pretrained: str | None = None,
             image_size: int | None = None, batch_size: int = 64, workers: int = 2,
             device: str = "auto") -> Predictions:
     """Top-``k`` ``classes`` (default: all of the model's; a list of names, or one string read as
     ``--classes`` reads it: a file of names or a comma list) of the images of a feature store or of image
-    files/folders (see the module docstring); image files go through ``backbone`` (``zsl extract``'s
-    options and defaults), which must be the one the model's features came from."""
-    model_file, semantics = Path(model_file), Path(semantics)
+    files/folders (see the module docstring). ``semantics`` defaults to the file the model was trained
+    with, image files go through the backbone its features came from (both recorded in the checkpoint);
+    ``semantics`` and the backbone options given override them, and must agree with them."""
+    model_file = Path(model_file)
     features, images = (Path(features) if features is not None else None), [Path(i) for i in images]
     if (features is None) == (not images):
         raise PipelineError("predict: give either a feature store (--features) or image files/folders, not both")
@@ -184,6 +188,7 @@ def predict(model_file: str | Path, *, features: str | Path | None = None, split
     model, checkpoint = load_checkpoint(model_file)
     if checkpoint.get("multilabel"):
         raise PipelineError(f"{model_file}: a multi-label model; predict labels single-label models")
+    semantics = Path(semantics) if semantics is not None else _trained_semantics(checkpoint, model_file)
     known = list(checkpoint["classes"])
     if isinstance(classes, str):  # a file or a comma list, as --classes reads it: never its letters
         classes = read_class_names(classes)
@@ -192,7 +197,7 @@ def predict(model_file: str | Path, *, features: str | Path | None = None, split
     if features is not None:
         data, ids, truth = _store_rows(features, split)
     else:
-        settings = {"name": backbone, "model": backbone_model, "pretrained": pretrained, "image_size": image_size}
+        settings = {"backbone": backbone, "model": backbone_model, "pretrained": pretrained, "image_size": image_size}
         data, ids, truth = _extracted(images, checkpoint, model_file, settings, batch_size, workers, device)
     class_emb = model.class_embeddings(sem)[rows]
     seen = np.isin(rows, checkpoint["seen"])  # however a seen class was named
@@ -202,6 +207,18 @@ def predict(model_file: str | Path, *, features: str | Path | None = None, split
     return Predictions(ids, [c.label for c in candidates], top.astype(np.int64), scores.astype(np.float32),
                        [shown_name(t) if t else t for t in truth] if truth is not None else None, calibrated,
                        candidates)
+
+
+def _trained_semantics(checkpoint: dict[str, Any], model_file: Path) -> Path:
+    """The semantics file the checkpoint was trained with, when it records one that exists."""
+    recorded = checkpoint.get("files", {}).get("semantics")
+    if recorded is None:
+        raise PipelineError(f"{model_file} does not record its semantics file (trained by an older version): pass "
+                            "it with --semantics")
+    if not Path(recorded).is_file():
+        raise PipelineError(f"{model_file} was trained with the semantics {recorded}, which no longer exists: pass "
+                            "that file's new place, or one with the same vectors, with --semantics")
+    return Path(recorded)
 
 
 def shown_name(name: str) -> str:
@@ -217,6 +234,7 @@ def candidate_semantics(model_file: Path, model: ZSLModel, checkpoint: dict[str,
     source = checkpoint["config"]["semantics"]
     encoder = source.partition(":")[2] if source.startswith("text:") else None
     sem = read_semantics(path, source, known, None)
+    check_semantics(sem, path, checkpoint, model_file)
     with SemanticsFile(path) as f:
         built = f.config()
         graph_wnids = f.graph()["wnids"] if f.has("graph") else None
@@ -266,10 +284,29 @@ def candidate_semantics(model_file: Path, model: ZSLModel, checkpoint: dict[str,
     if new:
         assert encoder is not None
         extra, _ = class_name_embeddings(encoder, new, cfg)
+        if texts:
+            _check_free_text(encoder, texts, extra)
         vectors = np.vstack([sem.vectors, extra])
         graph = _with_wordnet_classes(sem.graph, graph_wnids or [], added_wnids, cfg) if added_wnids else None
         sem = replace(sem, vectors=vectors, text={encoder: vectors}, graph=graph, classifiers=None)
     return sem, np.array(rows, dtype=np.int64), candidates
+
+
+def _check_free_text(encoder: str, texts: list[str], vectors: np.ndarray) -> None:
+    """Names an encoder cannot meaningfully embed: an error when one gets a zero vector (a word-vector
+    encoder knows no word of it), a warning when no word of it is in WordNet's dictionary (a sub-word
+    encoder embeds any string, typos included)."""
+    blank = [t for t, v in zip(texts, vectors) if not np.abs(v).any()]
+    if blank:
+        them = "it" if len(blank) == 1 else "them"
+        raise PipelineError(f"{', '.join(map(repr, blank))}: {encoder} knows no word of {them} (a zero vector scores 0 "
+                            "against every image): check the spelling, or use a model trained on a sub-word encoder "
+                            "(text:minilm)")
+    unknown = [t for t in texts if not any(wn.is_word(w) for w in re.findall(r"[^\W\d_]+", t))]
+    if unknown:
+        log.warning("%s: no word of %s is in WordNet's dictionary; %s embeds %s anyway, from its pieces: check the "
+                    "spelling", ", ".join(map(repr, unknown)), "it" if len(unknown) == 1 else "them", encoder,
+                    "it" if len(unknown) == 1 else "them")
 
 
 def _with_wordnet_classes(graph: Graph | None, graph_wnids: list[str], added: list[str],
@@ -326,13 +363,20 @@ def _extracted(images: Sequence[Path], checkpoint: dict[str, Any], model_file: P
     if not trained_on:
         raise PipelineError(f"{model_file} does not record its backbone (trained before predict existed): "
                             "extract the images first (zsl extract --dataset folder ...) and pass --features")
-    net = load_backbone(backbone["name"], backbone["model"], backbone["pretrained"], backbone["image_size"])
+    given = {k: v for k, v in backbone.items() if v is not None}
+    recorded = trained_on.get("options")
+    if recorded is None and not {"backbone", "pretrained"} <= set(given):
+        raise PipelineError(f"{model_file} does not record how its backbone was built (trained by an older "
+                            "version): pass the options its features were extracted with (--backbone, --pretrained, "
+                            "--image-size)")
+    options = {**(recorded or {"model": None, "image_size": None}), **given}
+    net = load_backbone(options["backbone"], options["model"], options["pretrained"], options["image_size"])
     differ = {k: (trained_on[k], net.provenance.get(k)) for k in trained_on
-              if normal_setting(net.provenance.get(k)) != normal_setting(trained_on[k])}
+              if k != "options" and normal_setting(net.provenance.get(k)) != normal_setting(trained_on[k])}
     if differ:
         wanted = ", ".join(f"{k} {a!r} (here {b!r})" for k, (a, b) in differ.items())
-        raise PipelineError(f"{model_file} was trained on features with {wanted}: pass the backbone options it was "
-                            "extracted with (--backbone, --pretrained, --image-size)")
+        raise PipelineError(f"{model_file} was trained on features with {wanted}: leave the backbone options out "
+                            "(the checkpoint records them) or pass those it was extracted with")
     root, ids = _image_list(images)
     dataset = ImageDataset("predict", root, ids, np.full(len(ids), -1), [], {})
     with tempfile.TemporaryDirectory() as tmp:

@@ -39,7 +39,7 @@ import torch
 
 from pipeline.errors import PipelineError
 from pipeline.hdf5 import SIGNATURE as HDF5_SIGNATURE
-from pipeline.inputs import Inputs, load_inputs
+from pipeline.inputs import Inputs, load_inputs, semantics_digest
 from pipeline.metrics import BestScores, per_class_accuracy, select_gamma
 from pipeline.models import make_model
 from pipeline.models.base import Semantics, Split, ZSLModel, seed_everything
@@ -195,7 +195,8 @@ def train(inputs: Inputs, cfg: TrainConfig) -> dict[str, Any]:
 
 
 BACKBONE_KEYS = ("backbone", "model", "pretrained", "image_size", "resize_size", "interpolation", "mean", "std",
-                 "feature_dim")  # what a checkpoint records of its features' backbone (predict checks images against it)
+                 "feature_dim", "options")  # what a checkpoint records of its features' backbone (predict builds it
+                                            # from ``options``, load_backbone's arguments, and checks the rest)
 
 
 def train_files(features: Path, semantics: Path, cfg: TrainConfig, output: Path,
@@ -203,8 +204,12 @@ def train_files(features: Path, semantics: Path, cfg: TrainConfig, output: Path,
     """Train on cached files and save the checkpoint to ``output``: what ``cli.py train`` and the DVC
     stage both run. Returns the checkpoint."""
     extra = {"clip": clip_features} if clip_features else None
-    checkpoint = train(load_inputs(features, semantics, cfg.semantics, extra), cfg)
-    with FeatureStore(features) as store:  # what predict checks image files against
+    inputs = load_inputs(features, semantics, cfg.semantics, extra)
+    digest = semantics_digest(inputs.semantics)  # before training: what evaluate and predict read again
+    checkpoint = train(inputs, cfg)
+    checkpoint["semantics_digest"] = digest
+    checkpoint["files"] = {"features": str(features.resolve()), "semantics": str(semantics.resolve())}
+    with FeatureStore(features) as store:  # what predict builds for image files, and checks them against
         checkpoint["backbone"] = {k: store.provenance[k] for k in BACKBONE_KEYS if k in store.provenance}
     save_checkpoint(checkpoint, output)
     return checkpoint

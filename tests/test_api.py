@@ -7,12 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from conftest import write_toy_store
 
 import pipeline  # noqa: F401
-from pipeline.api import extract, predict, semantics, train
+from pipeline.api import evaluate, extract, predict, semantics, train
 from pipeline.datasets.synthetic import generate_synthetic
 from pipeline.errors import PipelineError
 
@@ -27,7 +28,7 @@ def workdir(tmp_path_factory):
     extract("synthetic", root / "data/synthetic", root / "features/image_features.h5", grid=True, mid_grid=True,
             workers=0)
     semantics(root / "features/image_features.h5", root / "features/semantics.h5", attributes="synthetic",
-              data_root=str(root / "data/synthetic"), text=["minilm"])
+              data_root=str(root / "data/synthetic"), text=["minilm", "glove"])
     return root
 
 
@@ -77,6 +78,75 @@ def test_class_names_are_never_misread(workdir, tmp_path):
     names.write_bytes(b"caf\xe9\n")  # Latin-1, not UTF-8
     with pytest.raises(PipelineError, match="unseen.txt: cannot read the class names"):
         predict(model, classes=str(names), **args)
+
+
+def _trained(workdir: Path, source: str) -> Path:
+    model = workdir / f"{source.replace(':', '-')}-model.pt"
+    if not model.is_file():
+        train(workdir / "features/image_features.h5", workdir / "features/semantics.h5", model, model="eszsl",
+              source=source, select=False)
+    return model
+
+
+def _other_semantics(workdir: Path) -> Path:
+    """The semantics file with one MiniLM value changed: the same classes, other class vectors (as after a
+    semantics run with other settings)."""
+    other = workdir / "other-semantics.h5"
+    other.write_bytes((workdir / "features/semantics.h5").read_bytes())
+    with h5py.File(other, "r+") as f:
+        f["text/minilm/values"][0, 0] += 0.5
+    return other
+
+
+# Mistakes that gave a wrong answer with exit status 0 (issue 27), each now an error or a warning:
+# (what the user does, the call, what it must say)
+SILENT = {
+    "a missing --classes file": (
+        lambda w: predict(_trained(w, "text:minilm"), features=w / "features/image_features.h5", classes="unseen.txt"),
+        "unseen.txt: no such file of class names"),
+    "a name GloVe knows no word of": (
+        lambda w: predict(_trained(w, "text:glove"), images=[w / "data/synthetic/images"],
+                          classes="red solid square,xqzvb plorfy", workers=0),
+        "'xqzvb plorfy': glove knows no word of it"),
+    "other semantics of the same classes, to evaluate": (
+        lambda w: evaluate(_trained(w, "text:minilm"), w / "features/image_features.h5", _other_semantics(w),
+                           metrics=w / "m.json", plots=w / "plots-other"),
+        "other-semantics.h5: its text:minilm semantics are not those"),
+    "other semantics of the same classes, to predict": (
+        lambda w: predict(_trained(w, "text:minilm"), features=w / "features/image_features.h5",
+                          semantics=_other_semantics(w)),
+        "other-semantics.h5: its text:minilm semantics are not those"),
+    "an image size other than the model's features'": (
+        lambda w: predict(_trained(w, "text:minilm"), images=[w / "data/synthetic/images/red_solid_square"],
+                          image_size=160, workers=0),
+        "was trained on features with image_size 224 (here 160)"),
+    "a feature store as the model": (
+        lambda w: predict(w / "features/image_features.h5", features=w / "features/image_features.h5"),
+        "image_features.h5: an HDF5 file (a feature store or semantics file), not a model"),
+    "a model name typo (refused before any file is read)": (
+        lambda w: train(w / "no-such-features.h5", w / "no-such-semantics.h5", w / "x.pt", model="jont_gcn"),
+        "unknown model 'jont_gcn'"),
+}
+
+
+@pytest.mark.parametrize("case", list(SILENT))
+def test_a_mistake_that_once_passed_silently_is_one_clear_error(workdir, case):
+    call, says = SILENT[case]
+    with pytest.raises(PipelineError, match=re.escape(says)):
+        call(workdir)
+
+
+def test_what_a_model_file_records_is_what_predict_needs(workdir, caplog):
+    """No --semantics or backbone option: the checkpoint's are used; a name with no dictionary word is
+    embedded by MiniLM, with a warning that names it."""
+    model = _trained(workdir, "text:minilm")
+    images = [workdir / "data/synthetic/images/red_solid_square"]
+    with caplog.at_level("WARNING"):
+        result = predict(model, images=images, classes=["red solid square", "blue solid star", "qwzx blorp"],
+                         workers=0)
+    assert result.labels == ["red solid square"] * 4
+    assert "'qwzx blorp': no word of it is in WordNet's dictionary" in caplog.text
+    assert "red solid square" not in caplog.text
 
 
 def test_names_a_model_on_attributes_cannot_embed_are_one_line_errors(workdir):

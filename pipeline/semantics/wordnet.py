@@ -181,6 +181,11 @@ def display_name(wnid: str) -> str:
     return f"{class_lemma(wnid)} ({wnid})"
 
 
+def is_word(word: str) -> bool:
+    """Whether ``word`` (any case, inflected or not) is a WordNet lemma of any part of speech."""
+    return bool(wordnet().synsets(word.lower()))
+
+
 def wnid_of(synset: Synset) -> str:
     """The wnid of ``synset``: its part of speech and 8-digit offset."""
     return f"{synset.pos()}{synset.offset():08d}"
