@@ -309,15 +309,22 @@ def predict(images: tuple[Path, ...], features: Path | None, split: str | None, 
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=Path("comparison.csv"), show_default=True)
 @click.option("--plot", type=click.Path(path_type=Path), default=Path("comparison.png"), show_default=True,
               help="Overlay of the seen-unseen curves, operating points marked.")
-def compare(sources: tuple[str, ...], table: Path, csv_path: Path, plot: Path) -> None:
+@click.option("--class-table", type=click.Path(path_type=Path), default=Path("comparison_classes.md"),
+              show_default=True, help="Each run's worst unseen classes and what they are mistaken for.")
+@click.option("--class-plot", type=click.Path(path_type=Path), default=Path("comparison_classes.png"),
+              show_default=True, help="The same as bars, one panel per run.")
+def compare(sources: tuple[str, ...], table: Path, csv_path: Path, plot: Path, class_table: Path,
+            class_plot: Path) -> None:
     """Compare runs: metrics files (FILE or FILE::PLOTS_DIR) or git revisions / DVC experiment names
-    [default: metrics.json and every DVC experiment] as one table and one overlay plot."""
+    [default: the workspace and every DVC experiment] as one table (mean ± std of runs differing only in
+    seed), one overlay plot and a per-class view."""
     from pipeline.compare import compare as run_compare
     from pipeline.compare import markdown
 
-    runs = run_compare(list(sources), table, csv_path, plot)
+    runs = run_compare(list(sources), table, csv_path, plot, class_table, class_plot)
     click.echo(markdown(runs), nl=False)
-    click.echo(f"{len(runs)} runs: {table}, {csv_path}, {plot}", err=True)
+    written = [table, csv_path, plot] + ([class_table, class_plot] if any(r.classes for r in runs) else [])
+    click.echo(f"{len(runs)} runs: {', '.join(map(str, written))}", err=True)
 
 
 @cli.command("import-xlsa17")

@@ -1,12 +1,16 @@
-"""Compare runs: any set of metrics files or DVC experiments as one table (markdown and CSV) and one
-overlay plot of their seen-unseen curves, each model's operating point (its chosen γ) marked.
+"""Compare runs: any set of metrics files or DVC experiments as one table (markdown and CSV; runs that
+differ only in their seed also as mean ± std), one overlay plot of their seen-unseen curves, each model's
+operating point (its chosen γ) marked, and a per-class view: each run's worst unseen classes and what
+they are mistaken for (a table and a figure).
 
 A run is read from
 
 * a metrics file written by ``evaluate`` (``metrics.json``, or ``FILE::PLOTS`` naming the folder
-  of its curve; by default ``plots/`` beside the file), or
+  of its curve and per-class table; by default ``plots/`` beside the file), or
 * a git revision or DVC experiment name (``dvc exp run`` commits ``metrics.json`` and ``plots/``):
-  both files as that revision holds them.
+  the files as that revision holds them.
+
+By default: the workspace's ``metrics.json`` (named ``workspace``) and every DVC experiment.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import csv
 import io
 import json
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +26,30 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.metrics import Curve, plot_seen_unseen_curves
-from pipeline.outputs import write_whole
+from pipeline.outputs import write_whole, written_whole
 
 CURVE = "seen_unseen.json"
+CLASSES = "per_class.json"
 COLUMNS = ("run", "model", "semantics", "backbone", "dataset", "CZSL", "U", "S", "H", "AUSUC", "hparams")
+NUMBERS = ("CZSL", "U", "S", "H", "AUSUC")
+WORST = 10  # unseen classes per run in the per-class view
+SAME_BUT_SEED = ("dataset", "backbone", "weights", "semantics", "model", "fixed")  # what a seed group shares
 
 
 @dataclass(frozen=True)
 class Run:
-    """One run's name, metrics (``evaluate``'s JSON) and seen-unseen curve points (None or []: none)."""
+    """One run's name, metrics (``evaluate``'s JSON), seen-unseen curve points and per-class rows (None or
+    []: none)."""
 
     name: str
     metrics: dict[str, Any]
     curve: list[dict[str, float]] | None
+    classes: list[dict[str, Any]] | None = None
+
+    @property
+    def label(self) -> str:
+        """``joint_gcn (lucid-gcn)``: the model, then the run."""
+        return f"{self.metrics.get('model', '?')} ({self.name})"
 
     def row(self) -> dict[str, Any]:
         """The table row: what produced the run (``metrics["run"]``) and its headline numbers."""
@@ -71,52 +86,135 @@ def read_run(source: str) -> Run:
             metrics = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise PipelineError(f"{path}: not a metrics JSON file ({e})") from None
-        curve_path = (Path(plots) if plots else path.parent / "plots") / CURVE
-        curve = json.loads(curve_path.read_text()) if curve_path.is_file() else None
-        return Run(file, metrics, curve)
-    revision = experiment_refs().get(source, source)
-    text = _git_show(revision, "metrics.json")
-    if text is None:
-        raise PipelineError(f"{source!r} is neither a metrics file nor a git revision or DVC experiment with "
-                            "metrics.json (dvc exp list shows the experiments)")
-    curve = _git_show(revision, f"plots/{CURVE}")
-    return Run(source, json.loads(text), json.loads(curve) if curve else None)
+        folder = Path(plots) if plots else path.parent / "plots"
+        curve, classes = ((folder / name).read_text() if (folder / name).is_file() else None for name in (CURVE, CLASSES))
+    else:
+        revision = experiment_refs().get(source, source)
+        text = _git_show(revision, "metrics.json")
+        if text is None:
+            raise PipelineError(f"{source!r} is neither a metrics file nor a git revision or DVC experiment with "
+                                "metrics.json (dvc exp list shows the experiments)")
+        metrics = json.loads(text)
+        curve, classes = (_git_show(revision, f"plots/{name}") for name in (CURVE, CLASSES))
+    return Run(file, metrics, json.loads(curve) if curve else None, json.loads(classes) if classes else None)
+
+
+def seed_groups(runs: list[Run]) -> list[list[Run]]:
+    """Groups of two or more runs that differ only in their seed (and the hyperparameters selection chose):
+    the same dataset, backbone, weights, semantics, model and fixed hyperparameters, distinct seeds."""
+    groups: dict[tuple[Any, ...], list[Run]] = {}
+    for r in runs:
+        described = r.metrics.get("run", {})
+        if "seed" in described:
+            groups.setdefault(tuple(described.get(k) for k in SAME_BUT_SEED), []).append(r)
+    return [g for g in groups.values()
+            if len(g) > 1 and len({r.metrics["run"]["seed"] for r in g}) == len(g)]
+
+
+def _summary_rows(group: list[Run]) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """A seed group's mean row and std row (the numbers its runs all have) and its description."""
+    rows = [r.row() for r in group]
+    seeds = ", ".join(str(r.metrics["run"]["seed"]) for r in group)
+    what = f"{len(group)} seeds ({seeds}): {', '.join(r.name for r in group)}"
+    mean, std = {**rows[0], "hparams": ""}, {**rows[0], "hparams": ""}
+    for c in NUMBERS:
+        values = [row[c] for row in rows]
+        if all(v != "" for v in values):
+            mean[c], std[c] = round(float(np.mean(values)), 4), round(float(np.std(values)), 4)
+        else:
+            mean[c] = std[c] = ""
+    return {**mean, "run": f"mean of {what}"}, {**std, "run": f"std of {what}"}, what
 
 
 def markdown(runs: list[Run]) -> str:
-    """The runs as a markdown table."""
-    rows = [r.row() for r in runs]
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(str(row[c]) for c in COLUMNS) + " |" for row in rows]
+    """The runs as a markdown table, then one ``mean ± std`` row per group of runs differing only in seed."""
+    def line(row: dict[str, Any]) -> str:
+        return "| " + " | ".join(str(row[c]) for c in COLUMNS) + " |"
+
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS), *(line(r.row()) for r in runs)]
+    for group in seed_groups(runs):
+        mean, std, what = _summary_rows(group)
+        both = {c: (f"{mean[c]} ± {std[c]}" if mean[c] != "" else "") for c in NUMBERS}
+        lines.append(line({**mean, **both, "run": f"mean ± std, {what}"}))
     return "\n".join(lines) + "\n"
 
 
 def table_csv(runs: list[Run]) -> str:
+    """The runs as CSV, then a ``mean of ...`` and a ``std of ...`` row per group differing only in seed."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(r.row() for r in runs)
+    for group in seed_groups(runs):
+        writer.writerows(_summary_rows(group)[:2])
     return buffer.getvalue()
 
 
+def class_markdown(runs: list[Run], worst: int = WORST) -> str:
+    """Per run, its ``worst`` unseen classes (CZSL top-1 accuracy) and the class each is most often
+    mistaken for."""
+    parts = []
+    for r in runs:
+        if not r.classes:
+            continue
+        lines = [f"### {r.label}: the {min(worst, len(r.classes))} worst of {len(r.classes)} unseen classes", "",
+                 "| class | images | accuracy | mistaken for (share of its images) |", "|---|---|---|---|"]
+        lines += [f"| {c['class']} | {c['images']} | {c['acc']} | "
+                  + (f"{c['mistaken_for']} ({c['mistaken_share']})" if c["mistaken_for"] else "") + " |"
+                  for c in r.classes[:worst]]
+        parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts)
+
+
+def plot_classes(runs: list[Run], path: Path, worst: int = WORST) -> Path:
+    """One panel per run with per-class rows: its ``worst`` unseen classes' accuracy as bars, each labelled
+    with what the class is mistaken for."""
+    from matplotlib.figure import Figure
+
+    shown = [r for r in runs if r.classes]
+    fig = Figure(figsize=(8, 0.35 * worst * len(shown) + 1.2 * len(shown)))
+    for ax, r in zip(np.atleast_1d(fig.subplots(len(shown), 1)), shown):
+        rows = r.classes[:worst][::-1]  # the worst at the top
+        ax.barh(range(len(rows)), [c["acc"] for c in rows], color="tab:blue", alpha=0.35)
+        ax.set_yticks(range(len(rows)), [c["class"] for c in rows], fontsize="small")
+        for y, c in enumerate(rows):  # written inside the axes, over the bar
+            if c["mistaken_for"]:
+                ax.text(0.01, y, f"mistaken for {c['mistaken_for']} ({c['mistaken_share']:.0%} of its images)",
+                        va="center", fontsize="x-small")
+        ax.set(xlim=(0, 1), title=f"{r.label}: worst unseen classes", xlabel="CZSL top-1 accuracy")
+    fig.tight_layout()
+    with written_whole(path, "plot") as partial:
+        fig.savefig(partial, dpi=110, format="png")
+    return path
+
+
 def compare(sources: list[str], table: Path | None = None, csv_path: Path | None = None,
-            plot: Path | None = None) -> list[Run]:
-    """Read the runs (default: ``metrics.json`` and every DVC experiment), write the table as markdown
-    and CSV and the overlay plot where asked; returns the runs."""
+            plot: Path | None = None, class_table: Path | None = None, class_plot: Path | None = None) -> list[Run]:
+    """Read the runs (default: the workspace's ``metrics.json`` and every DVC experiment), write the table as
+    markdown and CSV, the overlay plot and the per-class table and figure where asked (those two only when
+    some run has per-class rows: runs evaluated by an older version have none); returns the runs."""
+    workspace = not sources and Path("metrics.json").is_file()
     if not sources:
-        sources = (["metrics.json"] if Path("metrics.json").is_file() else []) + sorted(experiment_refs())
+        sources = (["metrics.json"] if workspace else []) + sorted(experiment_refs())
     if not sources:
         raise PipelineError("nothing to compare: give metrics files or experiment names (dvc exp run ...)")
     runs = [read_run(s) for s in sources]
+    if workspace:
+        runs[0] = replace(runs[0], name="workspace")
     if table is not None:
         write_whole(table, markdown(runs), "comparison table")
     if csv_path is not None:
         write_whole(csv_path, table_csv(runs), "comparison table")
     if plot is not None:
-        curves = [Curve(r.name, np.array([p["S"] for p in r.curve]), np.array([p["U"] for p in r.curve]),
+        curves = [Curve(r.label, np.array([p["S"] for p in r.curve]), np.array([p["U"] for p in r.curve]),
                         (r.metrics["gzsl"]["S"], r.metrics["gzsl"]["U"]) if "U" in r.metrics.get("gzsl", {}) else None)
                   for r in runs if r.curve]
         if not curves:
             raise PipelineError("no seen-unseen curve among these runs (multi-label runs have none); drop --plot")
         plot_seen_unseen_curves(curves, plot, "seen-unseen curves")
+    if any(r.classes for r in runs):
+        if class_table is not None:
+            write_whole(class_table, class_markdown(runs), "comparison table")
+        if class_plot is not None:
+            plot_classes(runs, class_plot)
     return runs

@@ -38,11 +38,13 @@ from pipeline.models.base import ZSLModel
 from pipeline.multilabel import evaluate_multilabel
 from pipeline.outputs import write_whole
 from pipeline.scoring import search
+from pipeline.semantics import wordnet as wn
 from pipeline.store import FeatureStore
 from pipeline.train import load_checkpoint
 
 log = logging.getLogger(__name__)
 
+PER_CLASS = "per_class.json"  # in the plots folder: each unseen class's accuracy and what it is mistaken for
 CURVE_POINTS = 200  # points of the plotted / DVC seen-unseen curve (AUSUC uses the exact curve)
 
 
@@ -69,6 +71,8 @@ def evaluate_files(model_file: Path, features: Path, semantics: Path, metrics: P
     # plot (so DVC finds every file), and no figure of an earlier run in its place
     drawn = {"seen_unseen": "gzsl" in result and not inputs.multilabel, "f1_at_k": inputs.multilabel}
     (plots / FIGURES).mkdir(parents=True, exist_ok=True)
+    if inputs.multilabel:
+        write_whole(plots / PER_CLASS, "[]", "plot")
     for name, was_drawn in drawn.items():
         if not was_drawn:
             write_whole(plots / f"{name}.json", "[]", "plot")
@@ -79,8 +83,8 @@ def evaluate_files(model_file: Path, features: Path, semantics: Path, metrics: P
 
 def run_description(checkpoint: dict[str, Any], features: Path) -> dict[str, Any]:
     """What produced a set of metrics, stored beside them: dataset, backbone and its weights, semantic
-    source, model with its chosen hyperparameters (one string: one column in ``dvc exp show``), seed,
-    package version."""
+    source, model with its chosen hyperparameters and those fixed by the user (one string each: one column
+    in ``dvc exp show``), seed, package version."""
     with FeatureStore(features) as store:
         p = store.provenance
     backbone = p.get("backbone", "?") + (f" {p['model']}" if p.get("model") and p.get("model") != p.get("backbone")
@@ -88,6 +92,7 @@ def run_description(checkpoint: dict[str, Any], features: Path) -> dict[str, Any
     return {"dataset": p.get("dataset", "?"), "backbone": backbone, "weights": str(p.get("pretrained", "?")),
             "semantics": checkpoint["config"]["semantics"], "model": checkpoint["model"],
             "hparams": ", ".join(f"{k}={v}" for k, v in sorted(checkpoint["hparams"].items())),
+            "fixed": ", ".join(f"{k}={v}" for k, v in sorted(checkpoint["config"]["hparams"].items())),
             "seed": checkpoint["config"]["seed"], "version": __version__}
 
 
@@ -151,6 +156,8 @@ def evaluate(model: ZSLModel, checkpoint: dict[str, Any], inputs: Inputs, plots:
         "czsl": {"acc": per_class_accuracy(top[:, 0], test_unseen.labels), "chance": 1 / len(unseen),
                  **(hit_at_k(top, test_unseen.labels, czsl_ks, scores=score) if czsl_ks else {})},
     }
+    rows = per_class_rows(top[:, 0], test_unseen.labels, inputs.classes)
+    write_whole(plots / PER_CLASS, json.dumps(rows, indent=1), "plot")
 
     test_labels = np.concatenate([test_seen.labels, test_unseen.labels])
     test_emb = np.concatenate([model.image_embeddings(test_seen), unseen_emb]) if len(test_seen) else unseen_emb
@@ -188,6 +195,23 @@ def evaluate(model: ZSLModel, checkpoint: dict[str, Any], inputs: Inputs, plots:
     metrics["ties"] = ("acc: argmax (lower class index); hit@k: pessimistic (classes scoring >= the true class "
                        "count ahead)")
     return metrics
+
+
+def per_class_rows(predicted: np.ndarray, labels: np.ndarray, classes: list[str]) -> list[dict[str, Any]]:
+    """Each class of ``labels``: its images' top-1 accuracy (CZSL: among the unseen classes) and the class
+    they are most often ``mistaken_for`` (with its share of the class's images), worst class first; wnids
+    shown with their name (``dog (n02084071)``)."""
+    def shown(c: int) -> str:
+        return wn.display_name(classes[c]) if wn.is_wnid(classes[c]) else classes[c]
+
+    rows = []
+    for c in np.unique(labels):
+        mine = predicted[labels == c]
+        wrong, counts = np.unique(mine[mine != c], return_counts=True)
+        rows.append({"class": shown(c), "images": len(mine), "acc": round(float(np.mean(mine == c)), 4),
+                     "mistaken_for": shown(wrong[np.argmax(counts)]) if len(wrong) else "",
+                     "mistaken_share": round(float(counts.max() / len(mine)), 4) if len(wrong) else 0.0})
+    return sorted(rows, key=lambda r: (r["acc"], r["class"]))
 
 
 def _gzsl_metrics(test_emb: np.ndarray, test_labels: np.ndarray, class_emb: np.ndarray, seen: np.ndarray,

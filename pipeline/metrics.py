@@ -229,9 +229,12 @@ def plot_seen_unseen_curves(curves: list[Curve], path: str | Path, title: str = 
                         label=f"{curve.label + ': ' if curve.label else ''}AUSUC {ausuc(curve.s, curve.u):.3f}")
         if curve.point is not None:
             ax.plot(*curve.point, marker="o", markersize=8, markerfacecolor="none", color=line.get_color())
+    # axes fit to the data (real-data curves often stay below U 0.3), never beyond 1
+    top_s, top_u = (max(max(np.max((c.s, c.u)[i], initial=0.0), c.point[i] if c.point else 0.0) for c in curves)
+                    for i in (0, 1))
     ax.set(xlabel="S: accuracy on seen classes", ylabel="U: accuracy on unseen classes",
-           xlim=(0, 1), ylim=(0, 1), title=title)
-    ax.legend(loc="lower left", title="○: operating point (chosen γ)", title_fontsize="small", fontsize="small")
+           xlim=(0, min(1.0, 1.08 * top_s + 0.02)), ylim=(0, min(1.0, 1.08 * top_u + 0.02)), title=title)
+    ax.legend(loc="best", title="○: operating point (chosen γ)", title_fontsize="small", fontsize="small")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     with written_whole(path, "plot") as partial:

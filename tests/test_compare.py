@@ -15,17 +15,37 @@ from pipeline.compare import compare, read_run
 from pipeline.errors import PipelineError
 
 
-def _run_files(folder: Path, model: str, czsl: float, h: float) -> Path:
-    """A metrics file as ``evaluate`` writes it, and its curve in ``folder/plots``."""
+def _run_files(folder: Path, model: str, czsl: float, h: float, seed: int = 0) -> Path:
+    """A metrics file as ``evaluate`` writes it, and its curve and per-class rows in ``folder/plots``."""
     folder.mkdir(parents=True, exist_ok=True)
     metrics = {"run": {"dataset": "synthetic", "backbone": "efficientnet_lite0", "semantics": "attributes",
-                       "model": model, "hparams": "ridge=1.0"},
+                       "model": model, "hparams": "ridge=1.0", "fixed": "", "seed": seed},
                "model": model, "czsl": {"acc": czsl}, "gzsl": {"U": h, "S": h, "H": h, "gamma": 0.1}, "ausuc": h / 2}
     (folder / "metrics.json").write_text(json.dumps(metrics))
     (folder / "plots").mkdir(exist_ok=True)
     curve = [{"S": 1.0 - t, "U": t * h * 2, "gamma": t} for t in (0.0, 0.25, 0.5)]
     (folder / "plots/seen_unseen.json").write_text(json.dumps(curve))
+    classes = [{"class": "red dotted star", "images": 4, "acc": 0.25, "mistaken_for": "red solid star",
+                "mistaken_share": 0.75}, {"class": "blue solid circle", "images": 4, "acc": 1.0, "mistaken_for": "",
+                                          "mistaken_share": 0.0}]
+    (folder / "plots/per_class.json").write_text(json.dumps(classes))
     return folder / "metrics.json"
+
+
+def test_runs_differing_only_in_seed_get_mean_and_std_and_each_run_its_worst_classes(tmp_path):
+    runs = [str(_run_files(tmp_path / f"s{seed}", "joint_gcn", czsl, 0.5, seed))
+            for seed, czsl in ((0, 0.8), (1, 0.9), (2, 0.7))]
+    runs.append(str(_run_files(tmp_path / "other", "eszsl", 0.6, 0.4, 0)))  # another model: not in the group
+    compare(runs, tmp_path / "t.md", tmp_path / "t.csv", None, tmp_path / "c.md", tmp_path / "c.png")
+    table = (tmp_path / "t.md").read_text().splitlines()
+    assert len(table) == 2 + 4 + 1 and table[-1].startswith("| mean ± std, 3 seeds (0, 1, 2)")
+    assert "| joint_gcn |" in table[-1] and "| 0.8 ± 0.0816 | 0.5 ± 0.0 |" in table[-1]
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "t.csv").read_text())))
+    assert [r["run"].split(" ")[0] for r in rows[4:]] == ["mean", "std"] and float(rows[5]["CZSL"]) == 0.0816
+    classes = (tmp_path / "c.md").read_text()
+    assert classes.count("### ") == 4 and "### joint_gcn (" in classes
+    assert "| red dotted star | 4 | 0.25 | red solid star (0.75) |" in classes
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_compare_metrics_files_writes_one_table_and_one_plot(tmp_path):
@@ -55,8 +75,9 @@ def test_compare_reads_git_revisions_and_dvc_experiments(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(cli, ["compare"])  # default: metrics.json and every experiment
     assert result.exit_code == 0, result.output
-    assert "| metrics.json | joint_gcn |" in result.output and "| lucid-gcn | eszsl |" in result.output
+    assert "| workspace | joint_gcn |" in result.output and "| lucid-gcn | eszsl |" in result.output
     assert read_run("HEAD").metrics["model"] == "eszsl" and read_run("HEAD").curve is not None
     assert (tmp_path / "comparison.png").is_file() and (tmp_path / "comparison.csv").is_file()
+    assert (tmp_path / "comparison_classes.md").is_file() and read_run("HEAD").classes[0]["acc"] == 0.25
     with pytest.raises(PipelineError, match="neither a metrics file nor a git revision"):
         read_run("no-such-run")
