@@ -8,11 +8,13 @@ paths and returning an object with named fields::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from pipeline.config import ExtractConfig
 from pipeline.distributed import extract_dataset
+from pipeline.errors import PipelineError
 from pipeline.evaluate import evaluate_files, headline
 from pipeline.extract import ExtractResult
 from pipeline.models.base import ZSLModel
@@ -38,13 +40,17 @@ __all__ = [
 
 
 def extract(dataset: str, root: str | Path, output: str | Path, *, splits: str | Path | None = None,
-            backbone: str = "efficientnet_lite0", clip_model: str | None = None, pretrained: str = "imagenet",
-            image_size: int | None = None, **options: Any) -> ExtractResult:
+            overwrite: bool = False, **settings: Any) -> ExtractResult:
     """``zsl extract``: features of every image of ``dataset`` at ``root`` into ``output`` (resumable; an
-    existing complete store with the same settings is reused). ``options``: ``grid``, ``dtype``,
-    ``batch_size``, ``workers``, ``device``, ``max_failures``, ``overwrite``."""
-    return extract_dataset(dataset, Path(root), Path(splits) if splits else None, backbone, clip_model, pretrained,
-                           image_size, Path(output), **options)
+    existing complete store with the same settings is reused). ``settings`` are :class:`ExtractConfig`
+    fields (``backbone``, ``pretrained``, ``image_size``, ``grid``, ``batch_size``, ...), with its
+    defaults, the command line's and params.yaml's."""
+    unknown = sorted(set(settings) - {f.name for f in fields(ExtractConfig)})
+    if unknown:
+        raise PipelineError(f"extract: unknown settings {unknown}; use ExtractConfig's fields: "
+                            f"{', '.join(f.name for f in fields(ExtractConfig))}")
+    return extract_dataset(dataset, Path(root), Path(splits) if splits else None, Path(output),
+                           ExtractConfig(**settings), overwrite)
 
 
 def semantics(features: str | Path, output: str | Path, **settings: Any) -> list[str]:

@@ -19,6 +19,7 @@ interrupt.while_starting()
 import click  # noqa: E402
 
 from pipeline.choices import BACKBONES, DATASETS, DTYPES, MODEL_NAMES, TIMM_PREFIX, is_backbone  # noqa: E402
+from pipeline.config import EXTRACT, ExtractConfig  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
 
 EXIT_IMAGES_FAILED = 3
@@ -81,39 +82,37 @@ def cli(verbose: bool) -> None:
               help="imagenet-split.json (ImageNet), xlsa17 att_splits.mat (CUB, AWA2, SUN), cls_ids.pickle "
                    "(COCO), unseen tag list (tags), unseen class list (folder, webdataset: makes it a zero-shot "
                    "dataset).")
-@click.option("--backbone", default="efficientnet_lite0", show_default=True, callback=_backbone, help=BACKBONE_HELP)
-@click.option("--clip-model", default=None, help="open_clip architecture for --backbone clip [default: ViT-B-32].")
-@click.option("--pretrained", default="imagenet", show_default=True,
+@click.option("--backbone", default=EXTRACT.backbone, show_default=True, callback=_backbone, help=BACKBONE_HELP)
+@click.option("--clip-model", default=EXTRACT.clip_model,
+              help="open_clip architecture for --backbone clip [default: ViT-B-32].")
+@click.option("--pretrained", default=EXTRACT.pretrained, show_default=True,
               help="Weights: a tag (imagenet, IMAGENET1K_V2, openai, laion2b_s34b_b79k, ...), a local file, or none.")
-@click.option("--image-size", type=click.IntRange(min=16), default=None,
-              help="Crop size in px [default: 224; CLIP: the model's].")
-@click.option("--grid/--no-grid", default=True, show_default=True,
+@click.option("--image-size", type=click.IntRange(min=16), default=EXTRACT.image_size,
+              help="Crop size in px [default: 224; CLIP and timm: the model's].")
+@click.option("--grid/--no-grid", default=EXTRACT.grid, show_default=True,
               help="Also store spatial features (attention models).")
-@click.option("--mid-grid/--no-mid-grid", default=None,
+@click.option("--mid-grid/--no-mid-grid", default=EXTRACT.mid_grid,
               help="With --grid, also store an earlier stage's spatial features (grid_mid: DRMN multi-level fusion) "
                    "[default: as --grid].")
-@click.option("--dtype", type=click.Choice(DTYPES), default="float16", show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
+@click.option("--dtype", type=click.Choice(DTYPES), default=EXTRACT.dtype, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=EXTRACT.batch_size, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=EXTRACT.workers, show_default=True,
               help="Image decoding workers (threads on CPU, processes on CUDA).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--device", default=EXTRACT.device, show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--output", type=click.Path(path_type=Path), required=True, help="HDF5 feature file to write.")
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing output (other settings, or to recompute); it stays until the new one is done.")
-@click.option("--max-failures", type=click.FloatRange(min=0), default=0.01, show_default=True,
+@click.option("--max-failures", type=click.FloatRange(min=0), default=EXTRACT.max_failures, show_default=True,
               help="Unreadable images allowed (recorded, exit status 3): a fraction below 1, else a count.")
-@click.option("--merge", is_flag=True,
+@click.option("--merge", is_flag=True, default=EXTRACT.merge,
               help="Under torchrun: join the ranks' shards into one self-contained file (default: virtual data "
                    "sets over the shards, which stay in OUTPUT.shards).")
-def extract(dataset: str, root: Path, splits: Path | None, backbone: str, clip_model: str | None, pretrained: str,
-            image_size: int | None, output: Path, **options: object) -> None:
+def extract(dataset: str, root: Path, splits: Path | None, output: Path, overwrite: bool, **settings: Any) -> None:
     """Run a frozen backbone over every image once and store the features (resumable; under
     ``torchrun --nproc-per-node N`` one shard per process, joined at the end)."""
     from pipeline.distributed import extract_dataset
 
-    if options["mid_grid"] is None:
-        options["mid_grid"] = options["grid"]
-    result = extract_dataset(dataset, root, splits, backbone, clip_model, pretrained, image_size, output, **options)
+    result = extract_dataset(dataset, root, splits, output, ExtractConfig(**settings), overwrite)
     click.echo(result.summary())
     if result.failures:
         sys.exit(EXIT_IMAGES_FAILED)

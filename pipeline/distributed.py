@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline.backbones import Backbone, load_backbone
+from pipeline.config import ExtractConfig
 from pipeline.datasets import load_dataset
 from pipeline.datasets.base import ImageDataset
 from pipeline.datasets.webdataset import load_webdataset, webdataset_from_rows
@@ -83,23 +84,14 @@ def subset_rows(dataset: ImageDataset, start: int, stop: int) -> ImageDataset:
                    members=None if dataset.members is None else dataset.members[start:stop])
 
 
-def extract_dataset(
-    dataset: str,
-    root: Path,
-    splits: Path | None,
-    backbone: str,
-    model: str | None,
-    pretrained: str,
-    image_size: int | None,
-    output: Path,
-    merge: bool = False,
-    **options: Any,
-) -> ExtractResult:
-    """Load dataset and backbone by name, then :func:`~pipeline.extract.extract` (``options``: its
-    keywords); under torchrun with several processes, :func:`extract_distributed` (``merge``: a
-    self-contained joined store instead of virtual data sets over the shards). What the CLI, the DVC
-    stage and the Python API run."""
-    net = load_backbone(backbone, model, pretrained, image_size)
+def extract_dataset(dataset: str, root: Path, splits: Path | None, output: Path, cfg: ExtractConfig,
+                    overwrite: bool = False) -> ExtractResult:
+    """Load dataset and backbone by name, then :func:`~pipeline.extract.extract` with ``cfg``'s options;
+    under torchrun with several processes, :func:`extract_distributed` (``cfg.merge``: a self-contained
+    joined store instead of virtual data sets over the shards). What the CLI, the DVC stage and the Python
+    API run."""
+    net = load_backbone(cfg.backbone, cfg.clip_model, cfg.pretrained, cfg.image_size)
+    options = {**cfg.options(), "overwrite": overwrite}
     rank = launched_rank()
     if rank is None:
         return extract(load_dataset(dataset, root, splits), net, output, **options)
@@ -107,10 +99,11 @@ def extract_dataset(
         part = load_webdataset(root, splits, part=(rank.rank, rank.world))
         shards = [shard_path(output, r, rank.world) for r in range(rank.world)]
         return extract_distributed(part, lambda: webdataset_from_rows(root, *_stored_rows(shards), splits), net, output,
-                                   rank, merge=merge, **options)
+                                   rank, merge=cfg.merge, **options)
     data = load_dataset(dataset, root, splits)
-    start, stop = shard_rows(len(data), rank.world, options.get("batch_size", 64))[rank.rank]
-    return extract_distributed(subset_rows(data, start, stop), lambda: data, net, output, rank, merge=merge, **options)
+    start, stop = shard_rows(len(data), rank.world, cfg.batch_size)[rank.rank]
+    return extract_distributed(subset_rows(data, start, stop), lambda: data, net, output, rank, merge=cfg.merge,
+                               **options)
 
 
 def _stored_rows(shards: list[Path]) -> tuple[list[str], np.ndarray]:

@@ -35,6 +35,10 @@ def _flag(v: Any) -> tuple[bool, Any, str]:
     return isinstance(v, bool), v, "true or false"
 
 
+def _flag_or_null(v: Any) -> tuple[bool, Any, str]:
+    return v is None or isinstance(v, bool), v, "true, false or null"
+
+
 def _whole(least: int, optional: bool = False) -> Check:
     def check(v: Any) -> tuple[bool, Any, str]:
         ok = (v is None and optional) or (isinstance(v, int) and not isinstance(v, bool) and v >= least)
@@ -66,7 +70,8 @@ SCHEMA: dict[str, dict[str, Check]] = {
     "data": {"dataset": _choice(*DATASETS), "root": _text(), "splits": _text(optional=True)},
     "synthetic": {"images_per_class": _whole(2), "image_size": _whole(16), "seed": _whole(0), "multilabel": _flag},
     "extract": {"backbone": _backbone, "clip_model": _text(optional=True), "pretrained": _text(),
-                "image_size": _whole(16, optional=True), "grid": _flag, "mid_grid": _flag, "dtype": _choice(*DTYPES),
+                "image_size": _whole(16, optional=True), "grid": _flag, "mid_grid": _flag_or_null,
+                "dtype": _choice(*DTYPES),
                 "batch_size": _whole(1), "workers": _whole(0), "device": _text(), "max_failures": _number(0),
                 "merge": _flag},
     "semantics": {"attributes": _text(optional=True), "attribute_key": _text(), "attribute_names": _text(optional=True),

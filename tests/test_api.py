@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -169,6 +171,24 @@ def test_zsl_predict_on_a_feature_store_matches_what_evaluate_reports(workdir):
     assert run.returncode == 0, run.stderr
     assert re.search(r"48 images over 48 candidate classes \(seen classes calibrated\).*top-1 accuracy", run.stdout)
     assert (workdir / "p.json").read_text().startswith("[")
+
+
+def test_the_readme_label_commands_run_as_written(workdir):
+    """The first shell block of "Label your own images", after the Quick start (here: a model on the
+    synthetic attributes at the default path), run line by line as the README writes them."""
+    text = (REPO / "README.md").read_text()
+    block = re.search(r"## Label your own images.*?```bash\n(.*?)```", text, re.S).group(1)
+    (workdir / "models").mkdir(exist_ok=True)
+    train(workdir / "features/image_features.h5", workdir / "features/semantics.h5", workdir / "models/model.pt",
+          model="eszsl", select=False)
+    zsl = [shutil.which("zsl")] if shutil.which("zsl") else [sys.executable, str(REPO / "cli.py")]
+    for line in block.strip().splitlines():
+        args = shlex.split(line)
+        assert args[0] == "zsl"
+        run = subprocess.run(zsl + args[1:], cwd=workdir, capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1"})
+        assert run.returncode == 0, (line, run.stderr[-500:])
+    assert (workdir / "predictions.csv").read_text().startswith("image,truth,class_1,score_1")
 
 
 def test_zsl_help_is_fast_and_needs_no_torch():

@@ -1,0 +1,35 @@
+"""Extraction's settings and their defaults, written once: the command line (``zsl extract``), the Python
+API (``pipeline.api.extract``) and the DVC stage (``params.yaml``'s ``extract:``, checked equal by a test)
+read them from :class:`ExtractConfig`. No torch here, so ``--help`` stays instant."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """How ``extract`` runs: the backbone (:func:`pipeline.backbones.load_backbone`'s arguments) and the
+    extraction options (:func:`pipeline.extract.extract`'s)."""
+
+    backbone: str = "efficientnet_lite0"  # a built-in name or timm:<model>
+    clip_model: str | None = None  # open_clip architecture for backbone clip (None: ViT-B-32)
+    pretrained: str = "imagenet"  # a weights tag, a local file, or none (random weights)
+    image_size: int | None = None  # crop size; None: 224 (CLIP and timm: the model's own)
+    grid: bool = True  # also the last stage's spatial features (attention models)
+    mid_grid: bool | None = None  # also an earlier stage's (grid_mid, DRMN's fusion); None: as grid
+    dtype: str = "float16"
+    batch_size: int = 64
+    workers: int = 2  # image decoding threads on the CPU, processes on CUDA
+    device: str = "auto"
+    max_failures: float = 0.01  # unreadable images allowed: a fraction below 1, else a count
+    merge: bool = False  # under torchrun: one self-contained store instead of virtual data sets over shards
+
+    def options(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`pipeline.extract.extract` (``mid_grid`` None resolved to ``grid``)."""
+        return {"dtype": self.dtype, "grid": self.grid, "mid_grid": self.grid if self.mid_grid is None else self.mid_grid,
+                "batch_size": self.batch_size, "workers": self.workers, "device": self.device,
+                "max_failures": self.max_failures}
+
+
+EXTRACT = ExtractConfig()  # the defaults

@@ -1,0 +1,54 @@
+"""Each default is written once: params.yaml (the DVC job), the command line and the Python API agree."""
+from __future__ import annotations
+
+import inspect
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import yaml
+
+from cli import cli
+from pipeline import api
+from pipeline.config import EXTRACT, ExtractConfig
+from pipeline.semantics.build import SemanticsConfig
+
+PARAMS = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+
+
+def _cli_defaults(command: str) -> dict[str, object]:
+    defaults = {}
+    for p in cli.commands[command].params:
+        value = p.default
+        if isinstance(value, str) and value.replace(",", "").isdigit():  # --ks 1,2,5: parsed by a callback
+            value = tuple(int(k) for k in value.split(","))
+        defaults[p.name] = value
+    return defaults
+
+
+def test_extract_has_one_source_of_defaults():
+    names = {f.name for f in fields(ExtractConfig)}
+    assert PARAMS["extract"] == asdict(EXTRACT)
+    cli_defaults = _cli_defaults("extract")
+    assert {k: cli_defaults[k] for k in names} == asdict(EXTRACT)
+    assert not names & set(inspect.signature(api.extract).parameters)  # the API takes ExtractConfig's fields
+
+
+def test_train_and_evaluate_defaults_agree_in_params_cli_and_api():
+    for section, function in (("train", api.train), ("evaluate", api.evaluate)):
+        cli_defaults = _cli_defaults(section)
+        api_defaults = {k: p.default for k, p in inspect.signature(function).parameters.items()}
+        for key, value in PARAMS[section].items():
+            expected = tuple(value) if isinstance(value, list) else value
+            assert cli_defaults[key] == expected, (section, key)
+            if key in api_defaults:
+                assert api_defaults[key] == expected, (section, key)
+
+
+def test_semantics_cli_defaults_are_semantics_config_and_params_differ_only_for_the_synthetic_job():
+    config = asdict(SemanticsConfig())
+    cli_defaults = _cli_defaults("semantics")
+    for key, value in config.items():
+        if key in cli_defaults and key != "text":  # --text is a repeatable option: () unless given
+            assert cli_defaults[key] == value, key
+    job = {"attributes": "synthetic", "text": ["minilm", "glove"], "attribute_vectors": "minilm"}  # the synthetic run's
+    assert {k: v for k, v in PARAMS["semantics"].items() if v != config[k] and not (k == "text" and v == [])} == job
