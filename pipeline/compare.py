@@ -78,25 +78,71 @@ def experiment_refs() -> dict[str, str]:
 
 
 def read_run(source: str) -> Run:
-    """A run from a metrics file (``FILE`` or ``FILE::PLOTS``) or a git revision / DVC experiment name."""
+    """A run from a metrics file (``FILE`` or ``FILE::PLOTS``) or a git revision / DVC experiment name; each
+    file checked to be what ``evaluate`` writes."""
     file, _, plots = source.partition("::")
     path = Path(file)
     if path.is_file():
-        try:
-            metrics = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise PipelineError(f"{path}: not a metrics JSON file ({e})") from None
         folder = Path(plots) if plots else path.parent / "plots"
-        curve, classes = ((folder / name).read_text() if (folder / name).is_file() else None for name in (CURVE, CLASSES))
+        texts = {name: (place.read_text(errors="replace") if place.is_file() else None)
+                 for name, place in (("metrics.json", path), (CURVE, folder / CURVE), (CLASSES, folder / CLASSES))}
+        where = {"metrics.json": str(path), CURVE: str(folder / CURVE), CLASSES: str(folder / CLASSES)}
     else:
+        if source.startswith("-"):  # never handed to git, where it would be an option
+            raise PipelineError(f"{source!r}: no such metrics file, and a git revision never starts with '-'")
         revision = experiment_refs().get(source, source)
-        text = _git_show(revision, "metrics.json")
-        if text is None:
+        texts = {name: _git_show(revision, name if name == "metrics.json" else f"plots/{name}")
+                 for name in ("metrics.json", CURVE, CLASSES)}
+        if texts["metrics.json"] is None:
             raise PipelineError(f"{source!r} is neither a metrics file nor a git revision or DVC experiment with "
                                 "metrics.json (dvc exp list shows the experiments)")
-        metrics = json.loads(text)
-        curve, classes = (_git_show(revision, f"plots/{name}") for name in (CURVE, CLASSES))
-    return Run(file, metrics, json.loads(curve) if curve else None, json.loads(classes) if classes else None)
+        where = {name: f"{source}:{name if name == 'metrics.json' else 'plots/' + name}" for name in texts}
+    values = {name: _parsed(text, where[name], name) for name, text in texts.items()}
+    return Run(file, values["metrics.json"], values[CURVE], values[CLASSES])
+
+
+_NUMBER = (int, float)
+# what each file holds, as evaluate writes it: (its JSON type, for lists the keys each item needs with their types)
+_SCHEMAS: dict[str, tuple[type, dict[str, Any]]] = {
+    "metrics.json": (dict, {}),
+    CURVE: (list, {"S": _NUMBER, "U": _NUMBER}),
+    CLASSES: (list, {"class": str, "images": int, "acc": _NUMBER, "mistaken_for": str, "mistaken_share": _NUMBER}),
+}
+
+
+def _parsed(text: str | None, where: str, name: str) -> Any:
+    """The JSON of one of a run's files, checked against what ``evaluate`` writes (None: no such file)."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise PipelineError(f"{where}: not JSON ({e}); re-run evaluate, or leave this run out") from None
+    kind, keys = _SCHEMAS[name]
+    problem = f"a JSON {type(value).__name__}, not a JSON {'object' if kind is dict else 'list'}"
+    if isinstance(value, kind):
+        if kind is dict:
+            problem = _metrics_problem(value)
+        else:
+            bad = next((i for i, item in enumerate(value) if not isinstance(item, dict)
+                        or any(not isinstance(item.get(k), t) or isinstance(item.get(k), bool) for k, t in keys.items())),
+                       None)
+            problem = (f"item {bad} lacks one of {', '.join(keys)} (or has the wrong type)" if bad is not None else "")
+    if problem:
+        raise PipelineError(f"{where}: not {name} as evaluate writes it ({problem}); re-run evaluate, or leave this "
+                            "run out")
+    return value
+
+
+def _metrics_problem(metrics: dict[str, Any]) -> str:
+    """What is wrong with a metrics dict ("" when nothing): its sections and headline numbers."""
+    for section in ("run", "czsl", "zsl", "gzsl"):
+        if section in metrics and not isinstance(metrics[section], dict):
+            return f"{section} is not an object"
+    numbers = {"czsl.acc": metrics.get("czsl", {}).get("acc"), "zsl.mAP": metrics.get("zsl", {}).get("mAP"),
+               "ausuc": metrics.get("ausuc"), **{f"gzsl.{k}": metrics.get("gzsl", {}).get(k) for k in ("U", "S", "H")}}
+    bad = [k for k, v in numbers.items() if v is not None and (not isinstance(v, _NUMBER) or isinstance(v, bool))]
+    return f"{', '.join(bad)} not a number" if bad else ""
 
 
 def seed_groups(runs: list[Run]) -> list[list[Run]]:

@@ -76,6 +76,9 @@ def rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+MAX_ASPECT = 100  # longest side / shortest side of an image extract reads (a panorama is ~10)
+
+
 class ImageFiles(Dataset):
     """Decoded, resized, centre-cropped uint8 images [3, S, S] of ``dataset`` rows ``indices``.
 
@@ -101,10 +104,12 @@ class ImageFiles(Dataset):
         i = int(self.indices[k])
         try:
             with self.dataset.open(i) as file, Image.open(file) as img:
+                if max(img.size) > MAX_ASPECT * min(img.size):  # resizing its short side would take gigabytes
+                    raise ValueError(f"{img.size[0]}x{img.size[1]} px: an aspect ratio beyond {MAX_ASPECT}:1")
                 img.draft("RGB", (self.resize_size, self.resize_size))  # JPEG: decode at reduced scale
                 x = self.transform(rgb(img))
             return i, x, ""
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        except (OSError, ValueError, SyntaxError, MemoryError, Image.DecompressionBombError) as e:
             return i, torch.zeros(3, self.size, self.size, dtype=torch.uint8), f"{type(e).__name__}: {e}"
 
 

@@ -352,6 +352,10 @@ def _image_list(images: Sequence[Path]) -> tuple[Path, list[str]]:
             raise PipelineError(f"{item}: no such image file or folder")
     if not files:
         raise PipelineError(f"no images in {', '.join(map(str, images))}")
+    odd = [f for f in files if not f.is_file()]
+    if odd:
+        raise PipelineError(f"{odd[0]}: not a regular file (a FIFO, a device, a broken link or a link loop); remove "
+                            f"it or name the images one by one{f' ({len(odd)} such files)' if len(odd) > 1 else ''}")
     resolved = [f.resolve() for f in files]
     root = Path(os.path.commonpath([p.parent for p in resolved]))
     return root, [p.relative_to(root).as_posix() for p in resolved]
@@ -359,6 +363,7 @@ def _image_list(images: Sequence[Path]) -> tuple[Path, list[str]]:
 
 def _extracted(images: Sequence[Path], checkpoint: dict[str, Any], model_file: Path, backbone: dict[str, Any],
                batch_size: int, workers: int, device: str) -> tuple[Split, list[str], None]:
+    root, ids = _image_list(images)
     trained_on = checkpoint.get("backbone")
     if not trained_on:
         raise PipelineError(f"{model_file} does not record its backbone (trained before predict existed): "
@@ -377,7 +382,6 @@ def _extracted(images: Sequence[Path], checkpoint: dict[str, Any], model_file: P
         wanted = ", ".join(f"{k} {a!r} (here {b!r})" for k, (a, b) in differ.items())
         raise PipelineError(f"{model_file} was trained on features with {wanted}: leave the backbone options out "
                             "(the checkpoint records them) or pass those it was extracted with")
-    root, ids = _image_list(images)
     dataset = ImageDataset("predict", root, ids, np.full(len(ids), -1), [], {})
     with tempfile.TemporaryDirectory() as tmp:
         extract(dataset, net, Path(tmp) / "features.h5", batch_size=batch_size, workers=workers, device=device,

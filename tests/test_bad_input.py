@@ -24,6 +24,7 @@ from pipeline.errors import PipelineError
 from pipeline.models import make_model
 from pipeline.params import SCHEMA, check_params
 from pipeline.semantics.build import SemanticsConfig, build_semantics
+from pipeline.store import FeatureStore
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -267,6 +268,35 @@ def test_bad_cli_input_is_one_error_line_and_finished_outputs_stay(files, case):
     assert len(errors) == 1 and culprit in errors[0], result.output
     assert files["model"].read_bytes() == model_bytes and files["metrics"].read_text() == '{"finished": true}'
     assert not MARKER.exists()
+
+
+def test_hostile_image_files_are_counted_failures_never_a_hang_or_a_traceback(files, tmp_path):
+    """An 1 x 1,000,000 PNG (resizing its short side would take gigabytes), a FIFO named .jpg (reading it would
+    block forever) and a symlink loop, among 3 good images."""
+    folder = tmp_path / "images" / "a"
+    folder.mkdir(parents=True)
+    for k in range(3):
+        Image.new("RGB", (40, 30), (60 * k, 90, 30)).save(folder / f"{k}.png")
+    Image.new("L", (1, 1_000_000)).save(folder / "tall.png")
+    assert (folder / "tall.png").stat().st_size < 4000  # a few bytes a row
+    os.mkfifo(folder / "fifo.jpg")
+    os.symlink("loop.jpg", folder / "loop.jpg")
+    extract = [sys.executable, str(REPO / "cli.py"), "extract", "--dataset", "folder", "--root", str(tmp_path / "images"),
+               "--backbone", "resnet18", "--pretrained", "none", "--image-size", "32", "--workers", "0",
+               "--output", str(tmp_path / "f.h5")]
+    run = subprocess.run([*extract, "--max-failures", "3"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 3 and "Traceback" not in run.stderr, run.stderr[-800:]  # exit 3: failures recorded
+    with FeatureStore(tmp_path / "f.h5") as store:
+        assert store.complete and int(store.ok.sum()) == 3
+        reasons = " ".join(store.failures.values())
+    assert "aspect ratio" in reasons and reasons.count("not a regular file") == 2
+    run = subprocess.run([*extract, "--max-failures", "2", "--output", str(tmp_path / "g.h5")], capture_output=True,
+                         text=True, timeout=300)
+    errors = [line for line in run.stderr.splitlines() if line.startswith("Error")]
+    assert run.returncode == 1 and len(errors) == 1 and "3 of 6 images could not be read" in errors[0], run.stderr
+    result = CliRunner().invoke(cli, ["predict", str(folder), "--model-file", str(files["model"])])
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert result.exit_code == 1 and len(errors) == 1 and "not a regular file" in errors[0], result.output
 
 
 def test_outputs_into_a_read_only_folder_are_one_line_each(files, read_only_folder):

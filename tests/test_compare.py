@@ -81,3 +81,34 @@ def test_compare_reads_git_revisions_and_dvc_experiments(tmp_path, monkeypatch):
     assert (tmp_path / "comparison_classes.md").is_file() and read_run("HEAD").classes[0]["acc"] == 0.25
     with pytest.raises(PipelineError, match="neither a metrics file nor a git revision"):
         read_run("no-such-run")
+
+
+MALFORMED = {  # file -> text: each one line naming the file, never a traceback
+    "metrics as a JSON list": ("metrics.json", "[]", "a JSON list, not a JSON object"),
+    "metrics not JSON": ("metrics.json", "{", "not JSON"),
+    "gzsl as a list": ("metrics.json", '{"gzsl": []}', "gzsl is not an object"),
+    "H as text": ("metrics.json", '{"gzsl": {"U": 0.1, "S": 0.2, "H": "high"}}', "gzsl.H not a number"),
+    "curve of numbers": ("plots/seen_unseen.json", "[1, 2]", "item 0 lacks one of S, U"),
+    "curve point without U": ("plots/seen_unseen.json", '[{"S": 0.5}]', "item 0 lacks one of S, U"),
+    "per-class rows as an object": ("plots/per_class.json", "{}", "a JSON dict, not a JSON list"),
+    "per-class accuracy as text": ("plots/per_class.json", '[{"class": "a", "images": 1, "acc": "x", '
+                                   '"mistaken_for": "", "mistaken_share": 0}]', "item 0 lacks one of class"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_a_malformed_run_file_is_one_line_naming_it(tmp_path, case):
+    name, text, says = MALFORMED[case]
+    metrics = _run_files(tmp_path, "eszsl", 0.7, 0.4)
+    (tmp_path / name).write_text(text)
+    result = CliRunner().invoke(cli, ["compare", str(metrics), "--table", str(tmp_path / "t.md")])
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert result.exit_code == 1 and len(errors) == 1, result.output
+    assert name.split("/")[-1] in errors[0] and says in errors[0], errors[0]
+
+
+def test_a_source_is_never_passed_to_git_as_an_option(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["compare", "--", "--output=written-by-git"])
+    assert result.exit_code == 1 and "never starts with '-'" in result.output
+    assert not (tmp_path / "written-by-git").exists()

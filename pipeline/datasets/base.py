@@ -91,7 +91,10 @@ class ImageDataset:
     def open(self, i: int) -> BinaryIO:
         """The bytes of image ``i``: its file, or its member of a tar shard (read by offset)."""
         if self.members is None:
-            return open(self.path(i), "rb")
+            path = self.path(i)
+            if not path.is_file():  # a FIFO would block the read forever; a device or a link loop never decodes
+                raise OSError(f"not a regular file (a FIFO, a device, a broken link or a link loop): {path}")
+            return open(path, "rb")
         shard = self.root / self.image_ids[i].split("/", 1)[0]
         offset, size = (int(v) for v in self.members[i])
         with open(shard, "rb") as f:
