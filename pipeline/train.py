@@ -261,6 +261,37 @@ def load_checkpoint(path: Path) -> tuple[ZSLModel, dict[str, Any]]:
                             "retrain it: python cli.py train ...") from None
     if not isinstance(checkpoint, dict) or not {"model", "hparams", "state"} <= set(checkpoint):
         raise PipelineError(f"{path}: not a model checkpoint of this package; retrain it: python cli.py train ...")
+    problem = _checkpoint_problem(checkpoint)
+    if problem:
+        raise PipelineError(f"{path}: a damaged model checkpoint ({problem}); retrain it: python cli.py train ...")
     model = make_model(checkpoint["model"], **checkpoint["hparams"])
-    model.load_state(checkpoint["state"])
+    try:
+        model.load_state(checkpoint["state"])
+    except (RuntimeError, KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise PipelineError(f"{path}: its {checkpoint['model']} state does not fit the model ({reason}); retrain it: "
+                            "python cli.py train ...") from None
     return model, checkpoint
+
+
+def _checkpoint_problem(checkpoint: dict[str, Any]) -> str:
+    """What is wrong with the fields of a checkpoint ("" when nothing): each one a checkpoint written by
+    :func:`train_files` has, of the type it has, and the seen classes among its classes."""
+    types = {"model": str, "hparams": dict, "state": dict, "config": dict, "classes": list, "seen": list,
+             "gamma": (int, float), "validation": dict}
+    optional = {"gamma"} if checkpoint.get("multilabel") else set()  # multi-label models have no γ
+    for key, kind in types.items():
+        if key not in checkpoint:
+            if key not in optional:
+                return f"no {key!r}"
+        elif not isinstance(checkpoint[key], kind) or isinstance(checkpoint[key], bool):
+            return f"{key!r} is a {type(checkpoint[key]).__name__}"
+    classes, seen = checkpoint["classes"], checkpoint["seen"]
+    if not all(isinstance(c, str) for c in classes):
+        return "'classes' holds something other than names"
+    if not all(isinstance(i, int) and 0 <= i < len(classes) for i in seen):
+        return f"'seen' holds indices outside the {len(classes)} classes"
+    if not isinstance(checkpoint["config"].get("semantics"), str) or not isinstance(checkpoint["config"].get("seed"),
+                                                                                   int):
+        return "'config' lacks its semantics or seed"
+    return ""

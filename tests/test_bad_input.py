@@ -344,3 +344,56 @@ def test_ctrl_c_while_starting_is_one_line(delay):
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode != 0 and "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
+
+
+def _without(key: str):
+    return lambda c: {k: v for k, v in c.items() if k != key}
+
+
+def _with_field(key: str, value):
+    return lambda c: {**c, key: value}
+
+
+def _with_state(change):
+    return lambda c: {**c, "state": change(dict(c["state"]))}
+
+
+def _first_net_tensor_halved(state: dict) -> dict:
+    key = next(k for k in state if k.startswith("net.") and state[k].ndim == 2)
+    return {**state, key: state[key][: state[key].shape[0] // 2]}
+
+
+CHECKPOINTS = {  # a damaged copy of a trained model -> what the one error line says
+    "no config": ("eszsl", _without("config"), "a damaged model checkpoint (no 'config')"),
+    "hparams as a list": ("eszsl", _with_field("hparams", [1, 2]), "'hparams' is a list"),
+    "gamma as text": ("eszsl", _with_field("gamma", "high"), "'gamma' is a str"),
+    "seen out of range": ("eszsl", _with_field("seen", [0, 99]), "'seen' holds indices outside the 4 classes"),
+    "classes as numbers": ("eszsl", _with_field("classes", [1, 2, 3, 4]), "'classes' holds something other"),
+    "state without its matrix": ("eszsl", _with_state(lambda s: {}), "its eszsl state does not fit the model"),
+    "a matrix of the wrong shape": ("eszsl", _with_state(lambda s: {"V": s["V"][:2]}),
+                                    "features are 4-d but the model was fitted on 1-d"),
+    "a GCN weight of the wrong shape": ("joint_gcn", _with_state(_first_net_tensor_halved),
+                                        "its joint_gcn state does not fit the model"),
+    "an unknown model": ("eszsl", _with_field("model", "svm"), "unknown model 'svm'"),
+}
+
+
+@pytest.mark.parametrize("case", list(CHECKPOINTS))
+def test_a_damaged_checkpoint_is_one_line_naming_the_file(files, case):
+    model_name, damage, says = CHECKPOINTS[case]
+    trained = files["tmp"] / f"{model_name}.pt"
+    if not trained.is_file():
+        assert CliRunner().invoke(cli, ["train", "--model", model_name, "--features", str(files["features"]),
+                                        "--semantics", str(files["semantics"]), "--no-select", "--val-fraction",
+                                        "0.5", "--hparam", "epochs=2" if model_name == "joint_gcn" else "k=3",
+                                        "--output", str(trained)]).exit_code == 0
+    damaged = files["tmp"] / "damaged.pt"
+    torch.save(damage(torch.load(trained, weights_only=True)), damaged)
+    for command in (["evaluate", "--model-file", str(damaged), "--features", str(files["features"]), "--semantics",
+                     str(files["semantics"]), "--metrics", str(files["tmp"] / "m.json"), "--plots",
+                     str(files["tmp"] / "p")],
+                    ["predict", "--model-file", str(damaged), "--features", str(files["features"])]):
+        result = CliRunner().invoke(cli, command)
+        errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+        assert result.exit_code == 1 and len(errors) == 1 and says in errors[0], (command[0], result.output)
+        assert "damaged.pt" in errors[0] or case in ("an unknown model", "a matrix of the wrong shape")
