@@ -40,6 +40,7 @@ from pipeline.datasets.base import ImageDataset
 from pipeline.datasets.webdataset import load_webdataset, webdataset_from_rows
 from pipeline.errors import PipelineError
 from pipeline.extract import ExtractResult, extract, failure_limit, finished, output_lock, store_provenance
+from pipeline.outputs import check_replaceable
 from pipeline.store import FeatureStore, FeatureWriter, Shard, create_store
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ def extract_dataset(dataset: str, root: Path, splits: Path | None, output: Path,
     under torchrun with several processes, :func:`extract_distributed` (``cfg.merge``: a self-contained
     joined store instead of virtual data sets over the shards). What the CLI, the DVC stage and the Python
     API run."""
+    check_replaceable(output, "feature store")  # before the backbone loads
     net = load_backbone(cfg.backbone, cfg.clip_model, cfg.pretrained, cfg.image_size)
     options = {**cfg.options(), "overwrite": overwrite}
     rank = launched_rank()

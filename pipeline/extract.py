@@ -35,6 +35,7 @@ from pipeline.backbones import Backbone, Preprocess
 from pipeline.datasets.base import ImageDataset
 from pipeline.device import resolve_device
 from pipeline.errors import PipelineError
+from pipeline.outputs import check_replaceable
 from pipeline.store import SCHEMA_VERSION, FeatureStore, FeatureWriter, create_store
 
 log = logging.getLogger(__name__)
@@ -320,6 +321,7 @@ def extract(
     if batch_size < 1 or workers < 0:
         raise PipelineError(f"batch_size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
     limit = failure_limit(max_failures, len(dataset))
+    check_replaceable(output, "feature store")
     with output_lock(output):
         return _extract_locked(dataset, backbone, output, dtype=dtype, grid=grid, mid_grid=mid_grid,
                                batch_size=batch_size, workers=workers, device=device, overwrite=overwrite,

@@ -9,6 +9,18 @@ from pathlib import Path
 from pipeline.errors import PipelineError
 
 
+def check_replaceable(path: Path, what: str) -> None:
+    """Refuse an output ``path`` that is a symbolic link or exists as anything but a regular file (a FIFO, a
+    device such as /dev/stdout's target, a folder): renaming a new file over it would replace the link or
+    the special file itself, not write through it."""
+    path = Path(path)
+    if path.is_symlink():
+        raise PipelineError(f"{path}: the {what} output is a symbolic link; give the path it points to, or another")
+    if path.exists() and not path.is_file():
+        raise PipelineError(f"{path}: the {what} output exists and is not a regular file (a folder, a FIFO or a "
+                            "device); give a file path")
+
+
 @contextlib.contextmanager
 def written_whole(path: Path, what: str) -> Iterator[Path]:
     """Yield ``<path>.partial`` to write ``what`` into; it is renamed to ``path`` when the block ends.
@@ -17,6 +29,7 @@ def written_whole(path: Path, what: str) -> Iterator[Path]:
     ``OSError`` (full disk, read-only folder) becomes one line naming ``path``.
     """
     path = Path(path)
+    check_replaceable(path, what)
     partial = path.with_name(path.name + ".partial")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

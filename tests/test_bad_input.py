@@ -397,3 +397,38 @@ def test_a_damaged_checkpoint_is_one_line_naming_the_file(files, case):
         errors = [line for line in result.output.splitlines() if line.startswith("Error")]
         assert result.exit_code == 1 and len(errors) == 1 and says in errors[0], (command[0], result.output)
         assert "damaged.pt" in errors[0] or case in ("an unknown model", "a matrix of the wrong shape")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "folder"])
+def test_an_output_that_is_a_special_file_or_a_link_is_refused_and_left_as_it_is(files, tmp_path, kind):
+    target = tmp_path / "target.txt"
+    target.write_text("kept")
+    outputs = {name: tmp_path / f"{name}.out" for name in ("extract", "semantics", "train", "evaluate", "predict")}
+    for path in outputs.values():
+        if kind == "fifo":
+            os.mkfifo(path)
+        elif kind == "symlink":
+            path.symlink_to(target)
+        else:
+            path.mkdir()
+    runs = {
+        "extract": ["extract", "--dataset", "folder", "--root", str(files["images"]), "--backbone", "resnet18",
+                    "--pretrained", "none", "--image-size", "32", "--workers", "0", "--output", str(outputs["extract"])],
+        "semantics": ["semantics", "--features", str(files["features"]), "--output", str(outputs["semantics"]),
+                      "--text", "glove"],
+        "train": ["train", "--model", "eszsl", "--features", str(files["features"]), "--semantics",
+                  str(files["semantics"]), "--no-select", "--val-fraction", "0.5", "--output", str(outputs["train"])],
+        "evaluate": ["evaluate", "--model-file", str(files["model"]), "--features", str(files["features"]),
+                     "--semantics", str(files["semantics"]), "--metrics", str(outputs["evaluate"]), "--plots",
+                     str(tmp_path / "plots")],
+        "predict": ["predict", "--model-file", str(files["model"]), "--features", str(files["features"]), "--output",
+                    str(outputs["predict"])],
+    }
+    for command, args in runs.items():
+        result = CliRunner().invoke(cli, args)
+        errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+        assert result.exit_code == 1 and len(errors) == 1, (command, result.output)
+        assert ("symbolic link" if kind == "symlink" else "not a regular file") in errors[0], (command, errors[0])
+        path = outputs[command]
+        assert {"fifo": path.is_fifo, "symlink": path.is_symlink, "folder": path.is_dir}[kind](), command
+    assert target.read_text() == "kept"

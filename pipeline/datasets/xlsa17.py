@@ -27,6 +27,7 @@ import scipy.io
 from pipeline.datasets.base import ImageDataset
 from pipeline.datasets.gbu import read_att_splits
 from pipeline.errors import PipelineError
+from pipeline.outputs import check_replaceable
 from pipeline.store import DTYPES, FeatureWriter, create_store
 
 ANCHORS = ("CUB_200_2011/images/", "Animals_with_Attributes2/JPEGImages/", "VOCdevkit/", "ayahoo_test_images/",
@@ -107,6 +108,7 @@ def import_xlsa17(
     )
     provenance = {"backbone": "resnet101", "model": "resnet101", "pretrained": PRETRAINED, "image_size": 224,
                   "source": str(res101.resolve()), "splits_file": str(att_splits.resolve())}
+    check_replaceable(output, "feature store")
     partial = output.with_name(output.name + ".partial")
     try:
         create_store(partial, ds, features.shape[0], dtype, None, provenance)
