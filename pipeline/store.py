@@ -378,7 +378,23 @@ class FeatureStore:
         self._check_shards()
 
     def _check_shards(self) -> None:
-        """Virtual data sets read NaN where a shard file is missing: refuse that instead."""
+        """Only ``features`` / ``grid`` / ``grid_mid`` may read other files, and only shard files inside the
+        store's folder (a crafted store could read any local file as its image ids); virtual data sets read
+        NaN where a shard file is missing: refuse that instead."""
+        folder = self.path.parent.resolve()
+        outside: list[str] = []
+
+        def visit(name: str, item: Any) -> None:
+            if isinstance(item, h5py.Dataset) and (item.external or (item.is_virtual and (
+                    name not in ("features", "grid", "grid_mid") or any(
+                        not (folder / s.file_name).resolve().is_relative_to(folder) for s in item.virtual_sources())))):
+                outside.append(name)
+
+        self._f.visititems(visit)
+        if outside:
+            self.close()
+            raise PipelineError(f"{self.path}: its {', '.join(outside)} would read files outside the store (external "
+                                "or virtual storage); this package never writes such a store: re-extract it")
         for name in ("features", "grid", "grid_mid"):
             if name in self._f and self._f[name].is_virtual:
                 for source in self._f[name].virtual_sources():

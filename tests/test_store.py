@@ -194,3 +194,25 @@ def test_failure_reasons_fill_fixed_slots_and_stores_of_schema_1_still_read(tmp_
         assert s.splits["test_unseen"].tolist() == list(range(1, 1200, 2))
     with pytest.raises(PipelineError, match="schema 1, written by an older version, cannot be resumed"):
         FeatureWriter(path)
+
+
+@pytest.mark.parametrize("storage", ["external", "virtual"])
+def test_a_store_whose_data_would_read_another_file_is_refused(tmp_path: Path, storage):
+    """A crafted store could read any local file as its image ids (HDF5 external or virtual storage)."""
+    path = tmp_path / "store.h5"
+    _store(path)
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"root:x:0:0:root:/root:/bin/bash\n" * 4)
+    with h5py.File(path, "r+") as f:
+        n = len(f["image_ids"])
+        del f["image_ids"]
+        if storage == "external":
+            f.create_dataset("image_ids", shape=(n,), dtype="S8", external=[(str(secret), 0, 8 * n)])
+        else:
+            with h5py.File(tmp_path / "other.h5", "w") as other:
+                other["ids"] = np.array([b"x"] * n, dtype="S8")
+            layout = h5py.VirtualLayout(shape=(n,), dtype="S8")
+            layout[:] = h5py.VirtualSource(str(tmp_path / "other.h5"), "ids", shape=(n,))
+            f.create_virtual_dataset("image_ids", layout)
+    with pytest.raises(PipelineError, match="its image_ids would read files outside the store"):
+        FeatureStore(path)

@@ -92,7 +92,7 @@ class ImageDataset:
         """The bytes of image ``i``: its file, or its member of a tar shard (read by offset)."""
         if self.members is None:
             path = self.path(i)
-            if not path.is_file():  # a FIFO would block the read forever; a device or a link loop never decodes
+            if (path.exists() or path.is_symlink()) and not path.is_file():  # a FIFO would block the read forever
                 raise OSError(f"not a regular file (a FIFO, a device, a broken link or a link loop): {path}")
             return open(path, "rb")
         shard = self.root / self.image_ids[i].split("/", 1)[0]
