@@ -46,6 +46,9 @@ def load_pickle(path: Path) -> Any:
         except _Refused as e:
             raise PipelineError(f"{path}: refused to unpickle {e}: pickles may only hold arrays, numbers, strings, "
                                 "lists and dicts (loading other objects can run code); convert it to .npy") from None
+        except MemoryError:  # e.g. an array of a huge shape, asked for by the file
+            raise PipelineError(f"{path}: cannot unpickle: it asks for more memory than there is (an array of a "
+                                "huge shape?)") from None
         except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError, TypeError) as e:
             raise PipelineError(f"{path}: cannot unpickle ({type(e).__name__}: {e})") from None
     raise PipelineError(f"{path}: cannot unpickle (undecodable strings)")

@@ -314,6 +314,9 @@ def test_outputs_into_a_read_only_folder_are_one_line_each(files, read_only_fold
         "evaluate": (["evaluate", "--model-file", common["model"], "--features", common["features"], "--semantics",
                       common["semantics"], "--metrics", f"{ro}/metrics.json", "--plots", str(files["tmp"] / "plots")],
                      f"{ro}/metrics.json: cannot write the metrics (Read-only file system)"),
+        "evaluate plots": (["evaluate", "--model-file", common["model"], "--features", common["features"],
+                            "--semantics", common["semantics"], "--metrics", str(files["tmp"] / "ro-plots.json"),
+                            "--plots", f"{ro}/plots"], f"{ro}/plots/per_class.json: cannot write the plot (Read-only file system)"),
     }
     for command, (args, culprit) in runs.items():
         result = CliRunner().invoke(cli, args)

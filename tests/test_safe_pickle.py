@@ -63,7 +63,8 @@ def test_a_checkpoint_holding_objects_is_refused_and_real_ones_load(tmp_path: Pa
     log = model.fit(Split(rng.normal(size=(20, 4)).astype(np.float32), np.arange(20) % 2), np.arange(2),
                     Semantics(rng.normal(size=(3, 5)).astype(np.float32)), seed=0)
     checkpoint = {"model": "eszsl", "hparams": model.hparams, "state": model.state(), "gamma": np.float64(0.5),
-                  "seen": [0, 1], "fit": log}
+                  "seen": [0, 1], "fit": log, "classes": ["a", "b", "c"], "config": {"semantics": "attributes", "seed": 0},
+                  "validation": {}}
     save_checkpoint(checkpoint, tmp_path / "model.pt")
     restored, saved = load_checkpoint(tmp_path / "model.pt")
     np.testing.assert_array_equal(np.asarray(restored.state()["V"]), model.state()["V"])
@@ -95,3 +96,18 @@ def test_metrics_are_written_whole_or_not_at_all(tmp_path: Path):
     with pytest.raises(PipelineError, match="metrics.json: cannot write the metrics .*metrics.json is unchanged"):
         write_metrics({"czsl": {"acc": 0.9}}, path)
     assert path.read_text() == '{\n  "czsl": {\n    "acc": 0.5\n  }\n}\n'
+
+
+class _HugeArray:
+    """Pickled, it asks numpy for a 10 TB array when loaded (allowed classes only: numpy.ndarray)."""
+
+    def __reduce__(self):
+        return (np.ndarray, ((10**13,), "u1"))
+
+
+def test_a_pickle_asking_for_a_huge_array_is_one_line(tmp_path):
+    bomb = tmp_path / "vectors.pkl"
+    bomb.write_bytes(pickle.dumps(_HugeArray()))
+    assert len(bomb.read_bytes()) < 200
+    with pytest.raises(PipelineError, match="vectors.pkl: cannot unpickle: it asks for more memory than there is"):
+        load_pickle(bomb)
