@@ -103,6 +103,9 @@ def extract_dataset(dataset: str, root: Path, splits: Path | None, output: Path,
         return extract_distributed(part, lambda: webdataset_from_rows(root, *_stored_rows(shards), splits), net, output,
                                    rank, merge=cfg.merge, **options)
     data = load_dataset(dataset, root, splits)
+    done = finished(output, store_provenance(data, net, cfg.dtype, cfg.grid, options["mid_grid"]), overwrite)
+    if done is not None:  # whatever number of processes wrote it: nothing to recompute
+        return done
     start, stop = shard_rows(len(data), rank.world, cfg.batch_size)[rank.rank]
     return extract_distributed(subset_rows(data, start, stop), lambda: data, net, output, rank, merge=cfg.merge,
                                **options)
@@ -151,7 +154,12 @@ def extract_distributed(part: ImageDataset, whole: Callable[[], ImageDataset], b
 
 def _warn_other_world_sizes(output: Path, world: int) -> None:
     folder = shard_path(output, 0, world).parent
-    other = sorted(p.name for p in folder.glob(f"{output.stem}-*-of-*.h5") if not p.name.endswith(f"-of-{world}.h5"))
+    read = set()  # shards a finished output still reads: never to be deleted
+    if output.is_file():
+        with FeatureStore(output) as store:
+            read = set(store.shard_files())
+    other = sorted(p.name for p in folder.glob(f"{output.stem}-*-of-*.h5")
+                   if not p.name.endswith(f"-of-{world}.h5") and p.name not in read)
     if other:
         log.warning("%s holds shards of another number of processes (%s): their row ranges differ from those "
                     "of %d processes, so they are not reused; delete them once this run has finished",

@@ -571,6 +571,11 @@ class FeatureStore:
             out[lo:hi] = data[rows[lo]:rows[hi - 1] + 1]
         return out
 
+    def shard_files(self) -> list[str]:
+        """File names of the shards its virtual data sets read (in ``OUTPUT.shards``); [] when self-contained."""
+        return sorted({Path(source.file_name).name for name in ("features", "grid", "grid_mid")
+                       if name in self._f and self._f[name].is_virtual for source in self._f[name].virtual_sources()})
+
     def describe(self) -> str:
         """Human-readable schema, split counts, provenance and completeness (``cli.py info``)."""
         lines = [f"{self.path}", f"  complete: {self.complete}"]

@@ -459,6 +459,10 @@ def test_two_ranks_write_the_store_one_process_writes(synthetic_root, resnet18_c
     _same_store(joined, reference)
     with FeatureStore(joined) as store:
         assert store.dataset("grid").is_virtual
+    again = subprocess.run(_torchrun(3, _cli_extract(synthetic_root, resnet18_checkpoint, joined)), capture_output=True,
+                           text=True)  # another number of processes over the finished store: reused, no advice
+    assert again.returncode == 0 and f"{joined}: 0 images extracted, 288 already done" in again.stdout, again.stderr
+    assert "delete them" not in again.stderr
     moved = tmp_path / "moved"  # the shards are found next to the joined file, wherever it is read from
     moved.mkdir()
     shutil.move(joined, moved / joined.name)
