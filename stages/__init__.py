@@ -21,11 +21,14 @@ from pipeline.params import check_params  # noqa: E402
 
 
 def run(main: Callable[[], None]) -> None:
-    """Run a stage's ``main``; Ctrl-C ends it with one line and exit status 130 (its outputs are written
-    under temporary names, so nothing half-written is left)."""
+    """Run a stage's ``main``: a :class:`PipelineError` ends it with its one line (``error: ...``, exit status
+    1), Ctrl-C with one line and exit status 130 (its outputs are written under temporary names, so
+    nothing half-written is left)."""
     interrupt.once_started()
     try:
         main()
+    except PipelineError as e:
+        sys.exit(f"error: {e}")
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(interrupt.EXIT_INTERRUPTED)

@@ -3,11 +3,9 @@ from stages import load_params, run, stage_paths  # first: Ctrl-C while torch lo
 
 # isort: split
 import json
-import sys
 from pathlib import Path
 
 import pipeline  # noqa: F401
-from pipeline.errors import PipelineError
 from pipeline.evaluate import evaluate_files, headline
 
 
@@ -15,13 +13,10 @@ def main() -> None:
     paths = stage_paths("model", "features", "semantics", "metrics", "plots")
     params = load_params("train", "evaluate")
     t, e = params["train"], params["evaluate"]
-    try:
-        metrics = evaluate_files(paths.model, paths.features, paths.semantics, paths.metrics, paths.plots,
-                                 Path(e["candidate_sets"]) if e["candidate_sets"] else None,
-                                 Path(t["clip_features"]) if t["clip_features"] else None, tuple(e["ks"]),
-                                 tuple(e["tag_ks"]))
-    except PipelineError as err:
-        sys.exit(f"error: {err}")
+    metrics = evaluate_files(paths.model, paths.features, paths.semantics, paths.metrics, paths.plots,
+                             Path(e["candidate_sets"]) if e["candidate_sets"] else None,
+                             Path(t["clip_features"]) if t["clip_features"] else None, tuple(e["ks"]),
+                             tuple(e["tag_ks"]))
     print(json.dumps(metrics, indent=2))
     print(headline(metrics))
 

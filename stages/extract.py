@@ -2,13 +2,11 @@
 from stages import load_params, run, stage_paths  # first: Ctrl-C while torch loads is one line
 
 # isort: split
-import sys
 from pathlib import Path
 
 import pipeline  # noqa: F401
 from pipeline.config import ExtractConfig
 from pipeline.distributed import extract_dataset
-from pipeline.errors import PipelineError
 
 
 def main() -> None:
@@ -16,14 +14,11 @@ def main() -> None:
     params = load_params("data", "extract")
     data = params["data"]
     splits = Path(data["splits"]) if data.get("splits") else None
-    try:
-        # DVC runs this stage when the data, code or settings changed, and keeps the old store (persist: true,
-        # so a failed run never deletes it): extract anew into OUTPUT.partial (an interrupted run resumes)
-        # and replace the store only once the new one is finished
-        result = extract_dataset(data["dataset"], Path(data["root"]), splits, paths.output,
-                                 ExtractConfig(**params["extract"]), overwrite=True)
-    except PipelineError as e:
-        sys.exit(f"error: {e}")
+    # DVC runs this stage when the data, code or settings changed, and keeps the old store (persist: true,
+    # so a failed run never deletes it): extract anew into OUTPUT.partial (an interrupted run resumes)
+    # and replace the store only once the new one is finished
+    result = extract_dataset(data["dataset"], Path(data["root"]), splits, paths.output,
+                             ExtractConfig(**params["extract"]), overwrite=True)
     print(result.summary())  # failures within extract.max_failures are recorded, not fatal: the stage succeeds
 
 

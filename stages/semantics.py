@@ -2,10 +2,8 @@
 from stages import load_params, run, stage_paths  # first: Ctrl-C while torch loads is one line
 
 # isort: split
-import sys
 
 import pipeline  # noqa: F401
-from pipeline.errors import PipelineError
 from pipeline.semantics.build import SemanticsConfig, build_semantics
 
 
@@ -14,11 +12,8 @@ def main() -> None:
     params = load_params("data", "semantics")
     settings = dict(params["semantics"])
     settings["text"] = tuple(settings.get("text") or ())
-    try:
-        cfg = SemanticsConfig(data_root=params["data"]["root"], **settings)
-        built = build_semantics(paths.features, paths.output, cfg)
-    except PipelineError as e:
-        sys.exit(f"error: {e}")
+    cfg = SemanticsConfig(data_root=params["data"]["root"], **settings)
+    built = build_semantics(paths.features, paths.output, cfg)
     print(f"{paths.output}: built {', '.join(built) or 'nothing (all parts up to date)'}")
 
 

@@ -2,20 +2,15 @@
 from stages import load_params, run  # first: Ctrl-C while torch loads is one line
 
 # isort: split
-import sys
 from pathlib import Path
 
 import pipeline  # noqa: F401
 from pipeline.datasets.synthetic import generate_synthetic
-from pipeline.errors import PipelineError
 
 
 def main() -> None:
     params = load_params("data", "synthetic")
-    try:
-        generate_synthetic(Path(params["data"]["root"]), **params["synthetic"])
-    except PipelineError as e:
-        sys.exit(f"error: {e}")
+    generate_synthetic(Path(params["data"]["root"]), **params["synthetic"])
 
 
 if __name__ == "__main__":

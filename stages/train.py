@@ -2,11 +2,9 @@
 from stages import load_params, run, stage_paths  # first: Ctrl-C while torch loads is one line
 
 # isort: split
-import sys
 from pathlib import Path
 
 import pipeline  # noqa: F401
-from pipeline.errors import PipelineError
 from pipeline.train import TrainConfig, describe_checkpoint, train_files
 
 
@@ -16,11 +14,8 @@ def main() -> None:
     model, t = params["model"], params["train"]
     cfg = TrainConfig(model=model, semantics=t["source"], seed=t["seed"], select=t["select"],
                       val_fraction=t["val_fraction"], hparams=params.get(model) or {}, val_folds=t["val_folds"])
-    try:
-        checkpoint = train_files(paths.features, paths.semantics, cfg, paths.output,
-                                 Path(t["clip_features"]) if t["clip_features"] else None)
-    except PipelineError as e:
-        sys.exit(f"error: {e}")
+    checkpoint = train_files(paths.features, paths.semantics, cfg, paths.output,
+                             Path(t["clip_features"]) if t["clip_features"] else None)
     print(f"{paths.output}: {describe_checkpoint(checkpoint)}")
 
 
