@@ -334,7 +334,7 @@ def compare(sources: tuple[str, ...], table: Path, csv_path: Path, plot: Path, c
 @click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True)
 def import_xlsa17_cmd(res101: Path, splits: Path, output: Path, dataset: str | None, dtype: str) -> None:
     """Import the benchmark's precomputed ResNet-101 features into a feature file."""
-    from pipeline.datasets.xlsa17 import import_xlsa17
+    from pipeline.xlsa17 import import_xlsa17
 
     import_xlsa17(res101, splits, output, dataset=dataset, dtype=dtype)
     click.echo(f"{output}: imported (python cli.py info {output})")

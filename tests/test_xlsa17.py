@@ -10,7 +10,7 @@ import pytest
 import scipy.io
 
 from pipeline.datasets.gbu import read_att_splits
-from pipeline.datasets.xlsa17 import PRETRAINED, import_xlsa17, relative_image_id
+from pipeline.xlsa17 import PRETRAINED, import_xlsa17, relative_image_id
 from pipeline.errors import PipelineError
 from pipeline.store import FeatureStore
 
