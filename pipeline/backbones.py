@@ -29,7 +29,7 @@ from torch import nn
 
 from pipeline.choices import BACKBONES, TIMM_PREFIX
 from pipeline.errors import PipelineError
-from pipeline.store import Head
+from pipeline.head import Head
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -10,9 +10,10 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.grid import GridSource
+from pipeline.head import Head
 from pipeline.models.base import Graph, Semantics, Split
 from pipeline.semantics.file import SemanticsFile
-from pipeline.store import FeatureStore, Head
+from pipeline.store import FeatureStore
 
 log = logging.getLogger(__name__)
 

@@ -59,6 +59,7 @@ import numpy as np
 from pipeline.choices import DTYPES
 from pipeline.datasets.base import SPLIT_NAMES, ImageDataset, check_seen_classes
 from pipeline.errors import PipelineError
+from pipeline.head import Head
 from pipeline.hdf5 import decoded, open_for_reading, strings
 
 SCHEMA_VERSION = 2
@@ -219,28 +220,6 @@ def _fill_empty_store(
     f.attrs["mid_grid_shape"] = list(mid_grid_shape) if mid_grid_shape is not None else []
     f.attrs["dtype"] = dtype
     f.attrs["schema_version"] = SCHEMA_VERSION
-
-
-@dataclass(frozen=True)
-class Head:
-    """A backbone's own classifier on its pooled features: ``logits = features @ weight.T + bias``.
-
-    ``classes`` names what each of the K outputs means (wnids for ImageNet-1K weights, in the
-    ILSVRC-2012 order, i.e. sorted wnids).
-    """
-
-    weight: np.ndarray  # [K, D] float32
-    bias: np.ndarray  # [K] float32
-    classes: list[str]
-
-    def logits(self, features: np.ndarray) -> np.ndarray:
-        """[N, K] float32 logits of pooled features [N, D]."""
-        return np.asarray(features, np.float32) @ self.weight.T + self.bias
-
-    def rows_of(self, classes: list[str]) -> np.ndarray:
-        """[C] the head output of each of ``classes`` (-1 where the head has none)."""
-        index = {c: i for i, c in enumerate(self.classes)}
-        return np.array([index.get(c, -1) for c in classes], dtype=np.int64)
 
 
 @dataclass(frozen=True)

@@ -369,7 +369,8 @@ import numpy as np
 from pathlib import Path
 from pipeline.datasets.base import ImageDataset
 from pipeline.errors import PipelineError
-from pipeline.store import Head, create_store
+from pipeline.head import Head
+from pipeline.store import create_store
 data = ImageDataset("tiny", Path("."), [f"img/{i:03d}.jpg" for i in range(40)], np.arange(40) % 4,
                     ["cat", "dog", "fox", "owl"], {"trainval": np.arange(24), "test_unseen": np.arange(24, 40)})
 head = Head(np.ones((4, 8), np.float32), np.arange(4, dtype=np.float32), ["cat", "dog", "fox", "owl"])

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from cli import cli
 from pipeline.datasets.base import ImageDataset
 from pipeline.errors import PipelineError
-from pipeline.store import FeatureStore, FeatureWriter, Head, create_store
+from pipeline.head import Head
+from pipeline.store import FeatureStore, FeatureWriter, create_store
 
 
 def _dataset(n: int) -> ImageDataset:
