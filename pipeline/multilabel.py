@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,10 +33,10 @@ from pipeline.errors import PipelineError
 from pipeline.inputs import Inputs
 from pipeline.metrics import FIGURES
 from pipeline.models import MODELS, make_model
-from pipeline.models.base import Split, ZSLModel, seed_everything
+from pipeline.models.base import Split, ZSLModel
 from pipeline.outputs import write_whole, written_whole
 from pipeline.scoring import scores, search
-from pipeline.selection import TrainConfig, choose, untimed
+from pipeline.selection import TrainConfig, choose, refit, untimed
 from pipeline.tag_metrics import F1_KS, map_report, precision_recall_f1_at_k
 
 log = logging.getLogger(__name__)
@@ -98,13 +97,9 @@ def train_multilabel(inputs: Inputs, cfg: TrainConfig) -> dict[str, Any]:
     val_map, hparams, _, table = choose(cfg, len(folds), fit_and_score, "val_mAP")
     v = folds[0]
 
-    seed_everything(cfg.seed)
-    final = make_model(cfg.model, **hparams)
     seen = np.setdiff1d(np.arange(len(inputs.classes)), inputs.unseen_tags)
-    start = time.perf_counter()
-    fit_log = final.fit(inputs.splits["trainval"], seen, inputs.semantics, cfg.seed)
-    log.info("%s refitted on trainval in %.1f s; validation-tag mAP %.4f", cfg.model, time.perf_counter() - start,
-             val_map)
+    final, fit_log, seconds = refit(cfg, hparams, inputs.splits["trainval"], seen, inputs.semantics)
+    log.info("%s refitted on trainval in %.1f s; validation-tag mAP %.4f", cfg.model, seconds, val_map)
     return {
         "model": cfg.model, "hparams": final.hparams, "state": final.state(), "multilabel": True,
         "config": asdict(cfg), "classes": inputs.classes, "seen": seen.tolist(),

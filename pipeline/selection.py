@@ -3,6 +3,7 @@ combinations, and choosing the best mean validation score over folds."""
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,7 +12,7 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.models import make_model
-from pipeline.models.base import ZSLModel, seed_everything
+from pipeline.models.base import Semantics, Split, ZSLModel, seed_everything
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,16 @@ def choose(cfg: TrainConfig, folds: int, fit_and_score: Callable[[dict[str, Any]
             best = (mean, hparams, first)
     assert best is not None
     return (*best, table)
+
+
+def refit(cfg: TrainConfig, hparams: dict[str, Any], trainval: Split, seen: np.ndarray,
+          semantics: Semantics) -> tuple[ZSLModel, dict[str, Any], float]:
+    """The chosen ``hparams`` fitted on all of ``trainval`` from ``cfg.seed``: (model, fit log, seconds)."""
+    seed_everything(cfg.seed)
+    final = make_model(cfg.model, **hparams)
+    start = time.perf_counter()
+    fit_log = final.fit(trainval, seen, semantics, cfg.seed)
+    return final, fit_log, time.perf_counter() - start
 
 
 def untimed(fit_log: dict[str, Any]) -> dict[str, Any]:

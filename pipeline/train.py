@@ -29,7 +29,6 @@ import dataclasses
 import functools
 import io
 import logging
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -42,11 +41,11 @@ from pipeline.hdf5 import SIGNATURE as HDF5_SIGNATURE
 from pipeline.inputs import Inputs, load_inputs, semantics_digest
 from pipeline.metrics import BestScores, per_class_accuracy, select_gamma
 from pipeline.models import make_model
-from pipeline.models.base import Semantics, Split, ZSLModel, seed_everything
+from pipeline.models.base import Semantics, Split, ZSLModel
 from pipeline.multilabel import train_multilabel
 from pipeline.outputs import write_whole
 from pipeline.scoring import search
-from pipeline.selection import TrainConfig, choose, untimed
+from pipeline.selection import TrainConfig, choose, refit, untimed
 from pipeline.store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -178,13 +177,10 @@ def train(inputs: Inputs, cfg: TrainConfig) -> dict[str, Any]:
     v = folds[0]
     gamma, val_h = calibrate(model, v, inputs.semantics)
 
-    seed_everything(cfg.seed)
-    final = make_model(cfg.model, **hparams)
     seen = inputs.seen
-    start = time.perf_counter()
-    fit_log = final.fit(inputs.splits["trainval"], seen, inputs.semantics, cfg.seed)
+    final, fit_log, seconds = refit(cfg, hparams, inputs.splits["trainval"], seen, inputs.semantics)
     log.info("%s refitted on trainval in %.1f s; val accuracy %.4f, gamma %.4f (val H %.4f)",
-             cfg.model, time.perf_counter() - start, val_acc, gamma, val_h)
+             cfg.model, seconds, val_acc, gamma, val_h)
     return {
         "model": cfg.model, "hparams": final.hparams, "state": final.state(), "gamma": float(gamma),
         "config": asdict(cfg), "classes": inputs.classes, "seen": seen.tolist(),
