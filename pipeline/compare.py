@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.metrics import Curve, plot_seen_unseen_curves
-from pipeline.outputs import write_whole, written_whole
+from pipeline.outputs import write_whole
+from pipeline.plots import Curve, plot_seen_unseen_curves, plot_worst_classes
 
 CURVE = "seen_unseen.json"
 CLASSES = "per_class.json"
@@ -213,25 +213,8 @@ def class_markdown(runs: list[Run], worst: int = WORST) -> str:
 
 
 def plot_classes(runs: list[Run], path: Path, worst: int = WORST) -> Path:
-    """One panel per run with per-class rows: its ``worst`` unseen classes' accuracy as bars, each labelled
-    with what the class is mistaken for."""
-    from matplotlib.figure import Figure
-
-    shown = [r for r in runs if r.classes]
-    fig = Figure(figsize=(8, 0.35 * worst * len(shown) + 1.2 * len(shown)))
-    for ax, r in zip(np.atleast_1d(fig.subplots(len(shown), 1)), shown):
-        rows = r.classes[:worst][::-1]  # the worst at the top
-        ax.barh(range(len(rows)), [c["acc"] for c in rows], color="tab:blue", alpha=0.35)
-        ax.set_yticks(range(len(rows)), [c["class"] for c in rows], fontsize="small")
-        for y, c in enumerate(rows):  # written inside the axes, over the bar
-            if c["mistaken_for"]:
-                ax.text(0.01, y, f"mistaken for {c['mistaken_for']} ({c['mistaken_share']:.0%} of its images)",
-                        va="center", fontsize="x-small")
-        ax.set(xlim=(0, 1), title=f"{r.label}: worst unseen classes", xlabel="CZSL top-1 accuracy")
-    fig.tight_layout()
-    with written_whole(path, "plot") as partial:
-        fig.savefig(partial, dpi=110, format="png")
-    return path
+    """One panel per run with per-class rows (:func:`pipeline.plots.plot_worst_classes`)."""
+    return plot_worst_classes([(r.label, r.classes) for r in runs if r.classes], path, worst)
 
 
 def compare(sources: list[str], table: Path | None = None, csv_path: Path | None = None,

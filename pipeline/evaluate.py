@@ -22,21 +22,19 @@ from pipeline import __version__
 from pipeline.errors import PipelineError
 from pipeline.inputs import Inputs, check_semantics, load_inputs
 from pipeline.metrics import (
-    FIGURES,
     BestScores,
-    Curve,
     ausuc,
     curve_points,
     gzsl,
     hit_at_k,
     hit_at_k_over,
     per_class_accuracy,
-    plot_seen_unseen_curves,
     seen_unseen_curve,
 )
 from pipeline.models.base import ZSLModel
 from pipeline.multilabel import evaluate_multilabel
 from pipeline.outputs import write_whole
+from pipeline.plots import FIGURES, Curve, plot_seen_unseen_curves
 from pipeline.scoring import search
 from pipeline.semantics import wordnet as wn
 from pipeline.store import FeatureStore

@@ -25,10 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.outputs import write_whole, written_whole
+from pipeline.outputs import write_whole
 
 HIT_KS = (1, 2, 5, 10, 20)
-FIGURES = "figures"  # the PNG figures' folder inside a plots directory (dvc.yaml declares it)
 
 
 @dataclass(frozen=True)
@@ -201,45 +200,6 @@ def curve_points(s: np.ndarray, u: np.ndarray, gammas: np.ndarray, path: str | P
     if path is not None:
         write_whole(Path(path), json.dumps(points, indent=1) + "\n", "plot")
     return points
-
-
-@dataclass(frozen=True)
-class Curve:
-    """One model's seen-unseen curve for a plot: ``s``, ``u`` [P] and its operating point (S, U) at the
-    chosen γ (None: not marked)."""
-
-    label: str
-    s: np.ndarray
-    u: np.ndarray
-    point: tuple[float, float] | None = None
-
-
-def plot_seen_unseen_curves(curves: list[Curve], path: str | Path, title: str = "") -> Path:
-    """Write the curves (U against S, each labelled with its AUSUC, its operating point marked) as one
-    PNG; returns ``path``. Uses matplotlib's Agg canvas through ``Figure`` (no pyplot, no display)."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError as e:
-        raise PipelineError(f"plot_seen_unseen_curves: matplotlib is missing ({e}); pip install matplotlib") from e
-    path = Path(path)
-    fig = Figure(figsize=(4.5, 4.5) if len(curves) == 1 else (6, 6))
-    ax = fig.subplots()
-    for curve in curves:
-        line, = ax.plot(curve.s, curve.u, marker="." if len(curve.s) <= 50 else None,
-                        label=f"{curve.label + ': ' if curve.label else ''}AUSUC {ausuc(curve.s, curve.u):.3f}")
-        if curve.point is not None:
-            ax.plot(*curve.point, marker="o", markersize=8, markerfacecolor="none", color=line.get_color())
-    # axes fit to the data (real-data curves often stay below U 0.3), never beyond 1
-    top_s, top_u = (max(max(np.max((c.s, c.u)[i], initial=0.0), c.point[i] if c.point else 0.0) for c in curves)
-                    for i in (0, 1))
-    ax.set(xlabel="S: accuracy on seen classes", ylabel="U: accuracy on unseen classes",
-           xlim=(0, min(1.0, 1.08 * top_s + 0.02)), ylim=(0, min(1.0, 1.08 * top_u + 0.02)), title=title)
-    ax.legend(loc="best", title="○: operating point (chosen γ)", title_fontsize="small", fontsize="small")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with written_whole(path, "plot") as partial:
-        fig.savefig(partial, dpi=120, format="png")
-    return path
 
 
 def hit_at_k(topk: np.ndarray, labels: np.ndarray, ks=HIT_KS, per_class: bool = False,

@@ -31,10 +31,10 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.inputs import Inputs
-from pipeline.metrics import FIGURES
 from pipeline.models import MODELS, make_model
 from pipeline.models.base import Split, ZSLModel
-from pipeline.outputs import write_whole, written_whole
+from pipeline.outputs import write_whole
+from pipeline.plots import FIGURES, plot_f1_at_k
 from pipeline.scoring import scores, search
 from pipeline.selection import TrainConfig, choose, refit, untimed
 from pipeline.tag_metrics import F1_KS, map_report, precision_recall_f1_at_k
@@ -152,26 +152,5 @@ def evaluate_multilabel(model: ZSLModel, checkpoint: dict[str, Any], inputs: Inp
             for k in curves["zsl"]]  # one row per k, a column per setting and measure: one line each in dvc plots
     write_whole(plots / "f1_at_k.json", json.dumps(rows, indent=1), "plot")
     (plots / FIGURES).mkdir(parents=True, exist_ok=True)
-    _plot_f1_at_k(curves, plots / FIGURES / "f1_at_k.png", checkpoint["model"])
+    plot_f1_at_k(curves, plots / FIGURES / "f1_at_k.png", checkpoint["model"])
     return metrics
-
-
-def _plot_f1_at_k(curves: dict[str, dict[int, dict[str, float]]], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 4))
-    for setting, curve in curves.items():
-        ks = sorted(curve)
-        for metric, style in (("P", "--"), ("R", ":"), ("F1", "-")):
-            ax.plot(ks, [curve[k][f"{metric}@{k}"] for k in ks], style, label=f"{setting} {metric}@k")
-    ax.set_xlabel("k (tags predicted per image)")
-    ax.set_ylim(0, 1)
-    ax.set_title(title)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    with written_whole(path, "plot") as partial:
-        fig.savefig(partial, dpi=120, format="png")
-    plt.close(fig)

@@ -9,7 +9,6 @@ import pytest
 from pipeline.errors import PipelineError
 from pipeline.metrics import (
     BestScores,
-    Curve,
     ausuc,
     curve_points,
     czsl_accuracy,
@@ -17,10 +16,10 @@ from pipeline.metrics import (
     hit_at_k,
     hit_at_k_over,
     per_class_accuracy,
-    plot_seen_unseen_curves,
     seen_unseen_curve,
     select_gamma,
 )
+from pipeline.plots import Curve, plot_seen_unseen_curves
 
 SEEN, UNSEEN = np.array([0, 1]), np.array([2, 3])
 # Six test images over classes 0, 1 (seen) and 2, 3 (unseen).
