@@ -39,10 +39,10 @@ class TrainConfig:
 
 
 def combinations(model: str, fixed: dict[str, Any], select: bool) -> list[dict[str, Any]]:
-    """Every combination of the model's grid (``fixed`` hyperparameters left out of it), its inference
+    """Every combination of the model's search space (``fixed`` hyperparameters left out of it), its inference
     hyperparameters varying fastest: the combinations that share a fit follow each other."""
     cls = type(make_model(model))
-    grid = {k: v for k, v in cls.grid.items() if k not in fixed} if select else {}
+    grid = {k: v for k, v in cls.search_space.items() if k not in fixed} if select else {}
     keys = sorted(grid, key=lambda k: (k in cls.inference_hparams, k))
     return [{**fixed, **dict(zip(keys, values))} for values in itertools.product(*(grid[k] for k in keys))]
 

@@ -6,7 +6,7 @@
    split, ``val_folds`` such draws (seeds ``seed``, ``seed + 1``, ...) are averaged: the model's
    ``selection_folds`` by default, 5 for the closed-form models, whose selection then reads 5× the
    val classes instead of the noise of one small draw, 1 for networks trained by gradient.
-2. Every combination of the model's ``grid`` (minus fixed hyperparameters) is fitted on ``train``
+2. Every combination of the model's ``search_space`` (minus fixed hyperparameters) is fitted on ``train``
    and scored by per-class accuracy on the ``val`` classes (candidates: val classes only, the only
    classes embedded); the best mean over the folds wins. Combinations that differ only in
    hyperparameters read when embedding (``ZSLModel.inference_hparams``) share one fit. A model that

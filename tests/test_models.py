@@ -96,13 +96,13 @@ def test_registry_names_every_model_and_rejects_unknown_names():
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_grids_are_small_and_name_known_hyperparameters(name):
     cls = MODELS[name]
-    assert set(cls.grid) <= set(cls.defaults) and set(cls.inference_hparams) <= set(cls.defaults)
-    fits = len(list(itertools.product(*(v for k, v in cls.grid.items() if k not in cls.inference_hparams))))
+    assert set(cls.search_space) <= set(cls.defaults) and set(cls.inference_hparams) <= set(cls.defaults)
+    fits = len(list(itertools.product(*(v for k, v in cls.search_space.items() if k not in cls.inference_hparams))))
     # closed forms whose per-fold work selection reuses (pipeline.models.memo): ESZSL, the GCNs' start;
     # hyperparameters read only when embedding are scored on the same fit
     assert fits <= {"eszsl": 75, "gcn_regression": 8, "joint_gcn": 8}.get(name, 4)
-    assert len(list(itertools.product(*(v for k, v in cls.grid.items() if k in cls.inference_hparams)))) <= 6
-    make_model(name, **{k: v[-1] for k, v in cls.grid.items()})  # every grid value is accepted
+    assert len(list(itertools.product(*(v for k, v in cls.search_space.items() if k in cls.inference_hparams)))) <= 6
+    make_model(name, **{k: v[-1] for k, v in cls.search_space.items()})  # every grid value is accepted
 
 
 # --- ESZSL --------------------------------------------------------------------------------------------------

@@ -159,12 +159,12 @@ def typed_hparams(model: str, defaults: dict[str, Any], given: dict[str, Any]) -
 
 
 class ZSLModel(ABC):
-    """Base class. Subclasses set ``name``, ``defaults`` (hyperparameters) and ``grid`` (the values
+    """Base class. Subclasses set ``name``, ``defaults`` (hyperparameters) and ``search_space`` (the values
     tried on the validation split), and implement fit / image_embeddings / class_embeddings."""
 
     name: ClassVar[str]
     defaults: ClassVar[dict[str, Any]] = {}
-    grid: ClassVar[dict[str, list[Any]]] = {}
+    search_space: ClassVar[dict[str, list[Any]]] = {}
     multilabel: ClassVar[bool] = False  # trains on ``Split.tags`` (several classes per image)
     # hyperparameters read only when embedding, never by fit: selection fits once for all their values
     inference_hparams: ClassVar[tuple[str, ...]] = ()

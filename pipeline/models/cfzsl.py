@@ -78,7 +78,7 @@ class CFZSL(TorchZSLModel[_FusionNet]):
         "joint_dim": 256, "hidden": 512, "semantic_hidden": 512, "dropout": 0.2, "semantic_dropout": 0.1,
         "temperature": 0.05, "margin": 0.2, "triplet_weight": 1.0, "device": "auto",
     }
-    grid = {"temperature": [0.05, 0.1], "triplet_weight": [0.5, 2.0]}
+    search_space = {"temperature": [0.05, 0.1], "triplet_weight": [0.5, 2.0]}
 
     def input_sizes(self, train: Split, semantics: Semantics) -> list[int]:
         return [train.features.shape[1], clip_features(train).shape[1], semantic_inputs(semantics).shape[1]]

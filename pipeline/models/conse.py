@@ -43,7 +43,7 @@ class ConSE(SmoothedClassVectors, ZSLModel):
 
     name = "conse"
     defaults = {"top": 10, "temperature": 1.0, "supervision": "auto", "feature_ridge": 1.0, "graph_steps": 0, "k": 3}
-    grid = {"temperature": [1.0, 0.1], "supervision": ["auto", "ridge"]}
+    search_space = {"temperature": [1.0, 0.1], "supervision": ["auto", "ridge"]}
     inference_hparams = ("temperature", "top")
     selection_folds = 5
 

@@ -173,7 +173,7 @@ class DRMN(TorchZSLModel[DRMNNet]):
         "heads": 4, "layers": 1, "hidden": 256, "dropout": 0.1, "scale": 20.0,
         "global_weight": 0.3, "attr_weight": 0.0, "multi_level": True, "channel_attention": True, "device": "auto",
     }
-    grid = {"global_weight": [0.0, 0.3, 0.6]}
+    search_space = {"global_weight": [0.0, 0.3, 0.6]}
 
     def _class_vectors(self, semantics: Semantics) -> np.ndarray:
         return l2_normalize(semantics.vectors)

@@ -60,7 +60,7 @@ class ESZSL(SmoothedClassVectors, ZSLModel):
 
     name = "eszsl"
     defaults = {"gamma": 1.0, "lam": 1.0, "labels": "zero_one", "supervision": "ridge", "graph_steps": 0, "k": 3}
-    grid = {"gamma": [0.1, 1.0, 10.0, 100.0, 1000.0], "lam": [0.1, 1.0, 10.0, 100.0, 1000.0], "graph_steps": [0, 2, 4]}
+    search_space = {"gamma": [0.1, 1.0, 10.0, 100.0, 1000.0], "lam": [0.1, 1.0, 10.0, 100.0, 1000.0], "graph_steps": [0, 2, 4]}
     selection_folds = 5
 
     def __init__(self, **hparams: Any):

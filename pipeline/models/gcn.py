@@ -339,7 +339,7 @@ class GCNRegression(_AnchoredModel):
 
     name = "gcn_regression"
     defaults = {**_SHARED_DEFAULTS, "epochs": 0}
-    grid = {"ridge": [0.1, 1.0], "supervision": ["auto", "ridge"], "graph_steps": [0, 2]}
+    search_space = {"ridge": [0.1, 1.0], "supervision": ["auto", "ridge"], "graph_steps": [0, 2]}
 
     def image_embeddings(self, data: Split) -> np.ndarray:
         return self._check_features(data)
@@ -369,7 +369,7 @@ class JointGCN(_AnchoredModel):
     name = "joint_gcn"
     defaults = {**_SHARED_DEFAULTS, "epochs": 100, "margin": 0.5, "sep_weight": 1.0,
                 "semantic_weight": 0.5, "temperature": 1.0, "top": 10}
-    grid = {"ridge": [0.1, 1.0], "supervision": ["auto", "ridge"], "graph_steps": [0, 2],
+    search_space = {"ridge": [0.1, 1.0], "supervision": ["auto", "ridge"], "graph_steps": [0, 2],
             "semantic_weight": [0.0, 0.5, 1.0], "temperature": [1.0, 0.1]}
     inference_hparams = ("semantic_weight", "temperature", "top")
 
