@@ -31,7 +31,6 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.inputs import Inputs
-from pipeline.models import MODELS, make_model
 from pipeline.models.base import Split, ZSLModel
 from pipeline.outputs import write_whole
 from pipeline.plots import FIGURES, plot_f1_at_k
@@ -81,13 +80,13 @@ def validation_map(model: ZSLModel, v: TagValidation, inputs: Inputs) -> float:
 
 def train_multilabel(inputs: Inputs, cfg: TrainConfig) -> dict[str, Any]:
     """Select on validation, refit on trainval; returns the checkpoint dict (as :func:`pipeline.train.train`)."""
-    if cfg.model not in MODELS or not MODELS[cfg.model].multilabel:
+    if not cfg.model_class.multilabel:
         raise PipelineError(f"model {cfg.model!r} learns one class per image; on multi-label data use model: sdl")
     folds = [tag_validation_split(inputs, cfg.val_fraction, cfg.seed + k) for k in range(cfg.folds())]
 
     def fit_and_score(hparams: dict[str, Any], fold: int) -> tuple[float, ZSLModel]:
         v = folds[fold]
-        model = make_model(cfg.model, **hparams)
+        model = cfg.model_class(**hparams)
         fit_log = model.fit(v.train, v.train_tags, inputs.semantics, cfg.seed)
         val_map = validation_map(model, v, inputs)
         log.info("%s %s fold %d: validation-tag mAP %.4f (fitted in %.1f s)", cfg.model, hparams, fold, val_map,

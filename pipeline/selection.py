@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.models import make_model
+from pipeline.models import MODELS, make_model
 from pipeline.models.base import Semantics, Split, ZSLModel, seed_everything
 
 
@@ -30,18 +30,22 @@ class TrainConfig:
     def __post_init__(self) -> None:
         make_model(self.model, **self.hparams)  # an unknown model or hyperparameter fails before any data is read
 
+    @property
+    def model_class(self) -> type[ZSLModel]:
+        """The model's class, looked up once per run (the name is checked when the config is made)."""
+        return MODELS[self.model]
+
     def folds(self) -> int:
         """How many validation folds selection averages (``val_folds`` or the model's default)."""
-        folds = make_model(self.model).selection_folds if self.val_folds is None else self.val_folds
+        folds = self.model_class.selection_folds if self.val_folds is None else self.val_folds
         if folds < 1:
             raise PipelineError(f"val_folds must be >= 1, got {folds}")
         return folds if self.select else 1
 
 
-def combinations(model: str, fixed: dict[str, Any], select: bool) -> list[dict[str, Any]]:
+def combinations(cls: type[ZSLModel], fixed: dict[str, Any], select: bool) -> list[dict[str, Any]]:
     """Every combination of the model's search space (``fixed`` hyperparameters left out of it), its inference
     hyperparameters varying fastest: the combinations that share a fit follow each other."""
-    cls = type(make_model(model))
     grid = {k: v for k, v in cls.search_space.items() if k not in fixed} if select else {}
     keys = sorted(grid, key=lambda k: (k in cls.inference_hparams, k))
     return [{**fixed, **dict(zip(keys, values))} for values in itertools.product(*(grid[k] for k in keys))]
@@ -56,7 +60,7 @@ def choose(cfg: TrainConfig, folds: int, fit_and_score: Callable[[dict[str, Any]
     """
     table = []
     best: tuple[float, dict[str, Any], ZSLModel] | None = None
-    for hparams in combinations(cfg.model, cfg.hparams, cfg.select):
+    for hparams in combinations(cfg.model_class, cfg.hparams, cfg.select):
         per_fold, first = [], None
         for fold in range(folds):
             seed_everything(cfg.seed)
@@ -76,7 +80,7 @@ def refit(cfg: TrainConfig, hparams: dict[str, Any], trainval: Split, seen: np.n
           semantics: Semantics) -> tuple[ZSLModel, dict[str, Any], float]:
     """The chosen ``hparams`` fitted on all of ``trainval`` from ``cfg.seed``: (model, fit log, seconds)."""
     seed_everything(cfg.seed)
-    final = make_model(cfg.model, **hparams)
+    final = cfg.model_class(**hparams)
     start = time.perf_counter()
     fit_log = final.fit(trainval, seen, semantics, cfg.seed)
     return final, fit_log, time.perf_counter() - start

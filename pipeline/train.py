@@ -151,17 +151,17 @@ def train(inputs: Inputs, cfg: TrainConfig) -> dict[str, Any]:
     if inputs.multilabel:
         return train_multilabel(inputs, cfg)
     folds = validation_folds(inputs, cfg)
-    inference = make_model(cfg.model).inference_hparams
+    inference = cfg.model_class.inference_hparams
     fitted: dict[tuple[int, str], ZSLModel] = {}  # (fold, the hyperparameters fit reads) -> the fitted model
 
     def fit_and_score(hparams: dict[str, Any], fold: int) -> tuple[float, ZSLModel]:
         v = folds[fold]
-        stand_in = make_model(cfg.model, **hparams).stand_in()
+        stand_in = cfg.model_class(**hparams).stand_in()
         key = (fold, repr(sorted((k, value) for k, value in stand_in.items() if k not in inference)))
         if key not in fitted:  # combinations that differ in inference hyperparameters only follow each other
             for stale in [k for k in fitted if k[1] != key[1]]:
                 del fitted[stale]
-            model = make_model(cfg.model, **stand_in)
+            model = cfg.model_class(**stand_in)
             problem = fold_problem(v, inputs.semantics) if model.fits_unseen_classes else (
                 v.train, v.train_classes, inputs.semantics)
             fit_log = model.fit(*problem, cfg.seed)
