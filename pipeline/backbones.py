@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
-import pickle
-import warnings
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -28,8 +25,10 @@ import torch
 from torch import nn
 
 from pipeline.choices import BACKBONES, TIMM_PREFIX
+from pipeline.clip_model import create_clip_model
 from pipeline.errors import PipelineError
 from pipeline.head import Head
+from pipeline.weights import load_state, read_checkpoint, resolve_weights, seeded_init
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -157,57 +156,6 @@ class _ClipResNetBody(nn.Module):
         return v.attnpool(x), _regions(x), _pooled_to(mid, x)
 
 
-def _seeded_init(build: Callable[[], nn.Module]) -> nn.Module:
-    """Build a network under a fixed seed, so ``pretrained=none`` gives the same weights every run."""
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        return build()
-
-
-def _warn_random(name: str) -> None:
-    warnings.warn(f"{name}: pretrained=none, using RANDOM weights; features will not be meaningful for recognition",
-                  stacklevel=3)
-
-
-def resolve_weights(name: str, pretrained: str, tags: Sequence[str], option: str = "--pretrained") -> tuple[str, str]:
-    """What ``pretrained`` names for backbone ``name``, the same for every family: ``("none", "")`` (random
-    weights, with a warning), ``("file", path)`` (a local checkpoint) or ``("tag", tag)`` (one of ``tags``,
-    which the family downloads or ships); anything else is a one-line error listing the tags (``option``:
-    the user's name for the setting)."""
-    if pretrained == "none":
-        _warn_random(name)
-        return "none", ""
-    if Path(pretrained).is_file():
-        return "file", pretrained
-    if pretrained in tags:
-        return "tag", pretrained
-    shown = ", ".join(list(tags)[:8]) + (", ..." if len(tags) > 8 else "")
-    raise PipelineError(f"{name}: {option} {pretrained!r} is not a file nor a known tag ({shown}); use a tag, a "
-                        "local checkpoint file, or none")
-
-
-def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from a local ``.pt``/``.pth`` file (bare, or under ``state_dict``/``model``)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for corrupt files
-        raise PipelineError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from e
-    for key in ("state_dict", "model"):
-        if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
-            ckpt = ckpt[key]
-    if not isinstance(ckpt, dict):
-        raise PipelineError(f"{path}: expected a state dict, found {type(ckpt).__name__}")
-    return {k.removeprefix("module."): v for k, v in ckpt.items()}
-
-
-def _load_state(net: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as e:
-        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-        raise PipelineError(f"{source}: checkpoint does not fit the architecture ({first})") from e
-
-
 def _resnet(arch: str, pretrained: str, image_size: int) -> Backbone:
     """A torchvision ResNet: torchvision builds it (seeded) and loads its weights (``imagenet`` = the
     ``DEFAULT`` tag, any weights tag, or a file); timm's architecture of the same name runs them (the
@@ -215,13 +163,13 @@ def _resnet(arch: str, pretrained: str, image_size: int) -> Backbone:
     import timm
     import torchvision
 
-    net = _seeded_init(lambda: torchvision.models.get_model(arch, weights=None))
+    net = seeded_init(lambda: torchvision.models.get_model(arch, weights=None))
     tags = ["imagenet", *torchvision.models.get_model_weights(arch).__members__]
     kind, value = resolve_weights(arch, pretrained, tags)
     source = value
     weights = None
     if kind == "file":
-        _load_state(net, _read_checkpoint(Path(value)), value)
+        load_state(net, read_checkpoint(Path(value)), value)
     elif kind == "tag":
         weights = torchvision.models.get_model_weights(arch)["DEFAULT" if value == "imagenet" else value]
         source = f"torchvision:{weights}"
@@ -268,12 +216,12 @@ def _efficientnet_lite0(pretrained: str, image_size: int) -> Backbone:
     import timm
 
     arch = "tf_efficientnet_lite0"
-    net = _seeded_init(lambda: timm.create_model(arch, pretrained=False))
+    net = seeded_init(lambda: timm.create_model(arch, pretrained=False))
     kind, value = resolve_weights("efficientnet_lite0", pretrained, ["imagenet"])
     source = "none"
     if kind != "none":
         path = lite0_package_weights() if kind == "tag" else Path(value)
-        state = _read_checkpoint(path)
+        state = read_checkpoint(path)
         if all(k.startswith("_") for k in state):
             # The package uses the EfficientNet-PyTorch names (_conv_stem, _blocks.N._expand_conv, ...);
             # its tensors come in the same order as timm's, so rename by position.
@@ -281,7 +229,7 @@ def _efficientnet_lite0(pretrained: str, image_size: int) -> Backbone:
             if len(own) != len(state) or any(a.shape != b.shape for a, b in zip(own.values(), state.values())):
                 raise PipelineError(f"{path}: not an EfficientNet-Lite0 checkpoint")
             state = dict(zip(own, state.values()))
-        _load_state(net, state, str(path))
+        load_state(net, state, str(path))
         source = str(path) if kind == "file" else f"{LITE0_PACKAGE}:imagenet"
     pre = Preprocess(image_size, round(image_size / 0.875), "bicubic", TF_LITE_MEAN, TF_LITE_STD)
     head = None if kind == "none" else _imagenet_head(net.classifier)
@@ -302,13 +250,13 @@ def _timm(name: str, pretrained: str, image_size: int | None) -> Backbone:
         raise PipelineError(f"timm: unknown model {name!r}" + (f"; similar: {', '.join(close)}" if close else ""))
     kind, value = resolve_weights(f"timm:{name}", pretrained, ["imagenet"])
     try:
-        net = _seeded_init(lambda: timm.create_model(name, pretrained=kind == "tag"))
+        net = seeded_init(lambda: timm.create_model(name, pretrained=kind == "tag"))
     except (OSError, RuntimeError, ValueError) as e:  # no network, no weights for this name
         raise PipelineError(f"timm:{name}: cannot fetch its pretrained weights ({type(e).__name__}); offline, save "
                             "them elsewhere (timm.create_model(name, pretrained=True).state_dict()) and pass "
                             "--pretrained /path/to/it.pth") from None
     if kind == "file":
-        _load_state(net, _read_checkpoint(Path(value)), value)
+        load_state(net, read_checkpoint(Path(value)), value)
     net.eval()
     cfg = resolve_data_config({}, model=net)
     size = image_size or cfg["input_size"][-1]
@@ -322,34 +270,6 @@ def _timm(name: str, pretrained: str, image_size: int | None) -> Backbone:
     else:
         source = value or "none"
     return Backbone(_TimmBody(net), pre, {"backbone": f"timm:{name}", "model": name, "pretrained": source}, head)
-
-
-def create_clip_model(model: str, pretrained: str, option: str = "--pretrained") -> nn.Module:
-    """The whole open_clip model (image and text towers), frozen, in eval mode on the CPU.
-
-    ``pretrained``: an open_clip tag, a local checkpoint path, or ``none`` (seeded random weights);
-    ``option``: the user's name for it, in error messages.
-    """
-    import open_clip
-
-    if model not in open_clip.list_models():
-        raise PipelineError(f"clip: unknown model {model!r}; see open_clip.list_models(), e.g. ViT-B-32, RN50")
-    tags = open_clip.list_pretrained_tags_by_model(model)
-    kind, value = resolve_weights(f"clip {model}", pretrained, tags, option)
-    weights = value if kind != "none" else None
-    try:
-        net = _seeded_init(lambda: open_clip.create_model(model, pretrained=weights, load_weights=weights is not None))
-    except (OSError, RuntimeError, pickle.UnpicklingError, KeyError, ValueError) as e:
-        if weights in tags:
-            raise PipelineError(
-                f"clip {model}: cannot fetch pretrained={weights!r} ({type(e).__name__}); offline, download the "
-                f"checkpoint elsewhere (open_clip.download_pretrained) and pass {option} /path/to/it.bin"
-            ) from e
-        reason = ("torch.load(weights_only=True) refused it" if isinstance(e, pickle.UnpicklingError)
-                  else (str(e).strip().splitlines() or [type(e).__name__])[0][:160])
-        raise PipelineError(f"clip {model}: {weights} is not an open_clip checkpoint that loads safely ({reason}); "
-                            "pass the model's .bin/.pt/.safetensors file") from None
-    return net.eval().requires_grad_(False)
 
 
 def _clip(model: str, pretrained: str, image_size: int | None) -> Backbone:

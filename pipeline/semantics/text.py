@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.backbones import create_clip_model
+from pipeline.clip_model import create_clip_model
 from pipeline.errors import PipelineError
 from pipeline.safe_pickle import load_pickle
 from pipeline.semantics.wordnet import is_wnid
