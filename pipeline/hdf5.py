@@ -20,7 +20,10 @@ def open_for_reading(path: Path, kind: str, make: str) -> h5py.File:
     if not path.is_file():
         raise PipelineError(f"{path}: {kind} not found; create it with: {make}")
     try:
-        return h5py.File(path, "r")
+        # no chunk cache: a read of a few rows then reads just those rows. With HDF5's 1 MiB cache, smaller
+        # than a store's ~2 MiB chunks, every row read its whole chunk (a random 64-row batch of CUB's 7x7
+        # grid: 126 MB read for the 8 MB needed, 0.035 s against 0.002 s)
+        return h5py.File(path, "r", rdcc_nbytes=0)
     except OSError as e:
         raise PipelineError(f"{path}: not a readable HDF5 file ({e}); delete it and run again: {make}") from e
 
