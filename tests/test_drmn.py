@@ -189,5 +189,5 @@ def test_model_fusing_grid_mid_refuses_a_store_without_it(trained: DRMN, data: d
 
 
 def test_hyperparameters():
-    assert set(DRMN.grid) <= set(DRMN.defaults) and "global_weight" in DRMN.grid
-    assert int(np.prod([len(v) for v in DRMN.grid.values()])) <= 4
+    assert set(DRMN.search_space) <= set(DRMN.defaults) and "global_weight" in DRMN.search_space
+    assert int(np.prod([len(v) for v in DRMN.search_space.values()])) <= 4

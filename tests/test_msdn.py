@@ -79,7 +79,7 @@ def fitted(problem) -> tuple[MSDN, dict]:
 
 
 def test_defaults_are_the_official_recipes():
-    assert MODELS["msdn"] is MSDN and MSDN.grid == {}
+    assert MODELS["msdn"] is MSDN and MSDN.search_space == {}
     cub, sun = make_model("msdn").hparams, make_model("msdn", recipe="sun", epochs=3).hparams
     assert (cub["lr"], cub["weight_decay"], cub["batch_size"]) == (1e-4, 1e-4, 50)
     assert (cub["calibration_weight"], cub["distill_weight"], cub["combine"], cub["momentum"], cub["epochs"]) == (
