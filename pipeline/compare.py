@@ -147,14 +147,14 @@ def _metrics_problem(metrics: dict[str, Any]) -> str:
 
 def seed_groups(runs: list[Run]) -> list[list[Run]]:
     """Groups of two or more runs that differ only in their seed (and the hyperparameters selection chose):
-    the same dataset, backbone, weights, semantics, model and fixed hyperparameters, distinct seeds."""
-    groups: dict[tuple[Any, ...], list[Run]] = {}
+    the same dataset, backbone, weights, semantics, model and fixed hyperparameters, one run per seed (the
+    first given)."""
+    groups: dict[tuple[Any, ...], dict[Any, Run]] = {}
     for r in runs:
         described = r.metrics.get("run", {})
-        if "seed" in described:
-            groups.setdefault(tuple(described.get(k) for k in SAME_BUT_SEED), []).append(r)
-    return [g for g in groups.values()
-            if len(g) > 1 and len({r.metrics["run"]["seed"] for r in g}) == len(g)]
+        if "seed" in described:  # one run per seed (the workspace is often also an experiment)
+            groups.setdefault(tuple(described.get(k) for k in SAME_BUT_SEED), {}).setdefault(described["seed"], r)
+    return [list(g.values()) for g in groups.values() if len(g) > 1]
 
 
 def _summary_rows(group: list[Run]) -> tuple[dict[str, Any], dict[str, Any], str]:

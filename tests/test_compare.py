@@ -36,14 +36,15 @@ def test_runs_differing_only_in_seed_get_mean_and_std_and_each_run_its_worst_cla
     runs = [str(_run_files(tmp_path / f"s{seed}", "joint_gcn", czsl, 0.5, seed))
             for seed, czsl in ((0, 0.8), (1, 0.9), (2, 0.7))]
     runs.append(str(_run_files(tmp_path / "other", "eszsl", 0.6, 0.4, 0)))  # another model: not in the group
+    runs.append(str(_run_files(tmp_path / "again", "joint_gcn", 0.1, 0.5, 2)))  # seed 2 again: left out of the mean
     compare(runs, tmp_path / "t.md", tmp_path / "t.csv", None, tmp_path / "c.md", tmp_path / "c.png")
     table = (tmp_path / "t.md").read_text().splitlines()
-    assert len(table) == 2 + 4 + 1 and table[-1].startswith("| mean ± std, 3 seeds (0, 1, 2)")
+    assert len(table) == 2 + 5 + 1 and table[-1].startswith("| mean ± std, 3 seeds (0, 1, 2)")
     assert "| joint_gcn |" in table[-1] and "| 0.8 ± 0.0816 | 0.5 ± 0.0 |" in table[-1]
     rows = list(csv.DictReader(io.StringIO((tmp_path / "t.csv").read_text())))
-    assert [r["run"].split(" ")[0] for r in rows[4:]] == ["mean", "std"] and float(rows[5]["CZSL"]) == 0.0816
+    assert [r["run"].split(" ")[0] for r in rows[5:]] == ["mean", "std"] and float(rows[6]["CZSL"]) == 0.0816
     classes = (tmp_path / "c.md").read_text()
-    assert classes.count("### ") == 4 and "### joint_gcn (" in classes
+    assert classes.count("### ") == 5 and "### joint_gcn (" in classes
     assert "| red dotted star | 4 | 0.25 | red solid star (0.75) |" in classes
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
 
