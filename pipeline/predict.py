@@ -215,10 +215,11 @@ def _trained_semantics(checkpoint: dict[str, Any], model_file: Path) -> Path:
     if recorded is None:
         raise PipelineError(f"{model_file} does not record its semantics file (trained by an older version): pass "
                             "it with --semantics")
-    if not Path(recorded).is_file():
-        raise PipelineError(f"{model_file} was trained with the semantics {recorded}, which no longer exists: pass "
-                            "that file's new place, or one with the same vectors, with --semantics")
-    return Path(recorded)
+    path = model_file.resolve().parent / recorded  # recorded relative to the model's folder
+    if not path.is_file():
+        raise PipelineError(f"{model_file} was trained with the semantics {path}, which is not there: pass that "
+                            "file's new place, or one with the same vectors, with --semantics")
+    return path
 
 
 def shown_name(name: str) -> str:

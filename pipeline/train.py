@@ -29,6 +29,7 @@ import dataclasses
 import functools
 import io
 import logging
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -204,7 +205,9 @@ def train_files(features: Path, semantics: Path, cfg: TrainConfig, output: Path,
     digest = semantics_digest(inputs.semantics)  # before training: what evaluate and predict read again
     checkpoint = train(inputs, cfg)
     checkpoint["semantics_digest"] = digest
-    checkpoint["files"] = {"features": str(features.resolve()), "semantics": str(semantics.resolve())}
+    # relative to the model's folder: the same bytes in every checkout, found from any working directory
+    checkpoint["files"] = {name: os.path.relpath(path.resolve(), output.resolve().parent)
+                           for name, path in (("features", features), ("semantics", semantics))}
     with FeatureStore(features) as store:  # what predict builds for image files, and checks them against
         checkpoint["backbone"] = {k: store.provenance[k] for k in BACKBONE_KEYS if k in store.provenance}
     save_checkpoint(checkpoint, output)
