@@ -25,7 +25,9 @@ def create_clip_model(model: str, pretrained: str, option: str = "--pretrained")
     weights = value if kind != "none" else None
     try:
         net = seeded_init(lambda: open_clip.create_model(model, pretrained=weights, load_weights=weights is not None))
-    except (OSError, RuntimeError, pickle.UnpicklingError, KeyError, ValueError) as e:
+    # a foreign or damaged file fails inside torch.load's unpickler in many ways (random bytes: also an
+    # IndexError, 'pop from empty list', or EOFError / TypeError)
+    except (OSError, RuntimeError, pickle.UnpicklingError, KeyError, ValueError, IndexError, EOFError, TypeError) as e:
         if weights in tags:
             raise PipelineError(
                 f"clip {model}: cannot fetch pretrained={weights!r} ({type(e).__name__}); offline, download the "
