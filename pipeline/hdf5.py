@@ -3,6 +3,7 @@ decoding attributes."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,19 @@ def open_for_reading(path: Path, kind: str, make: str) -> h5py.File:
         return h5py.File(path, "r", rdcc_nbytes=0)
     except OSError as e:
         raise PipelineError(f"{path}: not a readable HDF5 file ({e}); delete it and run again: {make}") from e
+
+
+def create_unbuffered(path: Path) -> h5py.File:
+    """A new HDF5 file at ``path`` (truncated if there) whose writes of data reach the disk when they are
+    made. HDF5 keeps small ones (in its sieve buffer and chunk cache) until the data set is closed, and a
+    write that fails there (a full disk) is only printed, leaving a data set whose cleanup at exit
+    crashes the process; unbuffered, the failure raises at the write, as an OSError."""
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_EARLIEST, h5py.h5f.LIBVER_LATEST)  # h5py.File's default
+    fapl.set_sieve_buf_size(0)
+    metadata_entries, _, _, w0 = fapl.get_cache()
+    fapl.set_cache(metadata_entries, 0, 0, w0)  # no chunk cache
+    return h5py.File(h5py.h5f.create(os.fsencode(path), h5py.h5f.ACC_TRUNC, fapl=fapl))
 
 
 def decoded(attrs: h5py.AttributeManager) -> dict[str, Any]:

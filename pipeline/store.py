@@ -60,7 +60,7 @@ from pipeline.choices import DTYPES
 from pipeline.datasets.base import SPLIT_NAMES, ImageDataset, check_seen_classes
 from pipeline.errors import PipelineError
 from pipeline.head import Head
-from pipeline.hdf5 import decoded, open_for_reading, strings
+from pipeline.hdf5 import create_unbuffered, decoded, open_for_reading, strings
 
 SCHEMA_VERSION = 2
 _READABLE_SCHEMAS = (1, 2)
@@ -123,7 +123,7 @@ def create_store(
     building = path.with_name(path.name + ".creating")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with h5py.File(building, "w") as f:
+        with create_unbuffered(building) as f:
             _fill_empty_store(f, dataset, feature_dim, dtype, grid_shape, provenance, mid_grid_shape, shards)
             if head is not None:
                 if head.weight.shape != (len(head.classes), feature_dim) or head.bias.shape != (len(head.classes),):
