@@ -76,3 +76,17 @@ def test_a_dvc_experiment_with_other_extract_settings_replaces_the_store(project
         assert store.complete and store.features([0]).dtype == "float32"
     assert not (project / "features" / "image_features.h5.partial").exists()
     _run(["git", "checkout", "params.yaml"], project)
+
+
+def test_the_documented_hyperparameter_overrides_are_accepted_by_dvc(project):
+    """params.yaml's model sections start empty, so DVC takes a new key only as ``++section.key``: the form
+    params.yaml and the README show (a plain ``-S eszsl.gamma=1.0`` is refused by DVC itself)."""
+    documented = (REPO / "params.yaml").read_text() + (REPO / "README.md").read_text()
+    overrides = ["++eszsl.gamma=1.0", "++msdn.distill_weight=0"]
+    assert all(f"-S {o}" in documented for o in overrides)
+    done = _run([sys.executable, "-m", "dvc", "exp", "run", "extract", "-S", "model=eszsl",
+                 *[arg for o in overrides for arg in ("-S", o)]], project)
+    assert done.returncode == 0, done.stdout + done.stderr
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    assert params["eszsl"] == {"gamma": 1.0} and params["msdn"]["distill_weight"] == 0
+    _run(["git", "checkout", "params.yaml"], project)
