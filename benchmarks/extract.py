@@ -41,7 +41,8 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from benchmarks.measure import MIB, PeakMemory, busy_cpu_s  # noqa: E402
-from pipeline.backbones import BACKBONES, Backbone, load_backbone  # noqa: E402
+from pipeline.backbones import Backbone, load_backbone  # noqa: E402
+from pipeline.choices import BACKBONE_NAMES, is_backbone  # noqa: E402
 from pipeline.datasets.base import ImageDataset  # noqa: E402
 from pipeline.datasets.folder import load_folder  # noqa: E402
 from pipeline.datasets.synthetic import FACTORS, generate_synthetic, load_synthetic  # noqa: E402
@@ -173,8 +174,7 @@ def device_name(device: torch.device) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backbone", choices=BACKBONES, default="efficientnet_lite0")
-    p.add_argument("--clip-model", default=None, help="open_clip architecture for --backbone clip (default ViT-B-32)")
+    p.add_argument("--backbone", default="efficientnet_lite0", help=BACKBONE_NAMES)
     p.add_argument("--pretrained", default=None, help="default: imagenet for efficientnet_lite0, else none")
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--images", type=int, default=512)
@@ -192,6 +192,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.source not in ("synthetic", "jpeg") and not (args.source.startswith("folder:")
                                                          and Path(args.source[7:]).is_dir()):
         p.error(f"--source {args.source!r}: use synthetic, jpeg or folder:PATH with an existing folder")
+    if not is_backbone(args.backbone):
+        p.error(f"--backbone {args.backbone!r}: use one of {BACKBONE_NAMES}")
     if min(args.images, args.batch_size, args.repeats) < 1 or args.workers < 0:
         p.error("--images, --batch-size and --repeats must be positive, --workers not negative")
     if args.pretrained is None:
@@ -204,7 +206,7 @@ def benchmark(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     data = make_dataset(args.source, args.images, out_dir)
-    backbone = load_backbone(args.backbone, args.clip_model, args.pretrained, args.image_size)
+    backbone = load_backbone(args.backbone, args.pretrained, args.image_size)
     report: dict[str, Any] = {
         "backbone": args.backbone, "model": backbone.provenance["model"], "pretrained": args.pretrained,
         "image_size": backbone.preprocess.image_size, "grid": args.grid, "source": args.source,

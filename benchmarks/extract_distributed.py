@@ -72,7 +72,7 @@ def timed_extract(ranks: int, root: Path, output: Path, args: argparse.Namespace
 def join_cost(work: Path, rows: int, world: int) -> dict[str, Any]:
     """Seconds of :func:`join_shards` (virtual and merged) over ``world`` generated shards of ``rows``
     rows of 512-d float16 features (ResNet-18's)."""
-    backbone = load_backbone("resnet18", None, "none", 32)  # only its provenance and sizes are read
+    backbone = load_backbone("resnet18", "none", 32)  # only its provenance and sizes are read
     dim = backbone.feature_dim
     dataset = ImageDataset("generated", work, [f"{i:08d}.jpg" for i in range(rows)], np.zeros(rows, np.int64), ["c"])
     blocks = shard_rows(rows, world, 1024)

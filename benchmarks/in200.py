@@ -131,7 +131,7 @@ def prepare(images: Path, work: Path, graph_texts: list[str]) -> tuple[Path, dic
 def _default_backbone() -> Any:
     from pipeline.backbones import load_backbone
 
-    return load_backbone("efficientnet_lite0", None, "imagenet", 224)
+    return load_backbone("efficientnet_lite0", "imagenet", 224)
 
 
 def run_model(spec: str, features: Path, semantics: Path, source: str, plots: Path) -> dict[str, Any]:

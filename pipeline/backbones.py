@@ -1,6 +1,6 @@
 """Frozen image backbones: torchvision ResNets, open_clip CLIP image towers, EfficientNet-Lite0, any timm model.
 
-``load_backbone(backbone, model, pretrained, image_size)`` returns a :class:`Backbone`, an
+``load_backbone(backbone, pretrained, image_size)`` returns a :class:`Backbone`, an
 ``nn.Module`` whose forward maps a normalised image batch [B, 3, S, S] to pooled features
 [B, D], spatial features [B, R, D'] of the last stage (R = h*w regions, row-major) and
 spatial features [B, R, D''] of an earlier stage (``mid``: ResNet ``layer3``, the stride-16
@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from pipeline.choices import BACKBONES, TIMM_PREFIX
+from pipeline.choices import BACKBONE_NAMES, CLIP_PREFIX, TIMM_PREFIX, clip_architecture
 from pipeline.clip_model import create_clip_model
 from pipeline.errors import PipelineError
 from pipeline.head import Head
@@ -279,46 +279,48 @@ def _clip(model: str, pretrained: str, image_size: int | None) -> Backbone:
     cfg = open_clip.get_model_preprocess_cfg(net)
     size = cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][0]
     if image_size not in (None, size):
-        raise PipelineError(f"clip {model} takes {size} px images, not {image_size}; set image_size to {size}")
+        raise PipelineError(f"clip:{model} takes {size} px images, not {image_size}; set image_size to {size}")
     visual = net.visual
     if type(visual).__name__ == "VisionTransformer":
         body: nn.Module = _ClipViTBody(visual)
     elif type(visual).__name__ == "ModifiedResNet":
         body = _ClipResNetBody(visual)
     else:
-        raise PipelineError(f"clip {model}: image tower {type(visual).__name__} is not supported (ViT or RN models)")
+        raise PipelineError(f"clip:{model}: image tower {type(visual).__name__} is not supported (ViT or RN models)")
     pre = Preprocess(size, size, cfg.get("interpolation", "bicubic"), tuple(cfg["mean"]), tuple(cfg["std"]))
-    return Backbone(body, pre, {"backbone": "clip", "model": model, "pretrained": pretrained})
+    return Backbone(body, pre, {"backbone": f"{CLIP_PREFIX}{model}", "model": model, "pretrained": pretrained})
 
 
-# name -> build(model, pretrained, image_size): ``model`` is the open_clip architecture (clip only),
-# ``image_size`` None the backbone's own size; the names the command line offers, in the same order
-BUILDERS: dict[str, Callable[[str | None, str, int | None], Backbone]] = {
-    "resnet18": lambda model, pretrained, size: _resnet("resnet18", pretrained, size or 224),
-    "resnet50": lambda model, pretrained, size: _resnet("resnet50", pretrained, size or 224),
-    "resnet101": lambda model, pretrained, size: _resnet("resnet101", pretrained, size or 224),
-    "clip": lambda model, pretrained, size: _clip(model or "ViT-B-32", pretrained, size),
-    "efficientnet_lite0": lambda model, pretrained, size: _efficientnet_lite0(pretrained, size or 224),
+# name -> build(pretrained, image_size), ``image_size`` None for the backbone's own size; with clip:<arch>
+# and timm:<name>, the names the command line offers
+BUILDERS: dict[str, Callable[[str, int | None], Backbone]] = {
+    "resnet18": lambda pretrained, size: _resnet("resnet18", pretrained, size or 224),
+    "resnet50": lambda pretrained, size: _resnet("resnet50", pretrained, size or 224),
+    "resnet101": lambda pretrained, size: _resnet("resnet101", pretrained, size or 224),
+    "efficientnet_lite0": lambda pretrained, size: _efficientnet_lite0(pretrained, size or 224),
 }
 
 
-def load_backbone(backbone: str, model: str | None, pretrained: str, image_size: int | None) -> Backbone:
-    """Build a frozen backbone in eval mode on the CPU: one of :data:`BUILDERS`, or ``timm:<name>``.
+def load_backbone(backbone: str, pretrained: str, image_size: int | None) -> Backbone:
+    """Build a frozen backbone in eval mode on the CPU, named by one string: one of :data:`BUILDERS`,
+    ``clip:<open_clip architecture>`` (``clip`` alone: ``clip:ViT-B-32``) or ``timm:<name>``.
 
-    ``model`` names the open_clip architecture for ``backbone='clip'`` (default ViT-B-32) and
-    is ignored otherwise; ``image_size`` defaults to 224 (CLIP and timm: the model's own size).
-    The arguments are kept in ``provenance["options"]`` (a weights file by its absolute path), so that
-    the same backbone can be built again from a feature store or a checkpoint.
+    ``image_size`` defaults to 224 (CLIP and timm: the model's own size). The backbone's canonical name
+    (``clip:ViT-B-32`` for ``clip``) and the other arguments are kept in ``provenance["options"]`` (a
+    weights file by its absolute path), so that the same backbone can be built again from a feature
+    store or a checkpoint.
     """
     if image_size is not None and image_size < 16:
         raise PipelineError(f"image_size must be at least 16 px, got {image_size}")
     if backbone in BUILDERS:
-        net = BUILDERS[backbone](model, pretrained, image_size)
-    elif backbone.startswith(TIMM_PREFIX):
+        net = BUILDERS[backbone](pretrained, image_size)
+    elif clip_architecture(backbone):
+        net = _clip(clip_architecture(backbone), pretrained, image_size)
+    elif backbone.startswith(TIMM_PREFIX) and len(backbone) > len(TIMM_PREFIX):
         net = _timm(backbone[len(TIMM_PREFIX):], pretrained, image_size)
     else:
-        raise PipelineError(f"unknown backbone {backbone!r}; choose one of {BACKBONES} or "
-                            f"{TIMM_PREFIX}<timm model name>")
+        raise PipelineError(f"unknown backbone {backbone!r}; use one of {BACKBONE_NAMES}")
     weights = str(Path(pretrained).resolve()) if Path(pretrained).is_file() else pretrained
-    net.provenance["options"] = {"backbone": backbone, "model": model, "pretrained": weights, "image_size": image_size}
+    net.provenance["options"] = {"backbone": net.provenance["backbone"], "pretrained": weights,
+                                 "image_size": image_size}
     return net

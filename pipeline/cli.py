@@ -18,7 +18,7 @@ interrupt.while_starting()
 
 import click  # noqa: E402
 
-from pipeline.choices import BACKBONES, DATASETS, DTYPES, MODEL_NAMES, TIMM_PREFIX, is_backbone  # noqa: E402
+from pipeline.choices import BACKBONE_NAMES, DATASETS, DTYPES, MODEL_NAMES, is_backbone  # noqa: E402
 from pipeline.config import EXTRACT, ExtractConfig  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
 
@@ -26,14 +26,10 @@ EXIT_IMAGES_FAILED = 3
 
 
 def _backbone(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Click callback: a built-in backbone name or timm:<model> (None: not given, where that is allowed)."""
+    """Click callback: a backbone name (None: not given, where that is allowed)."""
     if value is None or is_backbone(value):
         return value
-    raise click.BadParameter(f"{value!r}: use one of {', '.join(BACKBONES)}, or {TIMM_PREFIX}<timm model name> "
-                             f"(e.g. {TIMM_PREFIX}convnext_tiny)", param=param)
-
-
-BACKBONE_HELP = f"{', '.join(BACKBONES)}, or {TIMM_PREFIX}<any timm model> (e.g. {TIMM_PREFIX}resnet50.tv_in1k)."
+    raise click.BadParameter(f"{value!r}: use one of {BACKBONE_NAMES}", param=param)
 
 
 def _verbose(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -82,9 +78,8 @@ def cli(verbose: bool) -> None:
               help="imagenet-split.json (ImageNet), xlsa17 att_splits.mat (CUB, AWA2, SUN), cls_ids.pickle "
                    "(COCO), unseen tag list (tags), unseen class list (folder, webdataset: makes it a zero-shot "
                    "dataset).")
-@click.option("--backbone", default=EXTRACT.backbone, show_default=True, callback=_backbone, help=BACKBONE_HELP)
-@click.option("--clip-model", default=EXTRACT.clip_model,
-              help="open_clip architecture for --backbone clip [default: ViT-B-32].")
+@click.option("--backbone", default=EXTRACT.backbone, show_default=True, callback=_backbone,
+              help=f"{BACKBONE_NAMES}.")
 @click.option("--pretrained", default=EXTRACT.pretrained, show_default=True,
               help="Weights: a tag (imagenet, IMAGENET1K_V2, openai, laion2b_s34b_b79k, ...), a local file, or none.")
 @click.option("--image-size", type=click.IntRange(min=16), default=EXTRACT.image_size,
@@ -157,8 +152,12 @@ def synthesize(output: Path, images_per_class: int, image_size: int, seed: int, 
 @click.option("--text", "text", multiple=True,
               help="Class-name encoder, repeatable: clip, minilm, glove, glove:PATH, vectors:PATH (given vectors).")
 @click.option("--vector-names", default=None, help="Names of the rows of vectors:PATH (.txt/.pickle/.json).")
-@click.option("--clip-model", default="ViT-B-32", show_default=True)
-@click.option("--clip-pretrained", default="openai", show_default=True, help="Tag, local checkpoint, or none.")
+@click.option("--clip-model", default=None,
+              help="open_clip architecture of --text clip [default: the feature store's, when its backbone is "
+                   "clip:ARCH, else ViT-B-32].")
+@click.option("--clip-pretrained", default=None,
+              help="Its weights: a tag, a local checkpoint, or none [default: the feature store's, when its backbone "
+                   "is CLIP, else openai].")
 @click.option("--templates", default="imagenet7", show_default=True, help="Prompt set: simple, imagenet7, imagenet80.")
 @click.option("--attribute-vectors", default=None,
               help="Attribute-name embeddings: a pickled [A, E] file or a text encoder (minilm, glove, clip).")
@@ -271,9 +270,8 @@ def evaluate(model_file: Path, features: Path, semantics: Path, clip_features: P
 @click.option("--output", type=click.Path(path_type=Path), default=None,
               help="Write the predictions here (.csv or .json) [default: CSV on stdout].")
 @click.option("--backbone", default=None, callback=_backbone,
-              help="For image files, all four backbone options default to those the model's features were extracted "
-                   "with (recorded in its checkpoint); one given must agree with them. " + BACKBONE_HELP)
-@click.option("--clip-model", default=None, help="open_clip architecture for --backbone clip.")
+              help="For image files, the three backbone options default to those the model's features were "
+                   f"extracted with (recorded in its checkpoint); one given must agree with them. {BACKBONE_NAMES}.")
 @click.option("--pretrained", default=None)
 @click.option("--image-size", type=click.IntRange(min=16), default=None)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
@@ -281,7 +279,7 @@ def evaluate(model_file: Path, features: Path, semantics: Path, clip_features: P
 @click.option("--device", default="auto", show_default=True)
 def predict(images: tuple[Path, ...], features: Path | None, split: str | None, model_file: Path,
             semantics: Path | None, classes: str | None, top_k: int, calibration: bool, output: Path | None,
-            backbone: str | None, clip_model: str | None, pretrained: str | None, image_size: int | None,
+            backbone: str | None, pretrained: str | None, image_size: int | None,
             batch_size: int, workers: int, device: str) -> None:
     """Label images (files, folders, or a feature store) with any class names: top-k classes and scores."""
     from pipeline.predict import predict as run_predict
@@ -289,7 +287,7 @@ def predict(images: tuple[Path, ...], features: Path | None, split: str | None, 
 
     result = run_predict(model_file, features=features, split=split, images=images,
                          classes=read_class_names(classes) if classes else None, semantics=semantics, k=top_k,
-                         calibrate=calibration, backbone=backbone, backbone_model=clip_model, pretrained=pretrained,
+                         calibrate=calibration, backbone=backbone, pretrained=pretrained,
                          image_size=image_size, batch_size=batch_size, workers=workers, device=device)
     for candidate in result.candidates:  # how each name given was read, when not as it is
         if candidate.route != "class" or candidate.label != candidate.name:

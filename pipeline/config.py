@@ -12,8 +12,7 @@ class ExtractConfig:
     """How ``extract`` runs: the backbone (:func:`pipeline.backbones.load_backbone`'s arguments) and the
     extraction options (:func:`pipeline.extract.extract`'s)."""
 
-    backbone: str = "efficientnet_lite0"  # a built-in name or timm:<model>
-    clip_model: str | None = None  # open_clip architecture for backbone clip (None: ViT-B-32)
+    backbone: str = "efficientnet_lite0"  # one name: built-in, clip:<open_clip architecture> or timm:<model>
     pretrained: str = "imagenet"  # a weights tag, a local file, or none (random weights)
     image_size: int | None = None  # crop size; None: 224 (CLIP and timm: the model's own)
     grid: bool = True  # also the last stage's spatial features (attention models)

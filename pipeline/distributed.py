@@ -92,7 +92,7 @@ def extract_dataset(dataset: str, root: Path, splits: Path | None, output: Path,
     joined store instead of virtual data sets over the shards). What the CLI, the DVC stage and the Python
     API run."""
     check_replaceable(output, "feature store")  # before the backbone loads
-    net = load_backbone(cfg.backbone, cfg.clip_model, cfg.pretrained, cfg.image_size)
+    net = load_backbone(cfg.backbone, cfg.pretrained, cfg.image_size)
     options = {**cfg.options(), "overwrite": overwrite}
     rank = launched_rank()
     if rank is None:

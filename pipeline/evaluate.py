@@ -85,8 +85,8 @@ def run_description(checkpoint: dict[str, Any], features: Path) -> dict[str, Any
     in ``dvc exp show``), seed, package version."""
     with FeatureStore(features) as store:
         p = store.provenance
-    backbone = p.get("backbone", "?") + (f" {p['model']}" if p.get("model") and p.get("model") != p.get("backbone")
-                                         else "")
+    name, network = str(p.get("backbone", "?")), p.get("model")
+    backbone = name + (f" {network}" if network and not name.endswith(str(network)) else "")  # the network it runs
     return {"dataset": p.get("dataset", "?"), "backbone": backbone, "weights": str(p.get("pretrained", "?")),
             "semantics": checkpoint["config"]["semantics"], "model": checkpoint["model"],
             "hparams": ", ".join(f"{k}={v}" for k, v in sorted(checkpoint["hparams"].items())),

@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from pipeline.choices import BACKBONES, DATASETS, DTYPES, TIMM_PREFIX, is_backbone
+from pipeline.choices import BACKBONE_NAMES, DATASETS, DTYPES, is_backbone
 from pipeline.errors import PipelineError
 
 Check = Callable[[Any], tuple[bool, Any, str]]  # value -> (ok, value to use, what it should be)
@@ -28,7 +28,7 @@ def _choice(*choices: str) -> Check:
 
 
 def _backbone(v: Any) -> tuple[bool, Any, str]:
-    return is_backbone(v), v, f"one of {', '.join(BACKBONES)}, or {TIMM_PREFIX}<timm model name>"
+    return is_backbone(v), v, f"one of {BACKBONE_NAMES}"
 
 
 def _flag(v: Any) -> tuple[bool, Any, str]:
@@ -69,14 +69,15 @@ def _list(item: Check, example: str) -> Check:
 SCHEMA: dict[str, dict[str, Check]] = {
     "data": {"dataset": _choice(*DATASETS), "root": _text(), "splits": _text(optional=True)},
     "synthetic": {"images_per_class": _whole(2), "image_size": _whole(16), "seed": _whole(0), "multilabel": _flag},
-    "extract": {"backbone": _backbone, "clip_model": _text(optional=True), "pretrained": _text(),
+    "extract": {"backbone": _backbone, "pretrained": _text(),
                 "image_size": _whole(16, optional=True), "grid": _flag, "mid_grid": _flag_or_null,
                 "dtype": _choice(*DTYPES),
                 "batch_size": _whole(1), "workers": _whole(0), "device": _text(), "max_failures": _number(0),
                 "merge": _flag},
     "semantics": {"attributes": _text(optional=True), "attribute_key": _text(), "attribute_names": _text(optional=True),
                   "normalisation": _choice("l2", "none"), "text": _list(_text(), "[minilm, glove]"),
-                  "vector_names": _text(optional=True), "clip_model": _text(), "clip_pretrained": _text(),
+                  "vector_names": _text(optional=True), "clip_model": _text(optional=True),
+                  "clip_pretrained": _text(optional=True),
                   "templates": _text(), "attribute_vectors": _text(optional=True), "graph": _choice("none", "wordnet"),
                   "wnids": _text(optional=True), "graph_text": _text(),
                   "graph_links": _choice("hypernyms+instances", "hypernyms")},

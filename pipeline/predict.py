@@ -171,7 +171,7 @@ def read_class_names(text: str) -> list[str]:
 def predict(model_file: str | Path, *, features: str | Path | None = None, split: str | None = None,
             images: Sequence[str | Path] = (), classes: Sequence[str] | str | None = None,
             semantics: str | Path | None = None, k: int = 5, calibrate: bool = True,
-            backbone: str | None = None, backbone_model: str | None = None, pretrained: str | None = None,
+            backbone: str | None = None, pretrained: str | None = None,
             image_size: int | None = None, batch_size: int = 64, workers: int = 2,
             device: str = "auto") -> Predictions:
     """Top-``k`` ``classes`` (default: all of the model's; a list of names, or one string read as
@@ -197,7 +197,7 @@ def predict(model_file: str | Path, *, features: str | Path | None = None, split
     if features is not None:
         data, ids, truth = _store_rows(features, split)
     else:
-        settings = {"backbone": backbone, "model": backbone_model, "pretrained": pretrained, "image_size": image_size}
+        settings = {"backbone": backbone, "pretrained": pretrained, "image_size": image_size}
         data, ids, truth = _extracted(images, checkpoint, model_file, settings, batch_size, workers, device)
     class_emb = model.class_embeddings(sem)[rows]
     seen = np.isin(rows, checkpoint["seen"])  # however a seen class was named
@@ -375,8 +375,8 @@ def _extracted(images: Sequence[Path], checkpoint: dict[str, Any], model_file: P
         raise PipelineError(f"{model_file} does not record how its backbone was built (trained by an older "
                             "version): pass the options its features were extracted with (--backbone, --pretrained, "
                             "--image-size)")
-    options = {**(recorded or {"model": None, "image_size": None}), **given}
-    net = load_backbone(options["backbone"], options["model"], options["pretrained"], options["image_size"])
+    options = {**(recorded or {"image_size": None}), **given}
+    net = load_backbone(options["backbone"], options["pretrained"], options["image_size"])
     differ = {k: (trained_on[k], net.provenance.get(k)) for k in trained_on
               if k != "options" and normal_setting(net.provenance.get(k)) != normal_setting(trained_on[k])}
     if differ:

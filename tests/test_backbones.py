@@ -34,7 +34,7 @@ def test_builtin_backbones_extract_the_features_they_did_before_timm_ran_them(sh
                                              ("lite0", "efficientnet_lite0", "imagenet", 224)]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # resnet18: random weights, seeded
-            net = load_backbone(backbone, None, pretrained, size)
+            net = load_backbone(backbone, pretrained, size)
         extract(load_folder(root), net, tmp_path / f"{name}.h5", dtype="float32", grid=True, mid_grid=True)
         with h5py.File(tmp_path / f"{name}.h5", "r") as f:
             grid = f["grid"][:, ::8] if name == "lite0" else f["grid"][:]
@@ -55,9 +55,9 @@ def test_torchvision_weights_bring_their_own_resize():
 
 def test_random_weights_warn_and_are_reproducible():
     with pytest.warns(UserWarning, match="RANDOM weights"):
-        a = load_backbone("resnet18", None, "none", 64)
+        a = load_backbone("resnet18", "none", 64)
     with pytest.warns(UserWarning):
-        b = load_backbone("resnet18", None, "none", 64)
+        b = load_backbone("resnet18", "none", 64)
     x = torch.rand(2, 3, 64, 64)
     torch.testing.assert_close(a(x)[0], b(x)[0])
     assert a.provenance["pretrained"] == "none" and a.feature_dim == 512 and a.grid_shape == (4, 512)
@@ -69,7 +69,7 @@ def test_resnet_from_local_checkpoint_matches_torchvision(tmp_path: Path):
 
     net = torchvision.models.resnet50().eval()
     torch.save({"state_dict": net.state_dict()}, tmp_path / "r50.pth")
-    backbone = load_backbone("resnet50", None, str(tmp_path / "r50.pth"), 96)
+    backbone = load_backbone("resnet50", str(tmp_path / "r50.pth"), 96)
     x = torch.rand(2, 3, 96, 96)
     pooled, grid, mid = backbone(x)
     with torch.no_grad():
@@ -93,10 +93,10 @@ def test_checkpoint_of_wrong_architecture_is_a_clear_error(tmp_path: Path):
 
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
     with pytest.raises(PipelineError, match="r18.pth: checkpoint does not fit"):
-        load_backbone("resnet50", None, str(tmp_path / "r18.pth"), 64)
+        load_backbone("resnet50", str(tmp_path / "r18.pth"), 64)
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(PipelineError, match="junk.pth: cannot read checkpoint"):
-        load_backbone("resnet18", None, str(tmp_path / "junk.pth"), 64)
+        load_backbone("resnet18", str(tmp_path / "junk.pth"), 64)
 
 
 def test_clip_from_local_checkpoint_gives_image_embeddings(tmp_path: Path):
@@ -105,7 +105,8 @@ def test_clip_from_local_checkpoint_gives_image_embeddings(tmp_path: Path):
     torch.manual_seed(5)
     model = open_clip.create_model("ViT-B-32", pretrained=None).eval()
     torch.save(model.state_dict(), tmp_path / "clip.pt")
-    backbone = load_backbone("clip", "ViT-B-32", str(tmp_path / "clip.pt"), None)
+    backbone = load_backbone("clip:ViT-B-32", str(tmp_path / "clip.pt"), None)
+    assert backbone.provenance["options"]["backbone"] == "clip:ViT-B-32"
     x = torch.rand(2, 3, 224, 224)
     pooled, tokens, mid = backbone(x)
     with torch.no_grad():
@@ -120,18 +121,19 @@ def test_clip_from_local_checkpoint_gives_image_embeddings(tmp_path: Path):
 
 def test_clip_random_weights_and_wrong_image_size():
     with pytest.warns(UserWarning, match="RANDOM"):
-        backbone = load_backbone("clip", "RN50", "none", None)
+        backbone = load_backbone("clip:RN50", "none", None)
     assert backbone.feature_dim == 1024 and backbone.grid_shape == (49, 2048) and backbone.mid_grid_shape == (49, 1024)
-    with pytest.raises(PipelineError, match="takes 224 px"), pytest.warns(UserWarning, match="RANDOM"):
-        load_backbone("clip", "ViT-B-32", "none", 448)
+    assert backbone.provenance["backbone"] == "clip:RN50" and backbone.provenance["model"] == "RN50"
+    with pytest.raises(PipelineError, match="clip:ViT-B-32 takes 224 px"), pytest.warns(UserWarning, match="RANDOM"):
+        load_backbone("clip", "none", 448)  # clip alone: ViT-B-32
     with pytest.raises(PipelineError, match="not a file nor a known tag"):
-        load_backbone("clip", "ViT-B-32", "no-such-tag", None)
+        load_backbone("clip:ViT-B-32", "no-such-tag", None)
     with pytest.raises(PipelineError, match="unknown model"):
-        load_backbone("clip", "ViT-Z-99", "none", None)
+        load_backbone("clip:ViT-Z-99", "none", None)
 
 
 def test_packaged_efficientnet_lite0_weights_are_loaded():
-    backbone = load_backbone("efficientnet_lite0", None, "imagenet", 224)
+    backbone = load_backbone("efficientnet_lite0", "imagenet", 224)
     package = torch.load(lite0_package_weights(), map_location="cpu", weights_only=True)
     net = backbone.body.net
     torch.testing.assert_close(net.conv_stem.weight, package["_conv_stem.weight"])
@@ -154,21 +156,22 @@ def test_offline_tag_is_a_clear_error_that_names_the_local_file_option():
     if cached.exists():
         pytest.skip(f"{cached} is cached, so nothing is downloaded")
     with pytest.raises(PipelineError, match="--pretrained /path/to/that.pth") as err:
-        load_backbone("resnet18", None, "imagenet", 64)
+        load_backbone("resnet18", "imagenet", 64)
     assert "\n" not in str(err.value)
 
 
 def test_unknown_names_are_errors():
-    assert tuple(BUILDERS) == BACKBONES  # what the command line offers is what load_backbone builds
-    with pytest.raises(PipelineError, match="unknown backbone"):
-        load_backbone("vgg16", None, "none", 64)
+    assert (*BUILDERS, "clip") == BACKBONES  # what the command line offers is what load_backbone builds
+    for name in ("vgg16", "timm:", "clip:"):
+        with pytest.raises(PipelineError, match="unknown backbone"):
+            load_backbone(name, "none", 64)
     with pytest.raises(PipelineError, match="--pretrained 'IMAGENET9K' is not a file nor a known tag"):
-        load_backbone("resnet18", None, "IMAGENET9K", 64)
+        load_backbone("resnet18", "IMAGENET9K", 64)
 
 
 def test_timm_backbone_gives_what_its_classifier_reads_and_its_stages(tmp_path: Path):
     with pytest.warns(UserWarning, match="RANDOM"):
-        backbone = load_backbone("timm:resnet18", None, "none", 64)
+        backbone = load_backbone("timm:resnet18", "none", 64)
     net = backbone.body.net
     assert backbone.feature_dim == 512 and backbone.grid_shape == (4, 512) and backbone.mid_grid_shape == (4, 256)
     assert backbone.head is None and backbone.provenance["backbone"] == "timm:resnet18"
@@ -181,10 +184,10 @@ def test_timm_backbone_gives_what_its_classifier_reads_and_its_stages(tmp_path: 
 
 
 def test_timm_backbone_from_a_local_file_matches_the_builtin_lite0(tmp_path: Path):
-    builtin = load_backbone("efficientnet_lite0", None, "imagenet", 224)
+    builtin = load_backbone("efficientnet_lite0", "imagenet", 224)
     weights = tmp_path / "lite0.pth"
     torch.save(builtin.body.net.state_dict(), weights)  # timm's names: a file timm users have
-    backbone = load_backbone("timm:tf_efficientnet_lite0", None, str(weights), None)
+    backbone = load_backbone("timm:tf_efficientnet_lite0", str(weights), None)
     assert backbone.provenance["pretrained"] == str(weights) and backbone.head is not None
     np.testing.assert_array_equal(backbone.head.weight, builtin.head.weight)
     x = torch.rand(1, 3, 224, 224)
@@ -192,4 +195,4 @@ def test_timm_backbone_from_a_local_file_matches_the_builtin_lite0(tmp_path: Pat
         for ours, theirs in zip(backbone(x), builtin(x)):
             torch.testing.assert_close(ours, theirs)  # same architecture, same weights: same three outputs
     with pytest.raises(PipelineError, match="timm: unknown model 'resnet5000'; similar: "):
-        load_backbone("timm:resnet5000", None, "none", 64)
+        load_backbone("timm:resnet5000", "none", 64)

@@ -37,7 +37,7 @@ def coco(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
     (root / "labels.csv").write_text("\n".join([header, *train, *val]) + "\n")
     features, semantics = work / "features.h5", work / "semantics.h5"
     dataset = load_dataset("coco", root, shared_data / "coco" / "cls_ids.pickle")
-    extract(dataset, load_backbone("efficientnet_lite0", None, "imagenet", 224), features, grid=False)
+    extract(dataset, load_backbone("efficientnet_lite0", "imagenet", 224), features, grid=False)
     names = work / "names.txt"
     names.write_text("\n".join(CATEGORY_NAMES) + "\n")
     build_semantics(features, semantics, SemanticsConfig(

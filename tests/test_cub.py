@@ -30,7 +30,7 @@ def cub(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pa
     mini = shared_data / "cub_mini"
     features, semantics = work / "features.h5", work / "semantics.h5"
     dataset = load_gbu("cub", mini / "CUB_200_2011", mini / "att_splits.mat")
-    extract(dataset, load_backbone("efficientnet_lite0", None, "imagenet", 224), features, grid=True)
+    extract(dataset, load_backbone("efficientnet_lite0", "imagenet", 224), features, grid=True)
     vectors = shared_data / "gbu_attribute_w2v"
     build_semantics(features, semantics, SemanticsConfig(
         attributes=str(mini / "att_splits.mat"), attribute_names=str(vectors / "CUB_attributes.txt"),

@@ -143,7 +143,7 @@ def _tiny_dataset(root: Path) -> ImageDataset:
 
 def test_unreadable_images_are_recorded_and_excluded(tmp_path):
     data = _tiny_dataset(tmp_path / "img")
-    net = load_backbone("resnet18", None, "none", 32)
+    net = load_backbone("resnet18", "none", 32)
     with pytest.raises(PipelineError, match=r"3 of 6 images could not be read, more than max_failures allows \(2\): "
                                             r"c1/img1.jpg .*the 3 others are saved in .*f.h5.partial"):
         extract(data, net, tmp_path / "f.h5", workers=0, batch_size=4, max_failures=2)
@@ -167,7 +167,7 @@ def test_unreadable_images_are_recorded_and_excluded(tmp_path):
 
 def test_decoding_threads_give_the_same_batches_in_order_and_stop_when_closed(tmp_path):
     data = _tiny_dataset(tmp_path / "img")
-    preprocess = load_backbone("resnet18", None, "none", 32).preprocess
+    preprocess = load_backbone("resnet18", "none", 32).preprocess
     files = ImageFiles(data, np.array([5, 4, 3, 2, 1, 0]), preprocess)
     cpu = torch.device("cpu")
     inline = list(image_batches(files, 4, 0, cpu))
@@ -202,7 +202,7 @@ def test_cli_exit_status_reports_failed_images(tmp_path):
 
 def test_finished_file_is_reused_and_other_settings_refused(synthetic_root, tmp_path):
     data = load_synthetic(synthetic_root)
-    net = load_backbone("resnet18", None, "none", 32)
+    net = load_backbone("resnet18", "none", 32)
     out = tmp_path / "f.h5"
     first = extract(data, net, out, workers=0)
     assert first.written == len(data)
@@ -220,7 +220,7 @@ def test_finished_file_is_reused_and_other_settings_refused(synthetic_root, tmp_
 
 def test_mid_grid_stores_an_earlier_stage_on_the_same_regions(synthetic_root, tmp_path):
     data = load_synthetic(synthetic_root)
-    net = load_backbone("resnet18", None, "none", 64)
+    net = load_backbone("resnet18", "none", 64)
     out = tmp_path / "f.h5"
     with pytest.raises(PipelineError, match="pass --grid as well"):
         extract(data, net, out, workers=0, mid_grid=True)
@@ -241,7 +241,7 @@ def test_mid_grid_stores_an_earlier_stage_on_the_same_regions(synthetic_root, tm
 
 def test_a_second_run_on_the_same_output_is_refused_while_the_first_holds_it(tmp_path):
     data = _tiny_dataset(tmp_path / "img")
-    net = load_backbone("resnet18", None, "none", 32)
+    net = load_backbone("resnet18", "none", 32)
     output = tmp_path / "f.h5"
     holder = subprocess.Popen(  # a first run: holds the output's lock, as extract does for its whole run
         [sys.executable, "-c", "import sys, time; from pathlib import Path; from pipeline.extract import output_lock\n"
@@ -302,7 +302,7 @@ d = json.loads(sys.argv[1])
 data = ImageDataset("tiny", Path(d["root"]), d["ids"], np.array(d["labels"]), d["classes"],
                     {k: np.array(v) for k, v in d["splits"].items()})
 try:
-    extract(data, load_backbone("resnet18", None, d["ckpt"], 32), Path(d["output"]), workers=0, max_failures=3)
+    extract(data, load_backbone("resnet18", d["ckpt"], 32), Path(d["output"]), workers=0, max_failures=3)
 except PipelineError as e:
     sys.exit(f"error: {e}")
 """
@@ -317,7 +317,7 @@ def _strace_works() -> bool:
 @pytest.mark.skipif(not _strace_works(), reason="needs strace (ptrace) to kill the process at exact system calls")
 def test_a_kill_or_a_full_disk_at_any_write_while_finishing_loses_nothing_and_the_rerun_finishes(tmp_path, resnet18_checkpoint):
     data = _tiny_dataset(tmp_path / "img")
-    net = load_backbone("resnet18", None, str(resnet18_checkpoint), 32)
+    net = load_backbone("resnet18", str(resnet18_checkpoint), 32)
     output, partial, pristine = tmp_path / "f.h5", tmp_path / "f.h5.partial", tmp_path / "pristine.h5"
     with pytest.raises(PipelineError, match="more than max_failures"):  # every row done, finishing refused
         extract(data, net, output, workers=0, max_failures=1)

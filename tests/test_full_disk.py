@@ -48,7 +48,7 @@ def test_model_and_metrics_on_a_full_disk_fail_in_one_line_and_keep_the_previous
 def test_semantics_on_a_full_disk_is_one_line_not_a_crash(small_disk, tmp_path):
     generate_synthetic(tmp_path / "data", images_per_class=2, image_size=32, seed=0)
     features = tmp_path / "features.h5"
-    extract(load_synthetic(tmp_path / "data"), load_backbone("resnet18", None, "none", 32), features, workers=0)
+    extract(load_synthetic(tmp_path / "data"), load_backbone("resnet18", "none", 32), features, workers=0)
     output = small_disk / "semantics.h5"
     output.write_bytes(b"previous semantics")
     fill(small_disk, leave=4096)
@@ -64,7 +64,7 @@ def test_semantics_on_a_full_disk_is_one_line_not_a_crash(small_disk, tmp_path):
 
 def test_extraction_that_fills_the_disk_keeps_its_rows_and_finishes_once_there_is_room(small_disk, tmp_path):
     generate_synthetic(tmp_path / "data", images_per_class=6, image_size=32, seed=0)
-    data, net = load_synthetic(tmp_path / "data"), load_backbone("resnet18", None, "none", 32)
+    data, net = load_synthetic(tmp_path / "data"), load_backbone("resnet18", "none", 32)
     reference = extract(data, net, tmp_path / "reference.h5", workers=0).path
     output, partial = small_disk / "f.h5", small_disk / "f.h5.partial"
     fill(small_disk, leave=200_000)  # the store (~600 KB allocated, sparse) outgrows what is left

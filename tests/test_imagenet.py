@@ -89,7 +89,7 @@ def test_end_to_end_without_seen_test_images(tmp_path: Path, shared_data: Path) 
     for i, wnid in enumerate(TRAIN + TEST):
         _images(root / ("train" if wnid in TRAIN else "test") / wnid, 4, i)
     features, semantics = tmp_path / "features.h5", tmp_path / "semantics.h5"
-    result = extract(load_dataset("imagenet", root, split), load_backbone("resnet18", None, "none", 32), features,
+    result = extract(load_dataset("imagenet", root, split), load_backbone("resnet18", "none", 32), features,
                      workers=0)
     assert result.written == 40
     with FeatureStore(features) as store:

@@ -34,7 +34,7 @@ def in200(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[
     work = tmp_path_factory.mktemp("in200")
     split = in200_layout(shared_data / "imagen200", work / "root")
     features, semantics = work / "features.h5", work / "semantics.h5"
-    extract(load_imagenet(work / "root", split), load_backbone("efficientnet_lite0", None, "imagenet", 224), features)
+    extract(load_imagenet(work / "root", split), load_backbone("efficientnet_lite0", "imagenet", 224), features)
     build_semantics(features, semantics, SemanticsConfig(text=("minilm",), graph="wordnet", graph_text="minilm"))
     return work / "root", features, semantics
 

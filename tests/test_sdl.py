@@ -36,7 +36,7 @@ def cached(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     tmp = tmp_path_factory.mktemp("multilabel")
     generate_synthetic(tmp / "data", images_per_class=8, image_size=64, seed=0, multilabel=True)
     features, semantics = tmp / "features.h5", tmp / "semantics.h5"
-    extract(load_synthetic(tmp / "data"), load_backbone("efficientnet_lite0", None, "imagenet", 128), features,
+    extract(load_synthetic(tmp / "data"), load_backbone("efficientnet_lite0", "imagenet", 128), features,
             workers=0, batch_size=64, grid=True)
     build_semantics(features, semantics, SemanticsConfig(attributes="synthetic", data_root=str(tmp / "data")))
     return features, semantics, tmp / "data"

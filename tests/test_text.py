@@ -128,6 +128,35 @@ def test_clip_bad_arguments_are_one_line_errors():
         clip_text_embeddings(NAMES, pretrained="no-such-tag")
 
 
+def test_clip_class_names_take_the_feature_stores_clip_unless_told_otherwise(clip_checkpoint, tmp_path):
+    """A store extracted with ``clip:ViT-B-32`` and local weights: ``semantics --text clip`` embeds the class
+    names with that model's text tower and those weights (image and text in one space); another backbone's
+    store gets ViT-B-32 with OpenAI's weights, and an explicit setting overrides either."""
+    from pipeline import api
+    from pipeline.datasets.synthetic import generate_synthetic
+    from pipeline.semantics.build import SemanticsConfig, clip_of_store
+    from pipeline.semantics.file import SemanticsFile
+
+    model, path = clip_checkpoint
+    generate_synthetic(tmp_path / "data", images_per_class=2, image_size=32, seed=0)
+    features = tmp_path / "clip.h5"
+    api.extract("synthetic", tmp_path / "data", features, backbone="clip:ViT-B-32", pretrained=path, grid=False,
+                workers=0)
+    api.semantics(features, tmp_path / "semantics.h5", text=["clip"], templates="simple")
+    with SemanticsFile(tmp_path / "semantics.h5") as f:
+        built, texts, got = f.config(), f.class_texts, f.text("clip")
+    assert (built["clip_model"], built["clip_pretrained"]) == ("ViT-B-32", str(Path(path).resolve()))
+    np.testing.assert_allclose(got, clip_text_embeddings(texts, "ViT-B-32", path, "simple"), atol=1e-6)
+
+    other = {"backbone": "efficientnet_lite0", "model": "tf_efficientnet_lite0", "pretrained": "imagenet"}
+    assert (clip_of_store(SemanticsConfig(), other).clip_model, clip_of_store(SemanticsConfig(), other).clip_pretrained
+            ) == ("ViT-B-32", "openai")
+    rn50 = {"backbone": "clip:RN50", "model": "RN50", "pretrained": "openai", "options": {"pretrained": "openai"}}
+    assert clip_of_store(SemanticsConfig(), rn50).clip_model == "RN50"
+    told = clip_of_store(SemanticsConfig(clip_model="ViT-L-14"), rn50)  # another model: not the store's weights
+    assert (told.clip_model, told.clip_pretrained) == ("ViT-L-14", "openai")
+
+
 # --- MiniLM -------------------------------------------------------------------------------------
 
 def test_minilm_unit_vectors_with_meaningful_neighbours():

@@ -37,7 +37,7 @@ def cached(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("zsl")
     generate_synthetic(tmp / "data", images_per_class=10, image_size=48, seed=1)
     features, semantics = tmp / "features.h5", tmp / "semantics.h5"
-    extract(load_synthetic(tmp / "data"), load_backbone("efficientnet_lite0", None, "imagenet", 96), features,
+    extract(load_synthetic(tmp / "data"), load_backbone("efficientnet_lite0", "imagenet", 96), features,
             workers=0, batch_size=64)
     build_semantics(features, semantics, SemanticsConfig(attributes="synthetic", data_root=str(tmp / "data"),
                                                          text=("glove",)))

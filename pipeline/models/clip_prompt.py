@@ -27,10 +27,10 @@ class CLIPPrompt(ZSLModel):
     else ``features``, which must then be extracted with the CLIP backbone), class embeddings = the
     unit-norm, prompt-ensembled ``semantics.text["clip"]``; the score is their cosine.
 
-    ``fit`` only checks the inputs. The image and text encoders must be the same CLIP model
-    (``extract.clip_model`` and ``semantics.clip_model``); a dimension mismatch is an error, an equal
-    dimension cannot be told apart (a 512-d ResNet-18 feature passes), so non-negative features (ReLU
-    CNN features; CLIP embeddings have negative entries) are warned about.
+    ``fit`` only checks the inputs. The image and text encoders must be the same CLIP model (``semantics``
+    takes the feature store's unless ``semantics.clip_model`` says otherwise); a dimension mismatch is an
+    error, an equal dimension cannot be told apart (a 512-d ResNet-18 feature passes), so non-negative
+    features (ReLU CNN features; CLIP embeddings have negative entries) are warned about.
     """
 
     name = "clip_prompt"
@@ -48,7 +48,7 @@ class CLIPPrompt(ZSLModel):
             dims = "x".join(map(str, images.shape[1:]))
             raise PipelineError(
                 f"clip_prompt: image {source} are {dims}-d but CLIP text embeddings {text.shape[1]}-d: "
-                "extract features with --backbone clip (the model of semantics.clip_model), or set "
+                "extract features with --backbone clip:ARCH (the model of semantics.clip_model), or set "
                 "train.clip_features to such a file")
         if len(images) and (images[: min(len(images), 256)] >= 0).all():
             log.warning("clip_prompt: image %s are all non-negative, like CNN (ReLU) features, not CLIP embeddings; "

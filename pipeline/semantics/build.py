@@ -25,13 +25,14 @@ import io
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
+from pipeline.choices import CLIP_DEFAULT, clip_architecture
 from pipeline.errors import PipelineError
 from pipeline.outputs import write_whole
 from pipeline.semantics import attributes as attr
@@ -54,8 +55,8 @@ class SemanticsConfig:
     attribute_names: str | None = None  # CUB_attributes.txt, AWA2_predicates.txt, SUN_attributes.mat
     normalisation: str = "l2"  # l2 | none
     text: tuple[str, ...] = ()  # encoders over class names: clip, minilm, glove, glove:PATH, vectors:PATH
-    clip_model: str = "ViT-B-32"
-    clip_pretrained: str = "openai"
+    clip_model: str | None = None  # open_clip architecture of text clip; None: the store's CLIP (clip_of_store)
+    clip_pretrained: str | None = None  # its weights: tag, local file or none; None: as clip_model
     templates: str = "imagenet7"  # simple | imagenet7 | imagenet80
     attribute_vectors: str | None = None  # pickled [A, E] file, or a text encoder over attribute names
     graph: str = "none"  # none | wordnet
@@ -191,10 +192,22 @@ def _attrs(group: h5py.Group | h5py.Dataset, meta: dict[str, Any]) -> None:
         group.attrs[key] = json.dumps(value) if isinstance(value, (list, dict)) else ("" if value is None else value)
 
 
+def clip_of_store(cfg: SemanticsConfig, provenance: dict[str, Any]) -> SemanticsConfig:
+    """``cfg`` with the CLIP text encoder it leaves unset (None) taken from the feature store's backbone when
+    that is a CLIP image tower (its architecture and weights: text and image embeddings then share one
+    space), else open_clip's ViT-B-32 with OpenAI's weights."""
+    store_clip = clip_architecture(str(provenance.get("backbone", ""))) is not None
+    weights = provenance.get("options", {}).get("pretrained", provenance.get("pretrained"))
+    model = cfg.clip_model or (provenance.get("model") if store_clip else CLIP_DEFAULT)
+    same_model = store_clip and model == provenance.get("model")
+    return replace(cfg, clip_model=model, clip_pretrained=cfg.clip_pretrained or (weights if same_model else "openai"))
+
+
 def build_semantics(features: Path, output: Path, cfg: SemanticsConfig) -> list[str]:
     """Write the semantics file for the classes of feature file ``features``; returns groups (re)built."""
     with FeatureStore(features) as store:
         classes = store.classes
+        cfg = clip_of_store(cfg, store.provenance)
     old = _previous(output)
     image = io.BytesIO()  # built in memory (a few MB), written in one piece: a full disk is one OSError
     try:
