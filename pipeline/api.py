@@ -87,9 +87,10 @@ def load_model(path: str | Path) -> TrainedModel:
 
 def train(features: str | Path, semantics: str | Path, output: str | Path, *, model: str = "joint_gcn",
           source: str = "attributes", hparams: dict[str, Any] | None = None, seed: int = 0, select: bool = True,
-          val_fraction: float = 0.2, val_folds: int | None = None) -> TrainedModel:
+          val_fraction: float = 0.2, val_folds: int | None = None, device: str = "auto") -> TrainedModel:
     """``zsl train``: select on validation, refit on trainval, save to ``output``."""
-    cfg = TrainConfig(model, source, seed, select, val_fraction, dict(hparams or {}), val_folds)
+    cfg = TrainConfig(model=model, semantics=source, seed=seed, select=select, val_fraction=val_fraction,
+                      hparams=dict(hparams or {}), val_folds=val_folds, device=device)
     train_files(Path(features), Path(semantics), cfg, Path(output))
     return load_model(output)
 

@@ -214,14 +214,17 @@ def _hparam(text: str) -> tuple[str, object]:
               show_default=True)
 @click.option("--val-folds", type=click.IntRange(min=1), default=None,
               help="Validation draws averaged by selection [default: 5 for closed-form models, else 1].")
+@click.option("--device", default="auto", show_default=True,
+              help="Where a network trains: auto, cpu, cuda, cuda:1, ... (closed forms run on the CPU).")
 @click.option("--output", type=click.Path(path_type=Path), default=Path("models/model.pt"), show_default=True)
 def train(model_name: str, features: Path, semantics: Path, source: str, clip_features: Path | None,
           hparams: tuple[str, ...], seed: int, select: bool, val_fraction: float, val_folds: int | None,
-          output: Path) -> None:
+          device: str, output: Path) -> None:
     """Train a model on cached features; hyperparameters and gamma chosen on validation only."""
     from pipeline.train import TrainConfig, describe_checkpoint, train_files
 
-    cfg = TrainConfig(model_name, source, seed, select, val_fraction, dict(_hparam(h) for h in hparams), val_folds)
+    cfg = TrainConfig(model=model_name, semantics=source, seed=seed, select=select, val_fraction=val_fraction,
+                      hparams=dict(_hparam(h) for h in hparams), val_folds=val_folds, device=device)
     checkpoint = train_files(features, semantics, cfg, output, clip_features)
     click.echo(f"{output}: {describe_checkpoint(checkpoint)}")
 

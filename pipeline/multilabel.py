@@ -86,7 +86,7 @@ def train_multilabel(inputs: Inputs, cfg: TrainConfig) -> dict[str, Any]:
 
     def fit_and_score(hparams: dict[str, Any], fold: int) -> tuple[float, ZSLModel]:
         v = folds[fold]
-        model = cfg.model_class(**hparams)
+        model = cfg.model_class(**hparams, device=cfg.device)
         fit_log = model.fit(v.train, v.train_tags, inputs.semantics, cfg.seed)
         val_map = validation_map(model, v, inputs)
         log.info("%s %s fold %d: validation-tag mAP %.4f (fitted in %.1f s)", cfg.model, hparams, fold, val_map,

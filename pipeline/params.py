@@ -82,7 +82,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
                   "wnids": _text(optional=True), "graph_text": _text(),
                   "graph_links": _choice("hypernyms+instances", "hypernyms")},
     "train": {"source": _text(), "seed": _whole(0), "select": _flag, "val_fraction": _number(0, 1, open_low=True),
-              "val_folds": _whole(1, optional=True), "clip_features": _text(optional=True)},
+              "val_folds": _whole(1, optional=True), "device": _text(), "clip_features": _text(optional=True)},
     "evaluate": {"candidate_sets": _text(optional=True), "ks": _list(_whole(1), "[1, 5]"),
                  "tag_ks": _list(_whole(1), "[3, 5]")},
 }

@@ -26,8 +26,11 @@ class TrainConfig:
     val_fraction: float = 0.2
     hparams: dict[str, Any] = field(default_factory=dict)
     val_folds: int | None = None  # validation draws averaged by selection; None: the model's selection_folds
+    device: str = "auto"  # where a network trains: auto | cpu | cuda[:N] (not a hyperparameter)
 
     def __post_init__(self) -> None:
+        if "device" in self.hparams:
+            raise PipelineError(f"{self.model}: device is not a hyperparameter; use --device (train.device)")
         make_model(self.model, **self.hparams)  # an unknown model or hyperparameter fails before any data is read
 
     @property
@@ -80,7 +83,7 @@ def refit(cfg: TrainConfig, hparams: dict[str, Any], trainval: Split, seen: np.n
           semantics: Semantics) -> tuple[ZSLModel, dict[str, Any], float]:
     """The chosen ``hparams`` fitted on all of ``trainval`` from ``cfg.seed``: (model, fit log, seconds)."""
     seed_everything(cfg.seed)
-    final = cfg.model_class(**hparams)
+    final = cfg.model_class(**hparams, device=cfg.device)
     start = time.perf_counter()
     fit_log = final.fit(trainval, seen, semantics, cfg.seed)
     return final, fit_log, time.perf_counter() - start

@@ -157,12 +157,12 @@ def train(inputs: Inputs, cfg: TrainConfig) -> dict[str, Any]:
 
     def fit_and_score(hparams: dict[str, Any], fold: int) -> tuple[float, ZSLModel]:
         v = folds[fold]
-        stand_in = cfg.model_class(**hparams).stand_in()
+        stand_in = cfg.model_class(**hparams, device=cfg.device).stand_in()
         key = (fold, repr(sorted((k, value) for k, value in stand_in.items() if k not in inference)))
         if key not in fitted:  # combinations that differ in inference hyperparameters only follow each other
             for stale in [k for k in fitted if k[1] != key[1]]:
                 del fitted[stale]
-            model = cfg.model_class(**stand_in)
+            model = cfg.model_class(**stand_in, device=cfg.device)
             problem = fold_problem(v, inputs.semantics) if model.fits_unseen_classes else (
                 v.train, v.train_classes, inputs.semantics)
             fit_log = model.fit(*problem, cfg.seed)
@@ -263,7 +263,8 @@ def load_checkpoint(path: Path) -> tuple[ZSLModel, dict[str, Any]]:
     problem = _checkpoint_problem(checkpoint)
     if problem:
         raise PipelineError(f"{path}: a damaged model checkpoint ({problem}); retrain it: python cli.py train ...")
-    model = make_model(checkpoint["model"], **checkpoint["hparams"])
+    hparams = {k: v for k, v in checkpoint["hparams"].items() if k != "device"}  # one before device left them
+    model = make_model(checkpoint["model"], **hparams)
     try:
         model.load_state(checkpoint["state"])
     except (RuntimeError, KeyError, TypeError, ValueError, IndexError, AttributeError) as e:

@@ -13,7 +13,8 @@ def main() -> None:
     params = load_params("model", "train")
     model, t = params["model"], params["train"]
     cfg = TrainConfig(model=model, semantics=t["source"], seed=t["seed"], select=t["select"],
-                      val_fraction=t["val_fraction"], hparams=params.get(model) or {}, val_folds=t["val_folds"])
+                      val_fraction=t["val_fraction"], hparams=params.get(model) or {}, val_folds=t["val_folds"],
+                      device=t["device"])
     checkpoint = train_files(paths.features, paths.semantics, cfg, paths.output,
                              Path(t["clip_features"]) if t["clip_features"] else None)
     print(f"{paths.output}: {describe_checkpoint(checkpoint)}")

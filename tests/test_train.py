@@ -221,3 +221,20 @@ def test_a_model_fitting_the_unseen_classes_is_validated_on_its_fold_alone():
     shifted = Validation(v.train, v.seen_holdout, v.val, np.array([0, 1, 2]), np.array([7, 9]))
     _, _, local = fold_problem(shifted, semantics)
     np.testing.assert_array_equal(local.vectors, semantics.vectors[[0, 1, 2, 7, 9]])
+
+
+def test_device_is_a_setting_of_the_run_not_a_hyperparameter(cached, tmp_path):
+    from pipeline.errors import PipelineError
+
+    with pytest.raises(PipelineError, match="device is not a hyperparameter; use --device"):
+        TrainConfig("msdn", hparams={"device": "cpu"})
+    inputs = load_inputs(*cached)
+    checkpoint = train(inputs, TrainConfig("gcn_regression", select=False, device="cpu"))
+    assert "device" not in checkpoint["hparams"]  # nor in run.hparams, dvc exp show's column
+    new, old = tmp_path / "new.pt", tmp_path / "old.pt"  # old: from before, its device among the hyperparameters
+    save_checkpoint(checkpoint, new)
+    save_checkpoint({**checkpoint, "hparams": {**checkpoint["hparams"], "device": "auto"}}, old)
+    (model, _), (before, _) = load_checkpoint(new), load_checkpoint(old)
+    assert before.hparams == model.hparams and "device" not in before.hparams
+    test = inputs.splits["test_unseen"]
+    np.testing.assert_array_equal(before.image_embeddings(test), model.image_embeddings(test))

@@ -175,7 +175,9 @@ class ZSLModel(ABC):
     # trained by gradient, 5 for closed forms, whose fits take milliseconds
     selection_folds: int = 1
 
-    def __init__(self, **hparams: Any):
+    def __init__(self, *, device: str = "auto", **hparams: Any):
+        """``hparams`` over :attr:`defaults`; ``device`` (``auto`` | ``cpu`` | ``cuda[:N]``) is where a network
+        trains and runs: a setting of the run, not a hyperparameter (closed forms run on the CPU)."""
         unknown = set(hparams) - set(self.defaults)
         if unknown:
             raise PipelineError(f"{self.name}: unknown hyperparameters {sorted(unknown)}; known: {sorted(self.defaults)}")

@@ -76,7 +76,7 @@ class CFZSL(TorchZSLModel[_FusionNet]):
     defaults = {
         "epochs": 20, "lr": 1e-3, "batch_size": 256, "weight_decay": 1e-4,
         "joint_dim": 256, "hidden": 512, "semantic_hidden": 512, "dropout": 0.2, "semantic_dropout": 0.1,
-        "temperature": 0.05, "margin": 0.2, "triplet_weight": 1.0, "device": "auto",
+        "temperature": 0.05, "margin": 0.2, "triplet_weight": 1.0,
     }
     search_space = {"temperature": [0.05, 0.1], "triplet_weight": [0.5, 2.0]}
 

@@ -171,7 +171,7 @@ class DRMN(TorchZSLModel[DRMNNet]):
     defaults = {
         "epochs": 20, "lr": 5e-4, "batch_size": 64, "weight_decay": 1e-4,
         "heads": 4, "layers": 1, "hidden": 256, "dropout": 0.1, "scale": 20.0,
-        "global_weight": 0.3, "attr_weight": 0.0, "multi_level": True, "channel_attention": True, "device": "auto",
+        "global_weight": 0.3, "attr_weight": 0.0, "multi_level": True, "channel_attention": True,
     }
     search_space = {"global_weight": [0.0, 0.3, 0.6]}
 

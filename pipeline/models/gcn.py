@@ -327,7 +327,7 @@ class _AnchoredModel(TorchZSLModel[_AnchoredGCN]):
 
 _SHARED_DEFAULTS = {
     "hidden": 2048, "dropout": 0.5, "adjacency": "dgp", "lr": 1e-3, "weight_decay": 5e-4, "ridge": 0.1,
-    "supervision": "auto", "feature_ridge": 1.0, "k": 3, "graph_steps": 0, "device": "auto", "class_batch": 512,
+    "supervision": "auto", "feature_ridge": 1.0, "k": 3, "graph_steps": 0, "class_batch": 512,
 }
 
 

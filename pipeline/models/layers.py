@@ -318,9 +318,9 @@ class TorchZSLModel(ZSLModel, Generic[NetT]):
     :meth:`fit` seeds, builds, trains and times; :meth:`state` is the module's tensors plus the sizes.
     """
 
-    def __init__(self, **hparams: Any):
-        super().__init__(**hparams)
-        self.device = resolve_device(self.hparams["device"])
+    def __init__(self, *, device: str = "auto", **hparams: Any):
+        super().__init__(device=device, **hparams)
+        self.device = resolve_device(device)
         self.net: NetT | None = None
         self.sizes: list[int] = []
 

@@ -120,7 +120,7 @@ class MSDN(TorchZSLModel[_MSDNNet]):
     defaults = {
         "recipe": "cub", "epochs": None, "lr": 1e-4, "batch_size": 50, "weight_decay": 1e-4, "momentum": None,
         "combine": None, "distill_weight": None, "calibration_weight": None, "normalize_attribute_vectors": None,
-        "sampling": None, "nonnegative_attributes": None, "device": "auto",
+        "sampling": None, "nonnegative_attributes": None,
     }
     grid: dict[str, list[Any]] = {}
     fits_unseen_classes = True  # self-calibration toward, and cross-entropy over, every class

@@ -132,7 +132,7 @@ class SDL(TorchZSLModel[_SDLNet]):
     multilabel = True
     defaults = {
         "k": 7, "input": "pooled", "hidden": 0, "dropout": 0.2, "reg_weight": 0.3, "diversity_weighting": True,
-        "recipe": "frozen", "epochs": None, "lr": None, "batch_size": None, "weight_decay": None, "device": "auto",
+        "recipe": "frozen", "epochs": None, "lr": None, "batch_size": None, "weight_decay": None,
     }
     search_space = {"k": [3, 7], "reg_weight": [0.01, 0.3]}
 
