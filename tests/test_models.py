@@ -15,16 +15,8 @@ from pipeline.models import MODELS, make_model
 from pipeline.models.base import Graph, Semantics, Split, normalized_adjacency
 from pipeline.models.eszsl import ESZSL
 from pipeline.models.gcn import _GraphInputs, class_hidden
-from pipeline.models.layers import (
-    GCN,
-    CPUFastDropout,
-    GraphConv,
-    Propagation,
-    class_graph,
-    knn_graph,
-    smoothed_class_vectors,
-    sparse_tensor,
-)
+from pipeline.models.class_graph import class_graph, knn_graph, smoothed_class_vectors
+from pipeline.models.layers import CPUFastDropout, GCN, GraphConv, Propagation, sparse_tensor
 from pipeline.models.memo import by_content
 
 TRAINABLE = ["eszsl", "joint_gcn", "gcn_regression", "cfzsl"]

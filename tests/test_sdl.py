@@ -18,8 +18,7 @@ from pipeline.datasets.synthetic import generate_synthetic, load_synthetic
 from pipeline.errors import PipelineError
 from pipeline.extract import extract
 from pipeline.inputs import Inputs, load_inputs
-from pipeline.models.base import Semantics, Split
-from pipeline.models.layers import seen_tags
+from pipeline.models.base import Semantics, Split, seen_tags
 from pipeline.models.sdl import SDL, diversity, sdl_loss
 from pipeline.multilabel import tag_validation_split
 from pipeline.scoring import scores, search

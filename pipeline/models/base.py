@@ -225,3 +225,53 @@ def seed_everything(seed: int) -> torch.Generator:
     torch.manual_seed(seed)
     np.random.seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` scaled to unit L2 norm (float32); all-zero rows stay zero."""
+    x = np.asarray(x, dtype=np.float32)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norm, 1e-12)
+
+
+def seen_targets(model: str, train: Split, seen: np.ndarray, semantics: Semantics) -> tuple[np.ndarray, np.ndarray]:
+    """Checked ``seen`` (int64, as given) and each training image's position in it ([N] int64).
+
+    Raises PipelineError when the inputs disagree: no images, labels outside ``seen``, repeated seen
+    classes, or class indices beyond the C rows of ``semantics.vectors``.
+    """
+    seen = np.asarray(seen, dtype=np.int64).ravel()
+    labels = np.asarray(train.labels, dtype=np.int64).ravel()
+    n_classes = len(semantics.vectors)
+    if len(labels) == 0 or len(seen) == 0:
+        raise PipelineError(f"{model}: nothing to train on ({len(labels)} images, {len(seen)} seen classes)")
+    if len(train.features) != len(labels):
+        raise PipelineError(f"{model}: {len(train.features)} feature rows but {len(labels)} labels")
+    if len(np.unique(seen)) != len(seen):
+        raise PipelineError(f"{model}: the seen class indices repeat")
+    if seen.min() < 0 or seen.max() >= n_classes:
+        raise PipelineError(f"{model}: seen class indices must lie in 0..{n_classes - 1} (rows of the semantics)")
+    position = np.full(n_classes, -1, dtype=np.int64)
+    position[seen] = np.arange(len(seen))
+    if labels.min() < 0 or labels.max() >= n_classes or (position[labels] < 0).any():
+        raise PipelineError(f"{model}: training labels must all be seen classes (models train on seen classes only)")
+    return seen, position[labels]
+
+
+def seen_tags(model: str, train: Split, seen: np.ndarray, semantics: Semantics) -> tuple[np.ndarray, np.ndarray]:
+    """Checked ``seen`` and the training images' tags over it ([N, S] bool) for multi-label models.
+
+    Tags of other classes (unseen ones) are dropped: models never see them. Single-label data
+    gives one-hot rows (its labels must be seen classes, as for :func:`seen_targets`).
+    """
+    if train.tags is None:
+        seen, positions = seen_targets(model, train, seen, semantics)
+        return seen, np.eye(len(seen), dtype=bool)[positions]
+    seen = np.asarray(seen, dtype=np.int64).ravel()
+    n_classes = len(semantics.vectors)
+    if len(train) == 0 or len(seen) == 0 or len(np.unique(seen)) != len(seen):
+        raise PipelineError(f"{model}: need images and distinct seen tags ({len(train)} images, {len(seen)} tags)")
+    if seen.min() < 0 or seen.max() >= n_classes or train.tags.shape[1] != n_classes:
+        raise PipelineError(f"{model}: {train.tags.shape[1]} tags in the data, {n_classes} rows of semantics; "
+                            "rebuild the semantics file for this feature file")
+    return seen, train.tags[:, seen]

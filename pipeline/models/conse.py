@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.models.base import Semantics, Split, ZSLModel
+from pipeline.models.base import Semantics, Split, ZSLModel, l2_normalize, seen_targets
+from pipeline.models.class_graph import SmoothedClassVectors
 from pipeline.models.classifiers import seen_classifiers, with_bias_input, with_classifier
-from pipeline.models.layers import SmoothedClassVectors, l2_normalize, seen_targets
 
 
 def convex_combination(logits: np.ndarray, vectors: np.ndarray, temperature: float, top: int) -> np.ndarray:
@@ -35,7 +35,7 @@ class ConSE(SmoothedClassVectors, ZSLModel):
     log-probabilities, hence ``temperature`` (chosen on validation).
 
     ``graph_steps`` > 0 smooths the semantic vectors over the class graph first
-    (:func:`~pipeline.models.layers.smoothed_class_vectors`; ``k``: neighbours of the k-NN graph used
+    (:func:`~pipeline.models.class_graph.smoothed_class_vectors`; ``k``: neighbours of the k-NN graph used
     without a WordNet graph). The default, 0, is the paper's, and selection keeps it: ConSE stays the
     training-free baseline the other models are measured against (on IN200, 2 steps lift its CZSL
     Hit@1 from 0.136 to 0.236 with MiniLM, from 0.136 to 0.184 with GloVe).

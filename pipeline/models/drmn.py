@@ -55,9 +55,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import PipelineError
-from pipeline.models.base import Semantics, Split
-from pipeline.models.layers import CPUFastDropout, Standardize, TorchZSLModel, l2_normalize, mlp
+from pipeline.models.base import Semantics, Split, l2_normalize
+from pipeline.models.layers import CPUFastDropout, Standardize, mlp
 from pipeline.models.streaming import GridBatch, embed, train_on_grid
+from pipeline.models.torch_model import TorchZSLModel
 
 
 class LevelFusion(nn.Module):

@@ -8,9 +8,9 @@ import numpy as np
 import scipy.linalg
 
 from pipeline.errors import PipelineError
-from pipeline.models.base import Semantics, Split, ZSLModel
+from pipeline.models.base import Semantics, Split, ZSLModel, seen_targets
+from pipeline.models.class_graph import SmoothedClassVectors
 from pipeline.models.classifiers import head_rows, ridge_solution, with_bias_input
-from pipeline.models.layers import SmoothedClassVectors, seen_targets
 
 
 def eszsl_solution(features: np.ndarray, targets: np.ndarray, signatures: np.ndarray, gamma: float,
@@ -53,7 +53,7 @@ class ESZSL(SmoothedClassVectors, ZSLModel):
     IN200 the two are level: CZSL Hit@1 0.128 vs 0.112 with λ chosen on validation).
 
     ``graph_steps`` > 0 smooths the semantic vectors over the class graph first
-    (:func:`~pipeline.models.layers.smoothed_class_vectors`; ``k``: neighbours of the k-NN graph used
+    (:func:`~pipeline.models.class_graph.smoothed_class_vectors`; ``k``: neighbours of the k-NN graph used
     without a WordNet graph): S is then the smoothed vectors. 0, the paper's, is the default; selection
     tries 2 and 4 too.
     """

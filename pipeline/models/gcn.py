@@ -21,7 +21,7 @@ outside that span a prediction only adds distance to every anchor, so the basis 
 loss rewards, and each epoch costs a fraction of DGP's.
 
 Without a graph (e.g. the built-in synthetic dataset, which has no WordNet mapping) both build one
-from ``semantics.vectors`` (:func:`pipeline.models.layers.knn_graph`). The GCN sees every node,
+from ``semantics.vectors`` (:func:`pipeline.models.class_graph.knn_graph`). The GCN sees every node,
 unseen classes included (their names, never their images or classifier rows), as GCNZ does.
 """
 from __future__ import annotations
@@ -36,11 +36,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import PipelineError
-from pipeline.models.base import ADJACENCIES, Semantics, Split, epoch_bar
+from pipeline.models.base import ADJACENCIES, Semantics, Split, epoch_bar, l2_normalize
+from pipeline.models.class_graph import class_graph, smoothed_nodes
 from pipeline.models.classifiers import seen_classifiers, with_bias_input, with_classifier
 from pipeline.models.conse import convex_combination
-from pipeline.models.layers import GCN, Propagation, TorchZSLModel, class_graph, l2_normalize, smoothed_nodes
+from pipeline.models.layers import GCN, Propagation
 from pipeline.models.memo import by_content, by_identity, fingerprint
+from pipeline.models.torch_model import TorchZSLModel
 
 log = logging.getLogger(__name__)
 

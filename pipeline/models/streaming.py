@@ -1,7 +1,7 @@
 """Mini-batches of grid features for attention models, streamed from the store to the device.
 
 Models keep their own losses and optimiser steps (devices come from
-:func:`pipeline.models.layers.resolve_device`); these helpers only move data: training batches
+:func:`pipeline.device.resolve_device`); these helpers only move data: training batches
 drawn from the whole training set (each a read of just its rows, overlapped with compute, see
 :mod:`pipeline.grid`) and in-order embedding of a whole split.
 """
