@@ -16,7 +16,7 @@ from pipeline.models.base import Semantics, Split
 from pipeline.safe_pickle import load_pickle
 from pipeline.semantics.attributes import read_attribute_vectors
 from pipeline.semantics.build import is_file_name
-from pipeline.semantics.text import read_vector_array, read_vector_names
+from pipeline.semantics.vector_files import read_vector_array, read_vector_names
 from pipeline.train import load_checkpoint, save_checkpoint
 
 

@@ -38,6 +38,7 @@ from pipeline.outputs import write_whole
 from pipeline.semantics import attributes as attr
 from pipeline.semantics import text
 from pipeline.semantics import wordnet as wn
+from pipeline.semantics.vector_files import class_name_vectors
 from pipeline.store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -277,7 +278,7 @@ def _class_vectors(encoder: str, classes: list[str], cfg: SemanticsConfig) -> tu
     path = encoder.partition(":")[2]
     if not path:
         raise PipelineError("vectors: needs a file, as vectors:PATH (.npy, .pickle or .pkl)")
-    return text.class_name_vectors(Path(path), classes, Path(cfg.vector_names) if cfg.vector_names else None)
+    return class_name_vectors(Path(path), classes, Path(cfg.vector_names) if cfg.vector_names else None)
 
 
 def _attribute_text(b: _Builder, names: list[str], cfg: SemanticsConfig) -> None:
