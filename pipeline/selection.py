@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.device import resolve_device
 from pipeline.errors import PipelineError
 from pipeline.models import MODELS, make_model
 from pipeline.models.base import Semantics, Split, ZSLModel, seed_everything
@@ -31,6 +32,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if "device" in self.hparams:
             raise PipelineError(f"{self.model}: device is not a hyperparameter; use --device (train.device)")
+        resolve_device(self.device)  # a device that is no torch device, or absent, fails before any data is read
         make_model(self.model, **self.hparams)  # an unknown model or hyperparameter fails before any data is read
 
     @property

@@ -228,6 +228,8 @@ def test_device_is_a_setting_of_the_run_not_a_hyperparameter(cached, tmp_path):
 
     with pytest.raises(PipelineError, match="device is not a hyperparameter; use --device"):
         TrainConfig("msdn", hparams={"device": "cpu"})
+    with pytest.raises(PipelineError, match="device 'nonsense' is not a torch device"):
+        TrainConfig("eszsl", device="nonsense")  # also for a closed form, which runs on the CPU anyway
     inputs = load_inputs(*cached)
     checkpoint = train(inputs, TrainConfig("gcn_regression", select=False, device="cpu"))
     assert "device" not in checkpoint["hparams"]  # nor in run.hparams, dvc exp show's column
