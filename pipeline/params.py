@@ -106,6 +106,8 @@ def check_params(params: Any, sections: Iterable[str], source: str = "params.yam
                 problems.append("model: missing" if model is None else f"model: expected a model name, got {model!r}")
             elif not isinstance(params.get(model) or {}, dict):
                 problems.append(f"{model}: expected keys (hyperparameters), got {params[model]!r}")
+            else:  # null: the model's default (a searched key then chosen on validation), so not passed on
+                out[model] = {k: v for k, v in (params.get(model) or {}).items() if v is not None}
             continue
         keys, section = SCHEMA[name], params.get(name)
         if not isinstance(section, dict):

@@ -88,6 +88,11 @@ def test_a_bad_model_entry_is_one_line(path, value, culprit):
     assert culprit in str(err.value) and "\n" not in str(err.value)
 
 
+def test_a_null_hyperparameter_is_the_models_default_and_a_value_fixes_it():
+    params = _with("model", "eszsl") | {"eszsl": {"gamma": None, "lam": 10, "labels": None}}
+    assert check_params(params, ["model", "train"])["eszsl"] == {"lam": 10}  # gamma still searched, labels default
+
+
 def test_params_that_are_not_utf8_stop_a_stage_in_one_line(tmp_path):
     (tmp_path / "params.yaml").write_bytes((REPO / "params.yaml").read_bytes() + b"# caf\xe9\n")
     run = subprocess.run([sys.executable, "-m", "stages.train", "--features", "f.h5", "--semantics", "s.h5",
