@@ -4,31 +4,36 @@ from __future__ import annotations
 
 import io
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import write_toy_store
 
 from pipeline.choices import MODEL_NAMES
 from pipeline.errors import PipelineError
+from pipeline.grid import GridSource
 from pipeline.models import MODELS, make_model
 from pipeline.models.base import Graph, Semantics, Split, normalized_adjacency
+from pipeline.models.class_graph import class_graph, knn_graph, smoothed_class_vectors
 from pipeline.models.eszsl import ESZSL
 from pipeline.models.gcn import _GraphInputs, class_hidden
-from pipeline.models.class_graph import class_graph, knn_graph, smoothed_class_vectors
 from pipeline.models.layers import CPUFastDropout, GCN, GraphConv, Propagation, sparse_tensor
 from pipeline.models.memo import by_content
 
-TRAINABLE = ["eszsl", "joint_gcn", "gcn_regression", "cfzsl"]
+TRAINABLE = ["eszsl", "joint_gcn", "gcn_regression", "cfzsl"]  # well above chance on these features
 N_CLASSES, N_SEEN, PER_CLASS = 20, 15, 30
 
 
 class Problem:
     """20 classes with random binary attributes [20, 16]; CNN features = attributes @ P [16 -> 64] + noise,
-    CLIP features = attributes @ Q [16 -> 32] + noise, CLIP text = attributes @ R [16 -> 24] + noise;
-    30 images per class; classes 0..14 seen, 15..19 unseen."""
+    their grid (4 regions, streamed from a store in ``root``) the features plus noise per region, CLIP
+    features = attributes @ Q [16 -> 32] + noise, CLIP text = attributes @ R [16 -> 32] + noise, random
+    8-d attribute-name vectors; 30 images per class; classes 0..14 seen, 15..19 unseen. Every model,
+    the attention models included, reads what it needs of it."""
 
-    def __init__(self, seed: int = 8, noise: float = 0.5):
+    def __init__(self, root: Path, seed: int = 8, noise: float = 0.5):
         rng = np.random.default_rng(seed)
         attributes = (rng.random((N_CLASSES, 16)) < 0.5).astype(np.float32)
         labels = np.repeat(np.arange(N_CLASSES), PER_CLASS)
@@ -38,13 +43,16 @@ class Problem:
             return attributes[labels] @ projection + noise * rng.normal(size=(len(labels), dim)).astype(np.float32)
 
         features, clip = view(64), view(32)
-        text = attributes @ rng.normal(size=(16, 24)).astype(np.float32)
+        grid = features[:, None, :] + noise * rng.normal(size=(len(labels), 4, 64)).astype(np.float32)
+        path = write_toy_store(root / "grid.h5", labels, N_CLASSES, pooled=features, grid=grid)
+        text = attributes @ rng.normal(size=(16, 32)).astype(np.float32)
         text += 0.3 * rng.normal(size=text.shape).astype(np.float32)
         self.seen, self.unseen = np.arange(N_SEEN), np.arange(N_SEEN, N_CLASSES)
-        data = Split(features, labels, {"clip": clip})
+        data = Split(features, labels, {"clip": clip}, GridSource(path, np.arange(len(labels))))
         self.train = data.subset(np.flatnonzero(labels < N_SEEN))
         self.test = data.subset(np.flatnonzero(labels >= N_SEEN))
-        self.semantics = Semantics(attributes, {"clip": text})
+        self.semantics = Semantics(attributes, {"clip": text},
+                                   attribute_vectors=rng.normal(size=(16, 8)).astype(np.float32))
 
     def czsl_accuracy(self, model) -> float:
         """Per-class top-1 accuracy on the unseen images, candidates = unseen classes only."""
@@ -54,15 +62,15 @@ class Problem:
 
 
 @pytest.fixture(scope="module")
-def problem() -> Problem:
-    return Problem()
+def problem(tmp_path_factory) -> Problem:
+    return Problem(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture(scope="module")
 def fitted(problem: Problem) -> dict[str, tuple[object, dict]]:
-    """Each trainable model fitted once with seed 0: {name: (model, fit log)}."""
+    """Every model fitted once with seed 0, at its defaults: {name: (model, fit log)}."""
     out = {}
-    for name in TRAINABLE:
+    for name in MODELS:
         model = make_model(name)
         out[name] = (model, model.fit(problem.train, problem.seen, problem.semantics, seed=0))
     return out
@@ -176,33 +184,48 @@ def test_gcn_models_regress_the_backbone_classifier_rows_of_seen_classes_only(na
         make_model(name, supervision="head").fit(problem.train, problem.seen, fallback, seed=0)
 
 
-@pytest.mark.parametrize("name", ["joint_gcn", "gcn_regression", "cfzsl"])
-def test_same_seed_gives_identical_embeddings(name, problem, fitted):
-    first = fitted[name][0]
-    again = make_model(name)
-    again.fit(problem.train, problem.seen, problem.semantics, seed=0)
+@pytest.mark.parametrize("name", ["joint_gcn", "gcn_regression", "cfzsl", "msdn", "drmn", "sdl"])
+def test_another_seed_gives_another_network(name, problem, fitted):
     other = make_model(name)
     other.fit(problem.train, problem.seen, problem.semantics, seed=1)
-    for embed in ("image_embeddings", "class_embeddings"):
-        arg = problem.test if embed == "image_embeddings" else problem.semantics
-        np.testing.assert_array_equal(getattr(first, embed)(arg), getattr(again, embed)(arg))
-    assert not np.array_equal(scores(first, problem), scores(other, problem))
+    assert not np.array_equal(scores(fitted[name][0], problem), scores(other, problem))
 
 
-@pytest.mark.parametrize("name", TRAINABLE)
-def test_state_round_trip_gives_identical_scores(name, problem, fitted):
+# --- the contract of every model (timm's pattern: each test runs over the whole registry) -------------------
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_fits_and_scores_every_class_with_finite_numbers(name, problem, fitted):
+    model, log = fitted[name]
+    assert np.isfinite(log.get("loss", [])).all() and "seconds" in log
+    images, classes = model.image_embeddings(problem.test), model.class_embeddings(problem.semantics)
+    assert images.dtype == classes.dtype == np.float32 and len(images) == len(problem.test)
+    assert len(classes) == N_CLASSES and np.isfinite(scores(model, problem)).all()
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_is_reproducible_from_its_seed(name, problem, fitted):
+    again = make_model(name)
+    again.fit(problem.train, problem.seen, problem.semantics, seed=0)
+    np.testing.assert_array_equal(scores(again, problem), scores(fitted[name][0], problem))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_state_round_trip_gives_identical_scores(name, problem, fitted):
     model = fitted[name][0]
     buffer = io.BytesIO()
-    torch.save(model.state(), buffer)  # as the checkpoint stores it
+    torch.save(model.state(), buffer)  # (the checkpoint stores numpy arrays as tensors: tests/test_train.py)
     buffer.seek(0)
     restored = make_model(name, **model.hparams)
     restored.load_state(torch.load(buffer, weights_only=False))
     np.testing.assert_array_equal(scores(restored, problem), scores(model, problem))
 
 
-@pytest.mark.parametrize("name", TRAINABLE)
-def test_untrained_model_says_so(name, problem):
-    with pytest.raises(PipelineError, match="not trained"):
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_untrained_model_says_so(name, problem, fitted):
+    if not fitted[name][0].state():
+        pytest.skip(f"{name} has nothing to train")
+    with pytest.raises(PipelineError, match=f"^{name}: the model is not trained; call fit or load_state first$"):
         make_model(name).image_embeddings(problem.test)
 
 

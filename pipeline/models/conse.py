@@ -65,7 +65,7 @@ class ConSE(SmoothedClassVectors, ZSLModel):
 
     def _trained(self) -> tuple[np.ndarray, np.ndarray]:
         if self.classifiers is None or self.seen_vectors is None:
-            raise PipelineError("conse: the model is not fitted; call fit or load_state first")
+            raise PipelineError("conse: the model is not trained; call fit or load_state first")
         return self.classifiers, self.seen_vectors
 
     def image_embeddings(self, data: Split) -> np.ndarray:
