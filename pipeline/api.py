@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import ExtractConfig
+from pipeline.config import EVALUATE, ExtractConfig
 from pipeline.distributed import extract_dataset
 from pipeline.errors import PipelineError
 from pipeline.evaluate import evaluate_files, headline
@@ -118,8 +118,8 @@ class Evaluation:
 
 def evaluate(model_file: str | Path, features: str | Path, semantics: str | Path, *,
              metrics: str | Path = "metrics.json", plots: str | Path = "plots",
-             candidate_sets: str | Path | None = None, ks: Sequence[int] = (1, 2, 5, 10, 20),
-             tag_ks: Sequence[int] = (3, 5)) -> Evaluation:
+             candidate_sets: str | Path | None = EVALUATE.candidate_sets, ks: Sequence[int] = EVALUATE.ks,
+             tag_ks: Sequence[int] = EVALUATE.tag_ks) -> Evaluation:
     """``zsl evaluate``: metrics of a trained model on the test splits (written to ``metrics`` and ``plots``)."""
     m = evaluate_files(Path(model_file), Path(features), Path(semantics), Path(metrics), Path(plots),
                        Path(candidate_sets) if candidate_sets else None, None, tuple(ks), tuple(tag_ks))

@@ -19,7 +19,7 @@ interrupt.while_starting()
 import click  # noqa: E402
 
 from pipeline.choices import BACKBONE_NAMES, DATASETS, DTYPES, MODEL_NAMES, is_backbone  # noqa: E402
-from pipeline.config import EXTRACT, ExtractConfig  # noqa: E402
+from pipeline.config import EVALUATE, EXTRACT, ExtractConfig  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
 
 EXIT_IMAGES_FAILED = 3
@@ -239,9 +239,9 @@ def train(model_name: str, features: Path, semantics: Path, source: str, clip_fe
               help="JSON {set: [class, ...]} (e.g. imagenet-testsets.json) for Hit@k per set.")
 @click.option("--metrics", type=click.Path(path_type=Path), default=Path("metrics.json"), show_default=True)
 @click.option("--plots", type=click.Path(path_type=Path), default=Path("plots"), show_default=True)
-@click.option("--ks", default="1,2,5,10,20", show_default=True, callback=_ks,
+@click.option("--ks", default=",".join(map(str, EVALUATE.ks)), show_default=True, callback=_ks,
               help="Hit@k at these k (comma-separated).")
-@click.option("--tag-ks", default="3,5", show_default=True, callback=_ks,
+@click.option("--tag-ks", default=",".join(map(str, EVALUATE.tag_ks)), show_default=True, callback=_ks,
               help="Multi-label data: P/R/F1 at these k.")
 def evaluate(model_file: Path, features: Path, semantics: Path, clip_features: Path | None,
              candidate_sets: Path | None, metrics: Path, plots: Path, ks: tuple[int, ...],

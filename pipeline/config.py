@@ -1,6 +1,7 @@
-"""Extraction's settings and their defaults, written once: the command line (``zsl extract``), the Python
-API (``pipeline.api.extract``) and the DVC stage (``params.yaml``'s ``extract:``, checked equal by a test)
-read them from :class:`ExtractConfig`. No torch here, so ``--help`` stays instant."""
+"""The settings of extraction and evaluation and their defaults, written once: the command line (``zsl
+extract``, ``zsl evaluate``), the Python API (``pipeline.api``) and the DVC stages (``params.yaml``'s
+``extract:`` and ``evaluate:``, checked equal by a test) read them from :class:`ExtractConfig` and
+:class:`EvaluateConfig`. No torch here, so ``--help`` stays instant."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,3 +33,15 @@ class ExtractConfig:
 
 
 EXTRACT = ExtractConfig()  # the defaults
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """How ``evaluate`` scores (:func:`pipeline.evaluate.evaluate_files`'s options)."""
+
+    candidate_sets: str | None = None  # JSON {set: [class, ...]} (imagenet-testsets.json): Hit@k per set
+    ks: tuple[int, ...] = (1, 2, 5, 10, 20)  # Hit@k
+    tag_ks: tuple[int, ...] = (3, 5)  # multi-label data: P / R / F1 at k
+
+
+EVALUATE = EvaluateConfig()  # the defaults

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import __version__
+from pipeline.config import EVALUATE
 from pipeline.errors import PipelineError
 from pipeline.inputs import Inputs, check_semantics, load_inputs
 from pipeline.metrics import (
@@ -54,7 +55,7 @@ def write_metrics(metrics: dict[str, Any], path: Path) -> None:
 
 def evaluate_files(model_file: Path, features: Path, semantics: Path, metrics: Path, plots: Path,
                    candidate_sets: Path | None = None, clip_features: Path | None = None,
-                   ks: tuple[int, ...] = (1, 2, 5, 10, 20), tag_ks: tuple[int, ...] = (3, 5)) -> dict[str, Any]:
+                   ks: tuple[int, ...] = EVALUATE.ks, tag_ks: tuple[int, ...] = EVALUATE.tag_ks) -> dict[str, Any]:
     """Evaluate a saved model on cached files, writing ``metrics`` (JSON) and ``plots``: what ``cli.py
     evaluate`` and the DVC stage both run. Returns the metrics."""
     model, checkpoint = load_checkpoint(model_file)
@@ -128,8 +129,8 @@ def read_candidate_sets(path: Path, classes: list[str]) -> dict[str, np.ndarray]
 
 
 def evaluate(model: ZSLModel, checkpoint: dict[str, Any], inputs: Inputs, plots: Path,
-             candidate_sets: dict[str, np.ndarray] | None = None, ks: tuple[int, ...] = (1, 2, 5, 10, 20),
-             tag_ks: tuple[int, ...] = (3, 5)) -> dict[str, Any]:
+             candidate_sets: dict[str, np.ndarray] | None = None, ks: tuple[int, ...] = EVALUATE.ks,
+             tag_ks: tuple[int, ...] = EVALUATE.tag_ks) -> dict[str, Any]:
     """All metrics of ``model`` on the test splits; writes ``plots/seen_unseen.json`` and
     ``plots/figures/seen_unseen.png`` (no GZSL without ``test_seen`` images; multi-label data: P/R/F1 at
     ``tag_ks``, ``plots/f1_at_k.json`` and ``plots/figures/f1_at_k.png``)."""

@@ -24,10 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.config import EVALUATE
 from pipeline.errors import PipelineError
 from pipeline.outputs import write_whole
 
-HIT_KS = (1, 2, 5, 10, 20)
+HIT_KS = EVALUATE.ks
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import yaml
 
 from cli import cli
 from pipeline import api
-from pipeline.config import EXTRACT, ExtractConfig
+from pipeline.config import EVALUATE, EXTRACT, ExtractConfig
 from pipeline.semantics.build import SemanticsConfig
 
 PARAMS = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
@@ -52,3 +52,10 @@ def test_semantics_cli_defaults_are_semantics_config_and_params_differ_only_for_
             assert cli_defaults[key] == value, key
     job = {"attributes": "synthetic", "text": ["minilm", "glove"], "attribute_vectors": "minilm"}  # the synthetic run's
     assert {k: v for k, v in PARAMS["semantics"].items() if v != config[k] and not (k == "text" and v == [])} == job
+
+
+def test_evaluate_has_one_source_of_defaults():
+    assert {k: tuple(v) if isinstance(v, list) else v for k, v in PARAMS["evaluate"].items()} == asdict(EVALUATE)
+    cli_defaults = _cli_defaults("evaluate")
+    api_defaults = {k: p.default for k, p in inspect.signature(api.evaluate).parameters.items()}
+    assert {k: cli_defaults[k] for k in asdict(EVALUATE)} == {k: api_defaults[k] for k in asdict(EVALUATE)} == asdict(EVALUATE)

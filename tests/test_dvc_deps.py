@@ -78,17 +78,19 @@ def test_no_module_of_the_library_imports_itself_back():
 
 
 def test_every_dvc_override_the_readme_shows_is_accepted_by_dvc(tmp_path):
-    """Each ``-S key=value`` of the README applies to params.yaml as ``dvc exp run -S`` applies it (DVC's Hydra
-    grammar: a key the section lacks needs ``++``), and lands on a parameter the stages read."""
+    """Each ``-S key=value`` of the README and params.yaml applies to params.yaml as ``dvc exp run -S`` applies
+    it (DVC's Hydra grammar: a key the section lacks needs ``++``; the model sections hold every key of their
+    model, null for its default, so none does), and lands on a parameter the stages read."""
     import re
     import shutil
 
     from dvc.utils.hydra import apply_overrides
 
-    from pipeline.models import make_model
+    from pipeline.models import MODELS, make_model
 
-    overrides = sorted(set(re.findall(r"-S (\+*[a-z_]+\.[a-z_]+=[^\s`]+)", (REPO / "README.md").read_text())))
-    assert len(overrides) >= 8 and "++eszsl.gamma=1.0" in overrides
+    documented = (REPO / "README.md").read_text() + (REPO / "params.yaml").read_text()
+    overrides = sorted(set(re.findall(r"-S (\+*[a-z_]+\.[a-z_]+=[^\s`,]+)", documented)))
+    assert len(overrides) >= 8 and {"eszsl.gamma=1.0", "msdn.distill_weight=0"} <= set(overrides)
     params = tmp_path / "params.yaml"
     for override in overrides:
         shutil.copyfile(REPO / "params.yaml", params)
@@ -98,3 +100,6 @@ def test_every_dvc_override_the_readme_shows_is_accepted_by_dvc(tmp_path):
         if section not in ("extract", "synthetic", "train", "evaluate"):  # a model section: one of its hyperparameters
             assert key in make_model(section).hparams, override
         assert value is not None, override
+    sections = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert {name: sorted(sections[name]) for name in MODELS} == {name: sorted(m.defaults) for name, m in MODELS.items()}
+    assert all(value is None for name in MODELS for value in sections[name].values())

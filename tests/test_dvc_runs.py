@@ -77,23 +77,3 @@ def test_a_dvc_experiment_with_other_extract_settings_replaces_the_store(project
     assert not (project / "features" / "image_features.h5.partial").exists()
     _run(["git", "checkout", "params.yaml"], project)
 
-
-def test_the_documented_hyperparameter_overrides_are_accepted_by_dvc(project):
-    """Every model section of params.yaml holds all of its model's keys (null: the default, or chosen on
-    validation when searched), so DVC takes ``-S section.key=value`` as params.yaml and the README show it
-    (DVC refuses a plain key a section does not hold)."""
-    import pipeline  # noqa: F401
-    from pipeline.models import MODELS
-
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    assert {name: sorted(params[name]) for name in MODELS} == {name: sorted(m.defaults) for name, m in MODELS.items()}
-    assert all(value is None for name in MODELS for value in params[name].values())
-    documented = (REPO / "params.yaml").read_text() + (REPO / "README.md").read_text()
-    overrides = ["eszsl.gamma=1.0", "msdn.distill_weight=0", "drmn.global_weight=0"]
-    assert all(f"-S {o}" in documented for o in overrides)
-    done = _run([sys.executable, "-m", "dvc", "exp", "run", "extract", "-S", "model=eszsl",
-                 *[arg for o in overrides for arg in ("-S", o)]], project)
-    assert done.returncode == 0, done.stdout + done.stderr
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    assert (params["eszsl"]["gamma"], params["msdn"]["distill_weight"], params["drmn"]["global_weight"]) == (1.0, 0, 0)
-    _run(["git", "checkout", "params.yaml"], project)
