@@ -142,7 +142,7 @@ def run_model(spec: str, features: Path, semantics: Path, source: str, plots: Pa
     inputs = load_inputs(features, semantics, source)
     with PeakMemory() as memory:
         start = time.perf_counter()
-        checkpoint = train(inputs, TrainConfig(model, source, hparams=hparams))
+        checkpoint = train(inputs, TrainConfig(model=model, semantics=source, hparams=hparams))
         seconds = time.perf_counter() - start
     trained = make_model(checkpoint["model"], **checkpoint["hparams"])
     trained.load_state(checkpoint["state"])

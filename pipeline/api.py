@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import EVALUATE, ExtractConfig
+from pipeline.config import EVALUATE, TRAIN, ExtractConfig
 from pipeline.distributed import extract_dataset
 from pipeline.errors import PipelineError
 from pipeline.evaluate import evaluate_files, headline
@@ -86,8 +86,9 @@ def load_model(path: str | Path) -> TrainedModel:
 
 
 def train(features: str | Path, semantics: str | Path, output: str | Path, *, model: str = "joint_gcn",
-          source: str = "attributes", hparams: dict[str, Any] | None = None, seed: int = 0, select: bool = True,
-          val_fraction: float = 0.2, val_folds: int | None = None, device: str = "auto") -> TrainedModel:
+          source: str = TRAIN.semantics, hparams: dict[str, Any] | None = None, seed: int = TRAIN.seed,
+          select: bool = TRAIN.select, val_fraction: float = TRAIN.val_fraction, val_folds: int | None = TRAIN.val_folds,
+          device: str = TRAIN.device) -> TrainedModel:
     """``zsl train``: select on validation, refit on trainval, save to ``output``."""
     cfg = TrainConfig(model=model, semantics=source, seed=seed, select=select, val_fraction=val_fraction,
                       hparams=dict(hparams or {}), val_folds=val_folds, device=device)

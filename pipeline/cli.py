@@ -19,7 +19,7 @@ interrupt.while_starting()
 import click  # noqa: E402
 
 from pipeline.choices import BACKBONE_NAMES, DATASETS, DTYPES, MODEL_NAMES, is_backbone  # noqa: E402
-from pipeline.config import EVALUATE, EXTRACT, ExtractConfig  # noqa: E402
+from pipeline.config import EVALUATE, EXTRACT, TRAIN, ExtractConfig  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
 
 EXIT_IMAGES_FAILED = 3
@@ -127,7 +127,7 @@ def info(file: Path) -> None:
 @click.option("--output", type=click.Path(path_type=Path), default=Path("data/synthetic"), show_default=True)
 @click.option("--images-per-class", type=int, default=24, show_default=True)
 @click.option("--image-size", type=int, default=64, show_default=True)
-@click.option("--seed", type=click.IntRange(min=0, max=2**32 - 1), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0, max=2**32 - 1), default=TRAIN.seed, show_default=True)
 @click.option("--multilabel", is_flag=True, help="1-3 objects per image, tagged with their classes.")
 def synthesize(output: Path, images_per_class: int, image_size: int, seed: int, multilabel: bool) -> None:
     """Draw the built-in synthetic zero-shot dataset (colour x pattern x shape)."""
@@ -204,17 +204,17 @@ def _hparam(text: str) -> tuple[str, object]:
 @click.option("--features", type=click.Path(path_type=Path), default=Path("features/image_features.h5"),
               show_default=True)
 @click.option("--semantics", type=click.Path(path_type=Path), default=Path("features/semantics.h5"), show_default=True)
-@click.option("--source", default="attributes", show_default=True, help="attributes or text:<encoder>.")
+@click.option("--source", default=TRAIN.semantics, show_default=True, help="attributes or text:<encoder>.")
 @click.option("--clip-features", type=click.Path(path_type=Path), default=None,
               help="CLIP features of the same images (cfzsl).")
 @click.option("--hparam", "hparams", multiple=True, help="Fixed hyperparameter KEY=VALUE (repeatable).")
-@click.option("--seed", type=click.IntRange(min=0, max=2**32 - 1), default=0, show_default=True)
-@click.option("--select/--no-select", default=True, show_default=True, help="Grid search on validation.")
-@click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
+@click.option("--seed", type=click.IntRange(min=0, max=2**32 - 1), default=TRAIN.seed, show_default=True)
+@click.option("--select/--no-select", default=TRAIN.select, show_default=True, help="Grid search on validation.")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=TRAIN.val_fraction,
               show_default=True)
-@click.option("--val-folds", type=click.IntRange(min=1), default=None,
+@click.option("--val-folds", type=click.IntRange(min=1), default=TRAIN.val_folds,
               help="Validation draws averaged by selection [default: 5 for closed-form models, else 1].")
-@click.option("--device", default="auto", show_default=True,
+@click.option("--device", default=TRAIN.device, show_default=True,
               help="Where a network trains: auto, cpu, cuda, cuda:1, ... (closed forms run on the CPU).")
 @click.option("--output", type=click.Path(path_type=Path), default=Path("models/model.pt"), show_default=True)
 def train(model_name: str, features: Path, semantics: Path, source: str, clip_features: Path | None,

@@ -1,7 +1,8 @@
-"""The settings of extraction and evaluation and their defaults, written once: the command line (``zsl
-extract``, ``zsl evaluate``), the Python API (``pipeline.api``) and the DVC stages (``params.yaml``'s
-``extract:`` and ``evaluate:``, checked equal by a test) read them from :class:`ExtractConfig` and
-:class:`EvaluateConfig`. No torch here, so ``--help`` stays instant."""
+"""The settings of extraction, training and evaluation and their defaults, written once: the command line
+(``zsl extract``, ``train``, ``evaluate``), the Python API (``pipeline.api``) and the DVC stages
+(``params.yaml``'s ``extract:``, ``train:`` and ``evaluate:``, checked equal by a test) read them from
+:class:`ExtractConfig`, :class:`TrainSettings` and :class:`EvaluateConfig`. No torch here, so ``--help``
+stays instant."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,6 +34,22 @@ class ExtractConfig:
 
 
 EXTRACT = ExtractConfig()  # the defaults
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainSettings:
+    """How ``train`` runs, whatever the model (:class:`pipeline.selection.TrainConfig` adds the model and
+    its fixed hyperparameters)."""
+
+    semantics: str = "attributes"  # the class semantics read: attributes | text:<encoder> (--source, train.source)
+    seed: int = 0
+    select: bool = True  # grid search of the model's searched hyperparameters on validation
+    val_fraction: float = 0.2  # validation classes carved from trainval when the dataset has no train/val
+    val_folds: int | None = None  # validation draws averaged by selection; None: the model's selection_folds
+    device: str = "auto"  # where a network trains: auto | cpu | cuda[:N] (not a hyperparameter)
+
+
+TRAIN = TrainSettings()  # the defaults
 
 
 @dataclass(frozen=True)

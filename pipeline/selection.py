@@ -10,24 +10,20 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.config import TrainSettings
 from pipeline.device import resolve_device
 from pipeline.errors import PipelineError
 from pipeline.models import MODELS, make_model
 from pipeline.models.base import Semantics, Split, ZSLModel, seed_everything
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """How to train; ``hparams`` are fixed (not searched), ``select`` turns the grid search off."""
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(TrainSettings):
+    """How to train ``model``: the run's settings (:class:`~pipeline.config.TrainSettings`, their defaults)
+    and ``hparams``, fixed (not searched); ``select`` turns the grid search off."""
 
     model: str
-    semantics: str = "attributes"
-    seed: int = 0
-    select: bool = True
-    val_fraction: float = 0.2
     hparams: dict[str, Any] = field(default_factory=dict)
-    val_folds: int | None = None  # validation draws averaged by selection; None: the model's selection_folds
-    device: str = "auto"  # where a network trains: auto | cpu | cuda[:N] (not a hyperparameter)
 
     def __post_init__(self) -> None:
         if "device" in self.hparams:

@@ -50,7 +50,7 @@ def test_sdl_tags_unseen_objects_in_real_coco_photos_well_above_a_random_ranking
     inputs = load_inputs(features, semantics, "text:vectors")
     assert len(inputs.classes) == 65 and len(inputs.unseen_tags) == 17
     assert 250 <= len(inputs.splits["trainval"]) and 250 <= len(inputs.splits["test"])
-    checkpoint = train(inputs, TrainConfig("sdl", "text:vectors"))
+    checkpoint = train(inputs, TrainConfig(model="sdl", semantics="text:vectors"))
     model = make_model("sdl", **checkpoint["hparams"])
     model.load_state(checkpoint["state"])
     metrics = evaluate(model, checkpoint, inputs, tmp_path)

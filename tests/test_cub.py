@@ -40,7 +40,7 @@ def cub(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pa
 
 def _metrics(model: str, features: Path, semantics: Path, plots: Path, **fixed) -> tuple[dict, dict]:
     inputs = load_inputs(features, semantics, "attributes")
-    checkpoint = train(inputs, TrainConfig(model, "attributes", hparams=fixed))
+    checkpoint = train(inputs, TrainConfig(model=model, semantics="attributes", hparams=fixed))
     trained = make_model(checkpoint["model"], **checkpoint["hparams"])
     trained.load_state(checkpoint["state"])
     return checkpoint, evaluate(trained, checkpoint, inputs, plots)

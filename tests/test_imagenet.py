@@ -97,7 +97,7 @@ def test_end_to_end_without_seen_test_images(tmp_path: Path, shared_data: Path) 
     build_semantics(features, semantics, SemanticsConfig(text=("glove",), graph="wordnet"))
 
     inputs = load_inputs(features, semantics, "text:glove")
-    checkpoint = train(inputs, TrainConfig("joint_gcn", select=False, hparams={"epochs": 5}))
+    checkpoint = train(inputs, TrainConfig(model="joint_gcn", select=False, hparams={"epochs": 5}))
     sets = tmp_path / "sets.json"
     sets.write_text(json.dumps({"2-hops": TEST[:2], "all": TEST}))
     save_checkpoint(checkpoint, tmp_path / "model.pt")

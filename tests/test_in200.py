@@ -56,7 +56,7 @@ def test_default_backbone_classifies_its_imagenet_classes_as_the_reference_does(
 def _train_and_evaluate(model: str, features: Path, semantics: Path, plots: Path) -> tuple[dict, dict]:
     """(checkpoint, metrics) of ``model`` trained with selection on MiniLM class names."""
     inputs = load_inputs(features, semantics, "text:minilm")
-    checkpoint = train(inputs, TrainConfig(model, "text:minilm"))
+    checkpoint = train(inputs, TrainConfig(model=model, semantics="text:minilm"))
     trained = make_model(checkpoint["model"], **checkpoint["hparams"])
     trained.load_state(checkpoint["state"])
     return checkpoint, evaluate(trained, checkpoint, inputs, plots)
@@ -94,7 +94,7 @@ def test_predict_labels_photos_with_any_wordnet_noun_through_the_graph_model(in2
     labelled by it, names shown with their wnids."""
     root, features, semantics = in200
     model = root.parent / "joint_gcn.pt"
-    train_files(features, semantics, TrainConfig("joint_gcn", "text:minilm"), model)  # as zsl train writes it
+    train_files(features, semantics, TrainConfig(model="joint_gcn", semantics="text:minilm"), model)  # as zsl train writes it
     photos = sorted((root / "test" / "n00007846").glob("*.jpg")) + sorted((root / "test" / "n02084071").glob("*.jpg"))
     run = subprocess.run([sys.executable, str(REPO / "cli.py"), "predict", *map(str, photos), "--model-file",
                           str(model), "--semantics", str(semantics), "--classes",

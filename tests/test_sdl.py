@@ -114,7 +114,7 @@ def test_sdl_ranks_unseen_tags_far_above_random_and_selects_on_validation_only(c
     inputs = load_inputs(features, semantics)
     v = tag_validation_split(inputs, 0.2, 0)
     assert not set(v.val_tags) & set(inputs.unseen_tags) and not set(v.val_tags) & set(v.train_tags)
-    cfg = TrainConfig("sdl", hparams={"epochs": 8}, select=True)
+    cfg = TrainConfig(model="sdl", hparams={"epochs": 8}, select=True)
     checkpoint = train(inputs, cfg)
     table = [(row["hparams"], row["val_mAP"]) for row in checkpoint["validation"]["table"]]
     assert [(h["k"], h["reg_weight"]) for h, _ in table] == [(3, 0.01), (3, 0.3), (7, 0.01), (7, 0.3)]
@@ -154,7 +154,7 @@ def test_diversity_weighting_is_a_one_parameter_ablation(cached):
 def test_single_label_models_refuse_multilabel_data(cached):
     features, semantics, _ = cached
     with pytest.raises(PipelineError, match="use model: sdl"):
-        train(load_inputs(features, semantics), TrainConfig("eszsl"))
+        train(load_inputs(features, semantics), TrainConfig(model="eszsl"))
 
 
 def test_cli_train_and_evaluate_write_tag_metrics(cached, tmp_path):

@@ -55,7 +55,7 @@ def _poison_test(inputs: Inputs) -> Inputs:
 
 def test_selection_never_reads_the_test_splits(cached):
     inputs = load_inputs(*cached)
-    cfg = TrainConfig("eszsl")
+    cfg = TrainConfig(model="eszsl")
     clean = train(inputs, cfg)
     poisoned = train(_poison_test(inputs), cfg)
     assert clean["hparams"] == poisoned["hparams"] and clean["gamma"] == poisoned["gamma"]
@@ -72,27 +72,27 @@ def test_selection_never_reads_the_test_splits(cached):
 
 def test_closed_forms_select_on_the_mean_of_five_class_folds_unless_the_dataset_fixes_its_split(cached):
     inputs = load_inputs(*cached)
-    assert len(validation_folds(inputs, TrainConfig("eszsl"))) == 1  # synthetic ships its own train/val
+    assert len(validation_folds(inputs, TrainConfig(model="eszsl"))) == 1  # synthetic ships its own train/val
     drawn = dataclasses.replace(inputs, splits={k: v for k, v in inputs.splits.items() if k not in ("train", "val")})
-    folds = validation_folds(drawn, TrainConfig("eszsl"))
+    folds = validation_folds(drawn, TrainConfig(model="eszsl"))
     assert len(folds) == 5 and len({tuple(f.val_classes) for f in folds}) > 1
-    assert len(validation_folds(drawn, TrainConfig("msdn"))) == 1  # trained by gradient: one fold
-    assert len(validation_folds(drawn, TrainConfig("joint_gcn"))) == 5  # its closed form stands in for its epochs
+    assert len(validation_folds(drawn, TrainConfig(model="msdn"))) == 1  # trained by gradient: one fold
+    assert len(validation_folds(drawn, TrainConfig(model="joint_gcn"))) == 5  # its closed form stands in for its epochs
 
-    checkpoint = train(drawn, TrainConfig("eszsl"))
+    checkpoint = train(drawn, TrainConfig(model="eszsl"))
     table = checkpoint["validation"]["table"]
     assert checkpoint["validation"]["folds"] == 5 and all(len(row["folds"]) == 5 for row in table)
     assert all(row["val_czsl"] == pytest.approx(np.mean(row["folds"])) for row in table)
     best = max(table, key=lambda row: row["val_czsl"])
     assert checkpoint["hparams"] == {**checkpoint["hparams"], **best["hparams"]}
-    single = train(drawn, TrainConfig("eszsl", val_folds=1))["validation"]["table"]
+    single = train(drawn, TrainConfig(model="eszsl", val_folds=1))["validation"]["table"]
     assert [row["val_czsl"] for row in single] == [row["folds"][0] for row in table]  # fold 0 = the old split
 
 
 def test_joint_gcn_is_validated_through_its_closed_form_and_refined_once_chosen(cached, caplog):
     inputs = load_inputs(*cached)
     with caplog.at_level("INFO", logger="pipeline.train"):
-        checkpoint = train(inputs, TrainConfig("joint_gcn"))
+        checkpoint = train(inputs, TrainConfig(model="joint_gcn"))
     validated = [r.getMessage() for r in caplog.records if "val per-class accuracy" in r.getMessage()]
     fitted = [r.getMessage() for r in caplog.records if "fitted in" in r.getMessage()]
     # 8 closed forms fitted; each scored with the 6 settings of the semantic route, read only when embedding
@@ -110,7 +110,7 @@ def test_one_image_per_seen_class_trains_and_holds_out_what_it_can(cached, model
     few = dataclasses.replace(inputs, splits={k: v for k, v in inputs.splits.items() if k not in ("train", "val")}
                               | {"trainval": trainval.subset(first)})
     with caplog.at_level("INFO"):
-        checkpoint = train(few, TrainConfig(model))
+        checkpoint = train(few, TrainConfig(model=model))
     assert "held out the only image of" in caplog.text
     assert len(checkpoint["seen"]) == len(first) and np.isfinite(checkpoint["gamma"])
 
@@ -118,7 +118,7 @@ def test_one_image_per_seen_class_trains_and_holds_out_what_it_can(cached, model
 @pytest.mark.parametrize("model", ["eszsl", "joint_gcn", "gcn_regression", "conse"])
 def test_unseen_classes_are_recognised_far_above_chance(cached, tmp_path, model):
     inputs = load_inputs(*cached)
-    checkpoint = train(inputs, TrainConfig(model))
+    checkpoint = train(inputs, TrainConfig(model=model))
     save_checkpoint(checkpoint, tmp_path / "model.pt")
     restored, saved = load_checkpoint(tmp_path / "model.pt")
     metrics = evaluate(restored, saved, inputs, tmp_path / "plots")
@@ -173,7 +173,7 @@ def test_hit_at_k_over_candidate_sets_with_and_without_training_classes(cached, 
     from pipeline.evaluate import read_candidate_sets
 
     inputs = load_inputs(*cached)
-    checkpoint = train(inputs, TrainConfig("eszsl", select=False))
+    checkpoint = train(inputs, TrainConfig(model="eszsl", select=False))
     unseen = [inputs.classes[c] for c in inputs.classes_of("test_unseen")]
     seen = [inputs.classes[c] for c in checkpoint["seen"]]
     path = tmp_path / "sets.json"
@@ -227,11 +227,11 @@ def test_device_is_a_setting_of_the_run_not_a_hyperparameter(cached, tmp_path):
     from pipeline.errors import PipelineError
 
     with pytest.raises(PipelineError, match="device is not a hyperparameter; use --device"):
-        TrainConfig("msdn", hparams={"device": "cpu"})
+        TrainConfig(model="msdn", hparams={"device": "cpu"})
     with pytest.raises(PipelineError, match="device 'nonsense' is not a torch device"):
-        TrainConfig("eszsl", device="nonsense")  # also for a closed form, which runs on the CPU anyway
+        TrainConfig(model="eszsl", device="nonsense")  # also for a closed form, which runs on the CPU anyway
     inputs = load_inputs(*cached)
-    checkpoint = train(inputs, TrainConfig("gcn_regression", select=False, device="cpu"))
+    checkpoint = train(inputs, TrainConfig(model="gcn_regression", select=False, device="cpu"))
     assert "device" not in checkpoint["hparams"]  # nor in run.hparams, dvc exp show's column
     new, old = tmp_path / "new.pt", tmp_path / "old.pt"  # old: from before, its device among the hyperparameters
     save_checkpoint(checkpoint, new)
