@@ -126,6 +126,8 @@ def main() -> None:
     parser.add_argument("--msdn-repo", type=Path, default=None,
                         help="fetched shiming-chen/MSDN: also run the official MSDN script on each store")
     parser.add_argument("--no-reference", action="store_true", help="skip the ESZSL reference closed form")
+    parser.add_argument("--seeds", default="0", help="train seeds, comma-separated: one run of each model per seed "
+                                                      "(the seed also draws the validation classes)")
     args = parser.parse_args()
     work = args.work.resolve()
     if not (args.deit / SNAPSHOT_FOLDER).is_dir() and not (args.deit / "HEAD").is_file():
@@ -141,16 +143,17 @@ def main() -> None:
         step = run_cli(["semantics", "--features", str(features), "--output", str(semantics), "--attributes",
                         str(SPLITS), "--attribute-names", str(NAMES), "--attribute-vectors", str(W2V)])
         print(json.dumps({"step": "semantics", "size": int(size), "seconds": step["seconds"]}), flush=True)
-        for spec in args.models.split(";"):
+        for spec, seed in ((spec, int(seed)) for spec in args.models.split(";") for seed in args.seeds.split(",")):
             model, name, hparams = model_spec(spec)
+            name += f"_s{seed}" if seed else ""
             checkpoint, metrics = work / f"{name}_{size}.pt", work / f"{name}_{size}.json"
             trained = run_cli(["train", "--model", model, "--features", str(features), "--semantics", str(semantics),
-                               "--output", str(checkpoint), *hparams])
+                               "--seed", str(seed), "--output", str(checkpoint), *hparams])
             run_cli(["evaluate", "--model-file", str(checkpoint), "--features", str(features), "--semantics",
                      str(semantics), "--metrics", str(metrics), "--plots", str(work / "plots" / f"{name}_{size}")])
             result = json.loads(metrics.read_text())
             gzsl = result["gzsl"]
-            print(json.dumps({"model": spec, "size": int(size), "T1": round(result["czsl"]["acc"], 4),
+            print(json.dumps({"model": spec, "size": int(size), "seed": seed, "T1": round(result["czsl"]["acc"], 4),
                               "U": round(gzsl["U"], 4), "S": round(gzsl["S"], 4), "H": round(gzsl["H"], 4),
                               "ausuc": round(result["ausuc"], 4), "train_s": trained["seconds"],
                               "train_peak_mib": trained["peak_mib"], "hparams": result["run"]["hparams"]}), flush=True)
