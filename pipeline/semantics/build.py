@@ -197,11 +197,11 @@ def clip_of_store(cfg: SemanticsConfig, provenance: dict[str, Any]) -> Semantics
     """``cfg`` with the CLIP text encoder it leaves unset (None) taken from the feature store's backbone when
     that is a CLIP image tower (its architecture and weights: text and image embeddings then share one
     space), else open_clip's ViT-B-32 with OpenAI's weights."""
-    store_clip = clip_architecture(str(provenance.get("backbone", ""))) is not None
+    store_model = clip_architecture(str(provenance.get("backbone", "")))  # None: not a CLIP backbone
+    model = cfg.clip_model or store_model or CLIP_DEFAULT
     weights = provenance.get("options", {}).get("pretrained", provenance.get("pretrained"))
-    model = cfg.clip_model or (provenance.get("model") if store_clip else CLIP_DEFAULT)
-    same_model = store_clip and model == provenance.get("model")
-    return replace(cfg, clip_model=model, clip_pretrained=cfg.clip_pretrained or (weights if same_model else "openai"))
+    return replace(cfg, clip_model=model, clip_pretrained=cfg.clip_pretrained or (weights if model == store_model
+                                                                                    else "openai"))
 
 
 def build_semantics(features: Path, output: Path, cfg: SemanticsConfig) -> list[str]:
