@@ -9,6 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from cli import cli
@@ -135,8 +136,20 @@ def test_files_that_are_not_stores_give_one_line_errors(tmp_path: Path):
     with pytest.raises(PipelineError, match="not found"):
         FeatureStore(tmp_path / "missing.h5")
     (tmp_path / "junk.h5").write_bytes(b"hello")
-    with pytest.raises(PipelineError, match="junk.h5: not a readable HDF5 file"):
+    with pytest.raises(PipelineError, match="junk.h5: not an HDF5 file; pass a feature file here, made by: zsl extract"):
         FeatureStore(tmp_path / "junk.h5")
+    # a model file given for a store (swapped arguments) is named, and not called one to delete
+    torch.save({"model": "eszsl"}, tmp_path / "model.pt")
+    with pytest.raises(PipelineError, match=r"model.pt: not an HDF5 file \(a zip archive: a model file from") as e:
+        FeatureStore(tmp_path / "model.pt")
+    assert "delete" not in str(e.value)
+    # an HDF5 file cut short is a broken store: rebuilding it is the fix
+    with h5py.File(tmp_path / "cut.h5", "w") as f:
+        f["features"] = np.zeros((1000, 64))
+    data = (tmp_path / "cut.h5").read_bytes()
+    (tmp_path / "cut.h5").write_bytes(data[: len(data) // 2])
+    with pytest.raises(PipelineError, match="cut.h5: not a readable HDF5 file .*; delete it and run again: zsl extract"):
+        FeatureStore(tmp_path / "cut.h5")
     with h5py.File(tmp_path / "other.h5", "w") as f:
         f["features"] = np.zeros((2, 2))
     with pytest.raises(PipelineError, match=r"other.h5: not a feature store .*missing \['labels'"):
