@@ -210,6 +210,19 @@ def test_every_model_is_reproducible_from_its_seed(name, problem, fitted):
     np.testing.assert_array_equal(scores(again, problem), scores(fitted[name][0], problem))
 
 
+@pytest.mark.parametrize("name", sorted(name for name, cls in MODELS.items() if cls.inference_hparams))
+def test_inference_hyperparameters_are_not_read_by_fit(name, problem, fitted):
+    """Selection fits once for all values of these (pipeline.train): a fit at other values, read at the
+    defaults, must score as the fit at the defaults."""
+    cls = MODELS[name]
+    other = {k: cls.search_space.get(k, [cls.defaults[k]])[-1] for k in cls.inference_hparams}
+    assert other != {k: cls.defaults[k] for k in other}, "no other value to fit with"
+    model = make_model(name, **other)
+    model.fit(problem.train, problem.seen, problem.semantics, seed=0)
+    model.hparams = {**model.hparams, **{k: cls.defaults[k] for k in other}}
+    np.testing.assert_array_equal(scores(model, problem), scores(fitted[name][0], problem))
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_every_state_round_trip_gives_identical_scores(name, problem, fitted):
     model = fitted[name][0]

@@ -175,6 +175,7 @@ class DRMN(TorchZSLModel[DRMNNet]):
         "global_weight": 0.3, "attr_weight": 0.0, "multi_level": True, "channel_attention": True,
     }
     search_space = {"global_weight": [0.0, 0.3, 0.6]}
+    inference_hparams = ("global_weight",)  # the branches' mix at embedding time: one fit serves all three
 
     def _class_vectors(self, semantics: Semantics) -> np.ndarray:
         return l2_normalize(semantics.vectors)
