@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +27,10 @@ def open_for_reading(path: Path, kind: str, make: str) -> h5py.File:
         # grid: 126 MB read for the 8 MB needed, 0.035 s against 0.002 s)
         return h5py.File(path, "r", rdcc_nbytes=0)
     except OSError as e:
-        if not _has_signature(path):  # another kind of file given by mistake: not ours to delete
-            what = " (a zip archive: a model file from zsl train?)" if _starts_with(path, b"PK\x03\x04") else ""
+        if not h5py.is_hdf5(path):  # another kind of file given by mistake: not ours to delete
+            what = " (a zip archive: a model file from zsl train?)" if zipfile.is_zipfile(path) else ""
             raise PipelineError(f"{path}: not an HDF5 file{what}; pass a {kind} here, made by: {make}") from e
         raise PipelineError(f"{path}: not a readable HDF5 file ({e}); delete it and run again: {make}") from e
-
-
-def _starts_with(path: Path, prefix: bytes, offset: int = 0) -> bool:
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return f.read(len(prefix)) == prefix
-
-
-def _has_signature(path: Path) -> bool:
-    """Whether ``path`` holds the HDF5 signature where the format puts it: at byte 0, 512, 1024, 2048, ..."""
-    size = path.stat().st_size
-    offsets = [0] + [512 << k for k in range(max(size.bit_length() - 9, 0)) if 512 << k < size]
-    return any(_starts_with(path, SIGNATURE, offset) for offset in offsets)
 
 
 def create_unbuffered(path: Path) -> h5py.File:
