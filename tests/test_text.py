@@ -11,6 +11,7 @@ import torch
 
 import pipeline  # noqa: F401  (torchvision / open_clip compat first)
 from pipeline.errors import PipelineError
+from pipeline.semantics import text as text_module
 from pipeline.semantics.text import (
     WordVectors,
     clean_class_name,
@@ -167,9 +168,18 @@ def test_minilm_unit_vectors_with_meaningful_neighbours():
     zebra, horse, submarine, grizzly, polar, orca = emb
     assert zebra @ horse > zebra @ submarine + 0.1
     assert grizzly @ polar > grizzly @ orca
-    np.testing.assert_allclose(minilm_embeddings(["horse"])[0], horse, atol=1e-5)  # batch-independent
     assert minilm_embeddings([]).shape == (0, 384)
     assert minilm_provenance()["dim"] == 384
+
+
+def test_minilm_batches_by_length_keep_each_text_with_its_own_vector():
+    """Texts are encoded in batches sorted by word-piece length: each row is still its own text's
+    embedding, whatever the batch it went in, duplicates included."""
+    texts = ["ox", "a small bird that swims under water", "golden retriever", "ox", "space shuttle", "yak"]
+    emb = minilm_embeddings(texts, batch_size=2)
+    model = text_module._minilm("cpu")
+    alone = np.stack([model.encode([t], normalize_embeddings=True) for t in texts])[:, 0]
+    np.testing.assert_allclose(emb, alone, atol=1e-5)
 
 
 # --- word vectors -------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from pipeline.clip_model import create_clip_model
 from pipeline.errors import PipelineError
@@ -172,14 +173,23 @@ def minilm_embeddings(texts: Sequence[str], batch_size: int = 256, device: str =
     Mean-pooled over tokens (inputs cut at 256 word pieces), offline from the package's files;
     the model is loaded once per process and device. Each distinct text is encoded once per process:
     the semantics stage embeds ImageNet-21K's class names, then the lemmas of every graph node, which
-    include them (~800 texts/s on 2 cores; 39K distinct texts instead of 66K).
+    include them (~1,250 texts/s on 2 cores; 39K distinct texts instead of 66K).
     """
     kept = _minilm_kept(device)
     new = list(dict.fromkeys(t for t in texts if t not in kept))
     if new:
-        out = _minilm(device).encode(new, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                                     show_progress_bar=len(new) > 5000)
-        kept.update(zip(new, np.asarray(out, dtype=np.float32)))
+        # batches of texts of equal word-piece length: ``encode`` alone batches by characters, which pads
+        # ImageNet-21K's names and lemmas to 316K word pieces where they have 203K (1.4x slower)
+        model = _minilm(device)
+        pieces = dict(zip(new, model.tokenizer(new, return_length=True)["length"]))
+        new.sort(key=pieces.__getitem__, reverse=True)
+        with tqdm(total=len(new), desc="minilm", unit="text", disable=len(new) <= 5000) as bar:
+            for start in range(0, len(new), batch_size):
+                batch = new[start:start + batch_size]
+                out = model.encode(batch, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                                   show_progress_bar=False)
+                kept.update(zip(batch, np.asarray(out, dtype=np.float32)))
+                bar.update(len(batch))
     result = np.stack([kept[t] for t in texts]) if len(texts) else np.zeros((0, 384), np.float32)
     while len(kept) > _MINILM_KEPT:
         kept.popitem(last=False)
