@@ -35,6 +35,7 @@ from pipeline.backbones import Backbone, Preprocess
 from pipeline.datasets.base import ImageDataset
 from pipeline.device import resolve_device
 from pipeline.errors import PipelineError
+from pipeline.hdf5 import not_hdf5
 from pipeline.outputs import check_replaceable
 from pipeline.store import SCHEMA_VERSION, FeatureStore, FeatureWriter, create_store
 
@@ -284,6 +285,10 @@ def finished(output: Path, wanted: dict[str, Any], overwrite: bool) -> ExtractRe
     when there is none (or ``overwrite``); raises when it exists with other settings."""
     if not output.exists() or overwrite:
         return None
+    foreign = not_hdf5(output)
+    if foreign:
+        raise PipelineError(f"{output} exists and is {foreign}; choose another --output, or pass --overwrite to "
+                            "replace it")
     same, complete = _same_settings(output, wanted)
     if same and complete:
         with FeatureStore(output) as store:

@@ -13,8 +13,6 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 
-SIGNATURE = b"\x89HDF\r\n\x1a\n"  # the first 8 bytes of every HDF5 file
-
 
 def open_for_reading(path: Path, kind: str, make: str) -> h5py.File:
     """``path`` opened read-only; a missing file or one HDF5 cannot read is a one-line error naming the
@@ -27,10 +25,18 @@ def open_for_reading(path: Path, kind: str, make: str) -> h5py.File:
         # grid: 126 MB read for the 8 MB needed, 0.035 s against 0.002 s)
         return h5py.File(path, "r", rdcc_nbytes=0)
     except OSError as e:
-        if not h5py.is_hdf5(path):  # another kind of file given by mistake: not ours to delete
-            what = " (a zip archive: a model file from zsl train?)" if zipfile.is_zipfile(path) else ""
-            raise PipelineError(f"{path}: not an HDF5 file{what}; pass a {kind} here, made by: {make}") from e
+        foreign = not_hdf5(path)
+        if foreign:  # another kind of file given by mistake: not ours to delete
+            raise PipelineError(f"{path}: {foreign}; pass a {kind} here, made by: {make}") from e
         raise PipelineError(f"{path}: not a readable HDF5 file ({e}); delete it and run again: {make}") from e
+
+
+def not_hdf5(path: Path) -> str | None:
+    """What the file at ``path`` is when it is not HDF5 ("not an HDF5 file (a zip archive: a model file
+    from zsl train?)"), for an error to say; None for an HDF5 file."""
+    if h5py.is_hdf5(path):
+        return None
+    return "not an HDF5 file" + (" (a zip archive: a model file from zsl train?)" if zipfile.is_zipfile(path) else "")
 
 
 def create_unbuffered(path: Path) -> h5py.File:

@@ -34,11 +34,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import torch
 
 from pipeline.errors import PipelineError
-from pipeline.hdf5 import SIGNATURE as HDF5_SIGNATURE
 from pipeline.inputs import Inputs, load_inputs, semantics_digest
 from pipeline.metrics import BestScores, per_class_accuracy, select_gamma
 from pipeline.models import make_model
@@ -248,10 +248,9 @@ def load_checkpoint(path: Path) -> tuple[ZSLModel, dict[str, Any]]:
     anything but tensors and plain types (which could run code when unpickled) is refused."""
     if not path.is_file():
         raise PipelineError(f"{path}: no trained model; run: python cli.py train ...")
-    with path.open("rb") as f:
-        if f.read(8) == HDF5_SIGNATURE:
-            raise PipelineError(f"{path}: an HDF5 file (a feature store or semantics file), not a model checkpoint; "
-                                "pass the .pt file that zsl train wrote (--model-file)")
+    if h5py.is_hdf5(path):
+        raise PipelineError(f"{path}: an HDF5 file (a feature store or semantics file), not a model checkpoint; "
+                            "pass the .pt file that zsl train wrote (--model-file)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for foreign, truncated or unsafe files

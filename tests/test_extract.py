@@ -218,6 +218,19 @@ def test_finished_file_is_reused_and_other_settings_refused(synthetic_root, tmp_
         assert store.dataset("features").dtype == np.float32
 
 
+def test_output_that_is_another_kind_of_file_is_refused_untouched(synthetic_root, tmp_path):
+    """A model file given as --output (swapped arguments) is named and kept, not read as a store to resume."""
+    data = load_synthetic(synthetic_root)
+    net = load_backbone("resnet18", "none", 32)
+    out = tmp_path / "model.pt"
+    torch.save({"model": "eszsl"}, out)
+    kept = out.read_bytes()
+    with pytest.raises(PipelineError, match=r"model.pt exists and is not an HDF5 file \(a zip archive: a model file "
+                                            r"from zsl train\?\); choose another --output, or pass --overwrite"):
+        extract(data, net, out, workers=0)
+    assert out.read_bytes() == kept
+
+
 def test_mid_grid_stores_an_earlier_stage_on_the_same_regions(synthetic_root, tmp_path):
     data = load_synthetic(synthetic_root)
     net = load_backbone("resnet18", "none", 64)
