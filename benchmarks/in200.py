@@ -14,7 +14,10 @@ backbone: top-1/top-5 of its own ImageNet classifier on the 750 photos of the 15
 through our extraction and through timm's reference pipeline for the same weights.
 
     python benchmarks/in200.py [--images ../shared/data/imagen200] [--work /tmp/in200] \
-        [--models 'conse;conse:graph_steps=2;eszsl;gcn_regression;joint_gcn'] [--text minilm,glove]
+        [--models 'conse;conse:graph_steps=2;eszsl;gcn_regression;joint_gcn'] [--text minilm,glove] [--glosses]
+
+``--text`` lists graph node encoders (``minilm+glove``: both, concatenated); the models read the class-name
+vectors of the first. ``--glosses``: MiniLM also reads each class's and node's WordNet definition.
 
 Prints one JSON object per line: ``backbone``, then one per (model, text encoder).
 """
@@ -115,16 +118,16 @@ def reference_accuracy(files: list[Path], wnids: list[str]) -> dict[str, Any]:
             "top5": float(np.mean((best == labels[:, None]).any(axis=1))), "predictions": best[:, 0]}
 
 
-def prepare(images: Path, work: Path, graph_texts: list[str]) -> tuple[Path, dict[str, Path]]:
+def prepare(images: Path, work: Path, graph_texts: list[str], glosses: bool = False) -> tuple[Path, dict[str, Path]]:
     """Layout, extraction (default backbone) and one semantics file per graph text encoder."""
     split = in200_layout(images, work / "root")
     features = work / "in200_lite0.h5"
     extract(load_imagenet(work / "root", split), _default_backbone(), features, workers=2)
     semantics = {}
     for encoder in graph_texts:
-        semantics[encoder] = work / f"in200_semantics_{encoder}.h5"
-        build_semantics(features, semantics[encoder],
-                        SemanticsConfig(text=("glove", "minilm"), graph="wordnet", graph_text=encoder))
+        semantics[encoder] = work / f"in200_semantics_{encoder}{'_glosses' if glosses else ''}.h5"
+        build_semantics(features, semantics[encoder], SemanticsConfig(text=("glove", "minilm"), graph="wordnet",
+                                                                      graph_text=encoder, glosses=glosses))
     return features, semantics
 
 
@@ -160,10 +163,12 @@ def main() -> None:
     parser.add_argument("--images", type=Path, default=IMAGES)
     parser.add_argument("--work", type=Path, default=Path("/tmp/in200"))
     parser.add_argument("--models", default=";".join(MODELS), help="models to run, separated by ';'")
-    parser.add_argument("--text", default="minilm,glove", help="class-name / graph node encoders to run with")
+    parser.add_argument("--text", default="minilm,glove", help="graph node encoders to run with (minilm+glove: "
+                                                                   "both; the class names: the first's)")
+    parser.add_argument("--glosses", action="store_true", help="minilm also reads the classes' WordNet definitions")
     args = parser.parse_args()
     texts = args.text.split(",")
-    features, semantics = prepare(args.images, args.work, texts)
+    features, semantics = prepare(args.images, args.work, texts, args.glosses)
 
     ours = head_accuracy(features)
     with FeatureStore(features) as store:
@@ -176,8 +181,9 @@ def main() -> None:
                       "same_top1_prediction": agree}), flush=True)
     for encoder in texts:
         for spec in args.models.split(";"):
-            print(json.dumps(run_model(spec, features, semantics[encoder], f"text:{encoder}",
-                                       args.work / "plots" / f"{spec.replace(':', '_')}_{encoder}")), flush=True)
+            result = run_model(spec, features, semantics[encoder], f"text:{encoder.split('+')[0]}",
+                               args.work / "plots" / f"{spec.replace(':', '_')}_{encoder}")
+            print(json.dumps({**result, "graph_text": encoder, "glosses": args.glosses}), flush=True)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,10 @@ graph with that encoder's node vectors), then per model ``train`` (selection on 
 ``evaluate --candidate-sets``. Wall seconds and peak memory (RSS of the command) of each.
 
     python benchmarks/in21k.py [--images ../shared/data/imagen200] [--imagenet ../shared/data/imagenet] \\
-        [--work /tmp/in21k] [--models 'conse;eszsl;gcn_regression;joint_gcn'] [--text minilm,glove]
+        [--work /tmp/in21k] [--models 'conse;eszsl;gcn_regression;joint_gcn'] [--text minilm,glove] [--glosses]
+
+``--text`` lists graph node encoders (``minilm+glove``: both, concatenated); the models read the class-name
+vectors of the first. ``--glosses``: MiniLM also reads each class's and node's WordNet definition.
 
 Prints one JSON object per line: ``extract``, one ``semantics`` per encoder, then one per (model, encoder).
 """
@@ -86,7 +89,9 @@ def main() -> None:
     parser.add_argument("--imagenet", type=Path, default=IMAGENET, help="DGP's split and test-set files")
     parser.add_argument("--work", type=Path, default=Path("/tmp/in21k"))
     parser.add_argument("--models", default=";".join(MODELS), help="models to run, separated by ';'")
-    parser.add_argument("--text", default="minilm,glove", help="class-name / graph node encoders to run with")
+    parser.add_argument("--text", default="minilm,glove", help="graph node encoders to run with (minilm+glove: "
+                                                                   "both; the class names: the first's)")
+    parser.add_argument("--glosses", action="store_true", help="minilm also reads the classes' WordNet definitions")
     args = parser.parse_args()
     work = args.work.resolve()
     split = in200_layout(args.images.resolve(), work / "root", (args.imagenet / "imagenet-split.json").resolve())
@@ -97,22 +102,25 @@ def main() -> None:
                     "--no-grid", "--output", str(features)])
     print(json.dumps({"step": "extract", "seconds": step["seconds"], "peak_mib": step["peak_mib"]}), flush=True)
     for encoder in args.text.split(","):
-        semantics = work / f"in21k_semantics_{encoder}.h5"
+        glosses = ["--glosses"] if args.glosses else []
+        semantics = work / f"in21k_semantics_{encoder}{'_glosses' if args.glosses else ''}.h5"
         semantics.unlink(missing_ok=True)  # timed from scratch (a rebuild would copy every unchanged part)
         step = run_cli(["semantics", "--features", str(features), "--output", str(semantics), "--text", "minilm",
-                        "--text", "glove", "--graph", "wordnet", "--graph-text", encoder])
-        print(json.dumps({"step": "semantics", "graph_text": encoder, "seconds": step["seconds"],
-                          "peak_mib": step["peak_mib"]}), flush=True)
+                        "--text", "glove", "--graph", "wordnet", "--graph-text", encoder, *glosses])
+        print(json.dumps({"step": "semantics", "graph_text": encoder, "glosses": args.glosses,
+                          "seconds": step["seconds"], "peak_mib": step["peak_mib"]}), flush=True)
+        source = f"text:{encoder.split('+')[0]}"
         for spec in args.models.split(";"):
             model, name, hparams = model_spec(spec)
-            checkpoint, metrics = work / f"{name}_{encoder}.pt", work / f"{name}_{encoder}.json"
+            checkpoint, metrics = work / f"{name}_{semantics.stem}.pt", work / f"{name}_{semantics.stem}.json"
             trained = run_cli(["train", "--model", model, "--features", str(features), "--semantics", str(semantics),
-                               "--source", f"text:{encoder}", "--output", str(checkpoint), *hparams])
+                               "--source", source, "--output", str(checkpoint), *hparams])
             evaluated = run_cli(["evaluate", "--model-file", str(checkpoint), "--features", str(features),
                                  "--semantics", str(semantics), "--candidate-sets", str(testsets),
-                                 "--metrics", str(metrics), "--plots", str(work / "plots" / f"{name}_{encoder}")])
+                                 "--metrics", str(metrics), "--plots", str(work / "plots" / f"{name}_{semantics.stem}")])
             result = json.loads(metrics.read_text())
-            print(json.dumps({"model": spec, "source": f"text:{encoder}", "hit@k": summary(result),
+            print(json.dumps({"model": spec, "source": source, "graph_text": encoder, "glosses": args.glosses,
+                              "hit@k": summary(result),
                               "czsl_hit@1": round(result["czsl"]["hit@1"], 4),
                               "gzsl_H": round(result["gzsl"]["H"], 4) if "gzsl" in result else None,
                               "train_s": trained["seconds"], "train_peak_mib": trained["peak_mib"],

@@ -163,7 +163,10 @@ def synthesize(output: Path, images_per_class: int, image_size: int, seed: int, 
               help="Attribute-name embeddings: a pickled [A, E] file or a text encoder (minilm, glove, clip).")
 @click.option("--graph", type=click.Choice(["none", "wordnet"]), default="none", show_default=True)
 @click.option("--wnids", default=None, help="JSON {class: wnid} when the classes are not wnids themselves.")
-@click.option("--graph-text", default="glove", show_default=True, help="Encoder of the graph's node names.")
+@click.option("--graph-text", default="glove", show_default=True,
+              help="Encoder of the graph's node names; minilm+glove: both, each unit norm, concatenated.")
+@click.option("--glosses/--no-glosses", default=False, show_default=True,
+              help="Sentence encoders (minilm, clip) also read each WordNet class's and node's definition.")
 @click.option("--graph-links", type=click.Choice(["hypernyms+instances", "hypernyms"]), default="hypernyms+instances",
               show_default=True, help="WordNet links followed upward (DGP: hypernyms).")
 @click.option("--data-root", default=None, help="Dataset root (for --attributes synthetic).")

@@ -79,7 +79,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
                   "vector_names": _text(optional=True), "clip_model": _text(optional=True),
                   "clip_pretrained": _text(optional=True),
                   "templates": _text(), "attribute_vectors": _text(optional=True), "graph": _choice("none", "wordnet"),
-                  "wnids": _text(optional=True), "graph_text": _text(),
+                  "wnids": _text(optional=True), "graph_text": _text(), "glosses": _flag,
                   "graph_links": _choice("hypernyms+instances", "hypernyms")},
     "train": {"source": _text(), "seed": _whole(0), "select": _flag, "val_fraction": _number(0, 1, open_low=True),
               "val_folds": _whole(1, optional=True), "device": _text(), "clip_features": _text(optional=True)},

@@ -43,7 +43,7 @@ from pipeline.models.base import Graph, Semantics, Split, ZSLModel
 from pipeline.outputs import write_whole
 from pipeline.scoring import search
 from pipeline.semantics import wordnet as wn
-from pipeline.semantics.build import SemanticsConfig, class_name_embeddings, lemma_vectors
+from pipeline.semantics.build import SemanticsConfig, class_name_embeddings, node_vectors
 from pipeline.semantics.file import SemanticsFile
 from pipeline.store import FeatureStore
 from pipeline.train import load_checkpoint
@@ -314,7 +314,7 @@ def _with_wordnet_classes(graph: Graph | None, graph_wnids: list[str], added: li
                           cfg: SemanticsConfig) -> Graph:
     """``graph`` with the synsets ``added`` as classes after its own, extended by them and their hypernyms
     (:func:`pipeline.semantics.wordnet.with_classes`); the new nodes' vectors made as the semantics stage
-    made the others (the mean over lemmas, ``graph_text``)."""
+    made the others (:func:`~pipeline.semantics.build.node_vectors`)."""
     assert graph is not None
     extended = wn.with_classes(graph_wnids, graph.edges, graph.n_classes, added,
                                instances=cfg.graph_links == "hypernyms+instances")
@@ -322,8 +322,8 @@ def _with_wordnet_classes(graph: Graph | None, graph_wnids: list[str], added: li
     nodes = np.zeros((len(extended.wnids), graph.node_vectors.shape[1]), np.float32)
     nodes[extended.source >= 0] = graph.node_vectors[extended.source[extended.source >= 0]]
     if len(new):
-        lemmas = [wn.lemmas_of(wn.synset_of(extended.wnids[i])) for i in new]
-        nodes[new] = lemma_vectors(cfg.graph_text, lemmas, cfg)[0]
+        wnids = [extended.wnids[i] for i in new]
+        nodes[new] = node_vectors(cfg.graph_text, wnids, [wn.lemmas_of(wn.synset_of(w)) for w in wnids], cfg)[0]
     return Graph(extended.edges, nodes, extended.n_classes, graph.node_encoder)
 
 

@@ -243,3 +243,36 @@ def test_a_graph_model_embeds_any_wordnet_noun_and_refuses_other_names(tmp_path)
         predict(model, features=features, semantics=tmp_path / "s.h5", classes=["n02374451", "xyzzy"])
     with pytest.raises(PipelineError, match="name one class twice"):
         predict(model, features=features, semantics=tmp_path / "s.h5", classes=["zebra", "n02391049"])
+
+
+def test_a_new_wordnet_class_gets_the_node_vector_the_semantics_stage_gives_its_nodes(tmp_path):
+    """Glossed, concatenated node vectors: a synset added at predict time is made as the stage made the graph's."""
+    from pipeline.predict import candidate_semantics
+    from pipeline.train import load_checkpoint
+
+    wnids = ["n02084071", "n02121808", "n02374451", "n01503061"]  # dog, cat, horse, bird
+    labels = np.repeat(np.arange(4), 4)
+    splits = {"trainval": np.array([0, 1, 2, 4, 5, 6, 8, 9, 10]), "test_seen": np.array([3, 7, 11]),
+              "test_unseen": np.arange(12, 16)}
+    x = np.random.default_rng(0).normal(size=(16, 8))
+    features = write_toy_store(tmp_path / "f.h5", labels, wnids, splits, x)
+    settings = {"text": ["minilm"], "graph": "wordnet", "graph_text": "minilm+glove", "glosses": True}
+    semantics(features, tmp_path / "s.h5", **settings)
+    train(features, tmp_path / "s.h5", tmp_path / "gcn.pt", model="gcn_regression", source="text:minilm",
+          select=False, val_fraction=0.34)
+    result = predict(tmp_path / "gcn.pt", features=features, semantics=tmp_path / "s.h5", classes=["zebra", "horse"])
+    assert [(c.label, c.route) for c in result.candidates] == [("zebra (n02391049)", "wordnet"),
+                                                              ("horse (n02374451)", "class")]
+    model, checkpoint = load_checkpoint(tmp_path / "gcn.pt")
+    extended, rows, _ = candidate_semantics(tmp_path / "gcn.pt", model, checkpoint, tmp_path / "s.h5", ["zebra"])
+
+    # the same synset as a class of the feature file, through the semantics stage
+    with_zebra = write_toy_store(tmp_path / "z.h5", np.repeat(np.arange(5), 4), wnids + ["n02391049"],
+                                 {"trainval": np.arange(16), "test_unseen": np.arange(16, 20)},
+                                 np.random.default_rng(0).normal(size=(20, 8)))
+    semantics(with_zebra, tmp_path / "z_s.h5", **settings)
+    with h5py.File(tmp_path / "z_s.h5") as f:
+        staged = f["graph/node_vectors"][4]
+        staged_text = f["text/minilm/values"][4]
+    np.testing.assert_allclose(extended.graph.node_vectors[rows[0]], staged, atol=1e-5)
+    np.testing.assert_allclose(extended.vectors[rows[0]], staged_text, atol=1e-5)

@@ -157,3 +157,53 @@ def test_cli_semantics_reports_what_it_built(synthetic_root, tmp_path):
     assert "built: nothing" in again.output
     bad = CliRunner().invoke(cli, [*args[:-2], "--text", "word2vec"])
     assert bad.exit_code == 1 and "unknown text encoder 'word2vec'" in bad.output
+
+
+def test_glosses_add_each_wordnet_class_definition_for_sentence_encoders(tmp_path):
+    from pipeline.semantics import wordnet as wn
+    from pipeline.semantics.text import minilm_embeddings
+
+    classes = ["n02084071", "n02121808", "unicorn"]  # dog, domestic cat, and a class no synset names
+    features = _feature_file(tmp_path / "f.h5", classes)
+    build_semantics(features, tmp_path / "names.h5", SemanticsConfig(text=("minilm", "glove")))
+    build_semantics(features, tmp_path / "glosses.h5", SemanticsConfig(text=("minilm", "glove"), glosses=True))
+    assert wn.gloss_text("n02084071").startswith("dog, domestic dog, Canis familiaris: a member of the genus Canis")
+    with SemanticsFile(tmp_path / "names.h5") as a, SemanticsFile(tmp_path / "glosses.h5") as b:
+        names, glossed = a.text("minilm"), b.text("minilm")
+        np.testing.assert_array_equal(a.text("glove"), b.text("glove"))  # word vectors keep the names
+        assert b.provenance("text/minilm")["glosses"] == 2
+    gloss = minilm_embeddings([wn.gloss_text(w) for w in classes[:2]])
+    expected = names[:2] + gloss
+    np.testing.assert_allclose(glossed[:2], expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-5)
+    np.testing.assert_array_equal(glossed[2], names[2])  # no synset, no definition: its name alone
+    assert np.all(np.sum(names[:2] * glossed[:2], axis=1) < 0.99)
+
+    with pytest.raises(PipelineError, match="none of the encoders .* reads a definition"):
+        build_semantics(features, tmp_path / "x.h5", SemanticsConfig(text=("glove",), glosses=True))
+    with pytest.raises(PipelineError, match="no class is a WordNet id"):
+        build_semantics(_feature_file(tmp_path / "g.h5", ["unicorn", "dragon"]), tmp_path / "x.h5",
+                        SemanticsConfig(text=("minilm",), glosses=True))
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_graph_node_vectors_of_several_encoders_are_concatenated_unit_parts(tmp_path):
+    from pipeline.semantics import wordnet as wn
+    from pipeline.semantics.text import minilm_embeddings
+
+    classes = ["n02084071", "n02121808", "n02374451"]  # dog, domestic cat, horse
+    features = _feature_file(tmp_path / "f.h5", classes)
+    for name, graph_text, glosses in (("minilm", "minilm", False), ("glove", "glove", False),
+                                      ("both", "minilm+glove", True)):
+        build_semantics(features, tmp_path / f"{name}.h5", SemanticsConfig(text=("minilm",), graph="wordnet",
+                                                                         graph_text=graph_text, glosses=glosses))
+    with SemanticsFile(tmp_path / "minilm.h5") as m, SemanticsFile(tmp_path / "glove.h5") as g, \
+            SemanticsFile(tmp_path / "both.h5") as b:
+        minilm, glove, both = (f.graph()["node_vectors"] for f in (m, g, b))
+        wnids = b.graph()["wnids"]
+        assert b.graph()["node_text"] == "minilm+glove" and wnids == m.graph()["wnids"]
+        assert "gloss" in b.provenance("graph")["node_vectors"]
+    assert both.shape == (len(wnids), 384 + 50)
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    np.testing.assert_allclose(both[:, 384:], unit(glove), atol=1e-6)  # GloVe reads no definition
+    glossed = (minilm + minilm_embeddings([wn.gloss_text(w) for w in wnids])) / 2
+    np.testing.assert_allclose(both[:, :384], unit(glossed), atol=1e-5)

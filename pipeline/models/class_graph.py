@@ -31,7 +31,7 @@ def knn_graph(vectors: np.ndarray, k: int) -> Graph:
 
 def class_graph(model: str, semantics: Semantics, k: int) -> Graph:
     """``semantics.graph`` when there is one (checked against the C classes and, when the semantics
-    source is a ``text:<encoder>``, against the encoder of its node vectors), else :func:`knn_graph` of
+    source is a ``text:<encoder>``, against the encoders of its node vectors: one of them), else :func:`knn_graph` of
     ``semantics.vectors`` with ``k`` neighbours."""
     graph = semantics.graph
     n_classes = len(semantics.vectors)
@@ -45,7 +45,7 @@ def class_graph(model: str, semantics: Semantics, k: int) -> Graph:
                             "classes; rebuild the semantics file for this feature file")
     source = semantics.source
     encoder = source.partition(":")[2] if source and source.startswith("text:") else None
-    if encoder and graph.node_encoder and encoder != graph.node_encoder:
+    if encoder and graph.node_encoder and encoder not in graph.node_encoder.split("+"):
         raise PipelineError(f"{model}: the WordNet graph's node vectors come from {graph.node_encoder} but the "
                             f"semantics source is {source}; train with --source text:{graph.node_encoder} or "
                             f"rebuild the semantics with --graph-text {encoder}")
@@ -78,7 +78,7 @@ def smoothed_class_vectors(model: str, semantics: Semantics, steps: int, k: int)
 
 def _smooths_over_wordnet(semantics: Semantics) -> bool:
     """Whether :func:`smoothed_class_vectors` averages over ``semantics.graph``: its node vectors come from
-    the encoder of the semantics source."""
+    the encoder of the semantics source alone (concatenated ones, ``minilm+glove``, are not in its space)."""
     graph = semantics.graph
     return graph is not None and bool(graph.node_encoder) and semantics.source == f"text:{graph.node_encoder}"
 

@@ -62,7 +62,8 @@ class SemanticsConfig:
     attribute_vectors: str | None = None  # pickled [A, E] file, or a text encoder over attribute names
     graph: str = "none"  # none | wordnet
     wnids: str | None = None  # JSON {class: wnid} (or DGP's awa2-split.json); None: classes are wnids
-    graph_text: str = "glove"  # text encoder for graph node vectors
+    graph_text: str = "glove"  # text encoder of graph node vectors; minilm+glove: each's, unit norm, concatenated
+    glosses: bool = False  # sentence encoders (GLOSS_ENCODERS) also read each WordNet class's and node's definition
     graph_links: str = "hypernyms+instances"  # WordNet links followed upward; DGP: hypernyms
     data_root: str | None = None  # dataset root (attributes=synthetic)
     vector_names: str | None = None  # names of the rows of vectors:PATH (.txt/.pickle/.json); None: class order
@@ -97,6 +98,9 @@ def _glove(texts: list[str], cfg: SemanticsConfig, path: str) -> tuple[np.ndarra
     return vectors, {**words.provenance, "oov": oov}
 
 
+# the encoders that read a synset's definition with its names under ``glosses`` (sentences; word vectors would
+# average a definition's every word)
+GLOSS_ENCODERS = ("minilm", "clip")
 # name -> encode(texts, cfg, path): ``path`` is what follows ``name:`` (glove:PATH; "" otherwise)
 ENCODERS: dict[str, Callable[[list[str], SemanticsConfig, str], tuple[np.ndarray, dict[str, Any]]]] = {
     "clip": _clip, "minilm": _minilm, "glove": _glove,
@@ -116,11 +120,47 @@ def encode_texts(encoder: str, texts: list[str], cfg: SemanticsConfig) -> tuple[
     return ENCODERS[name](texts, cfg, path)
 
 
-def class_name_embeddings(encoder: str, classes: list[str], cfg: SemanticsConfig) -> tuple[np.ndarray, dict[str, Any]]:
+def class_name_embeddings(encoder: str, classes: list[str], cfg: SemanticsConfig,
+                          wnids: list[str] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Embeddings [C, E] of class names (wnids read as their first lemma, with the other lemmas when a
-    word-vector encoder knows no word of it) and their provenance."""
+    word-vector encoder knows no word of it) and their provenance. With ``cfg.glosses``, a
+    :data:`GLOSS_ENCODERS` row of a class with a wnid (``wnids``: each class's, "" for none; default: the
+    classes that are wnids) is the unit-norm mean of its name's and its gloss's (:func:`wordnet.gloss_text`)."""
     vectors, meta = encode_texts(encoder, _class_texts(classes), cfg)
-    return _other_lemmas_for_unknown_names(encoder, classes, vectors, meta, cfg)
+    vectors, meta = _other_lemmas_for_unknown_names(encoder, classes, vectors, meta, cfg)
+    if not (cfg.glosses and encoder in GLOSS_ENCODERS):
+        return vectors, meta
+    wnids = [c if wn.is_wnid(c) else "" for c in classes] if wnids is None else wnids
+    rows = [i for i, w in enumerate(wnids) if w]
+    if rows:
+        glosses, _ = encode_texts(encoder, [wn.gloss_text(wnids[i]) for i in rows], cfg)
+        vectors = vectors.copy()
+        vectors[rows] = _unit(_unit(vectors[rows]) + _unit(glosses))
+    return vectors, {**meta, "glosses": len(rows)}
+
+
+def node_vectors(encoders: str, wnids: list[str], lemmas: list[list[str]],
+                 cfg: SemanticsConfig) -> tuple[np.ndarray, dict[str, Any]]:
+    """Graph node vectors [V, E] of the synsets ``wnids`` (their ``lemmas``) and their provenance: per encoder
+    of ``encoders`` (``minilm`` or several, ``minilm+glove``) the mean of the lemmas' embeddings
+    (:func:`lemma_vectors`), with ``cfg.glosses`` and a :data:`GLOSS_ENCODERS` one averaged with the gloss's
+    embedding; several encoders' vectors, each unit norm, are concatenated."""
+    parts, metas = [], {}
+    for encoder in encoders.split("+"):
+        vectors, metas[encoder] = lemma_vectors(encoder, lemmas, cfg)
+        if cfg.glosses and encoder in GLOSS_ENCODERS:
+            glosses, _ = encode_texts(encoder, [wn.gloss_text(w) for w in wnids], cfg)
+            vectors = (vectors + glosses) / 2
+        parts.append(vectors)
+    if len(parts) == 1:
+        return parts[0], metas[encoders]
+    return np.concatenate([_unit(v) for v in parts], axis=1), metas
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit norm (all-zero rows stay zero)."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.where(norms > 0, norms, 1)).astype(np.float32)
 
 
 def _encoder_inputs(encoder: str, cfg: SemanticsConfig) -> list[Any]:
@@ -217,6 +257,7 @@ def build_semantics(features: Path, output: Path, cfg: SemanticsConfig) -> list[
             texts = _class_texts(classes)
             new.create_dataset("class_texts", data=texts, dtype=_STR)
             b = _Builder(new, old)
+            class_wnids = _gloss_wnids(classes, cfg)
             attributes = None
             if cfg.attributes:
                 raw = attr.read_attributes(cfg.attributes, cfg.attribute_key,
@@ -236,12 +277,13 @@ def build_semantics(features: Path, output: Path, cfg: SemanticsConfig) -> list[
                     if encoder.startswith("vectors:"):
                         vectors, meta = _class_vectors(encoder, classes, cfg)
                     else:
-                        vectors, meta = class_name_embeddings(encoder, classes, cfg)
+                        vectors, meta = class_name_embeddings(encoder, classes, cfg, class_wnids)
                     g["values"] = vectors
                     _attrs(g, meta)
 
                 inputs = [texts, _encoder_inputs(encoder, cfg), "lemma fallback"] + (
-                    [classes] if encoder.startswith("vectors:") else [])
+                    [classes] if encoder.startswith("vectors:") else []) + (
+                    ["glosses", class_wnids] if cfg.glosses and encoder in GLOSS_ENCODERS else [])
                 b.group(f"text/{encoder.partition(':')[0]}", inputs, make_text)
             if cfg.attribute_vectors:
                 if attributes is None:
@@ -259,6 +301,22 @@ def build_semantics(features: Path, output: Path, cfg: SemanticsConfig) -> list[
             old.close()
     write_whole(output, image.getvalue(), "semantics")
     return built
+
+
+def _gloss_wnids(classes: list[str], cfg: SemanticsConfig) -> list[str] | None:
+    """With ``cfg.glosses``: each class's wnid ("" for none; ``cfg.wnids`` maps names), checked to be of use:
+    some class has one and some encoder reads glosses. None without glosses."""
+    if not cfg.glosses:
+        return None
+    encoders = [*cfg.text, *(cfg.graph_text.split("+") if cfg.graph == "wordnet" else [])]
+    if not any(e in GLOSS_ENCODERS for e in encoders):
+        raise PipelineError(f"glosses: none of the encoders {encoders} reads a definition; add a sentence encoder "
+                            f"({' or '.join(GLOSS_ENCODERS)}) to text or graph_text, or drop glosses")
+    wnids = read_wnid_map(Path(cfg.wnids), classes) if cfg.wnids else [c if wn.is_wnid(c) else "" for c in classes]
+    if not any(wnids):
+        raise PipelineError("glosses: no class is a WordNet id (n02084071), so none has a definition; give a "
+                            "{class: wnid} map (wnids) or drop glosses")
+    return wnids
 
 
 def _previous(output: Path) -> h5py.File | None:
@@ -322,11 +380,15 @@ def _graph(b: _Builder, classes: list[str], cfg: SemanticsConfig) -> None:
         g["edges"] = graph.edges
         edges, distance = wn.ancestor_edges(graph)
         g["ancestor_edges"], g["ancestor_distance"] = edges, distance
-        g["node_vectors"], meta = lemma_vectors(cfg.graph_text, graph.lemmas, cfg)
-        _attrs(g, {"n_classes": graph.n_classes, "node_text": cfg.graph_text, "node_vectors": "mean over lemmas",
+        g["node_vectors"], meta = node_vectors(cfg.graph_text, graph.wnids, graph.lemmas, cfg)
+        made = "mean over lemmas" + (", averaged with the gloss" if cfg.glosses else "") + (
+            "; each encoder's unit norm, concatenated" if "+" in cfg.graph_text else "")
+        _attrs(g, {"n_classes": graph.n_classes, "node_text": cfg.graph_text, "node_vectors": made,
                    "links": cfg.graph_links, "node_encoder": meta})
 
-    b.group("graph", [wnids, _encoder_inputs(cfg.graph_text, cfg), "lemmas", cfg.graph_links], make)
+    encoders = [_encoder_inputs(e, cfg) for e in cfg.graph_text.split("+")]
+    b.group("graph", [wnids, encoders[0] if len(encoders) == 1 else encoders, "lemmas", cfg.graph_links]
+            + (["glosses"] if cfg.glosses else []), make)
 
 
 def lemma_vectors(encoder: str, lemmas: list[list[str]], cfg: SemanticsConfig) -> tuple[np.ndarray, dict[str, Any]]:

@@ -200,6 +200,13 @@ def lemmas_of(synset: Synset) -> list[str]:
     return [lemma.name().replace("_", " ") for lemma in synset.lemmas()]
 
 
+def gloss_text(wnid: str) -> str:
+    """A synset's names and its WordNet definition, ``names: definition``
+    (``n02084071`` -> ``dog, domestic dog, Canis familiaris: a member of the genus Canis ...``)."""
+    synset = synset_of(wnid)
+    return f"{', '.join(lemmas_of(synset))}: {synset.definition()}"
+
+
 def class_lemma(wnid: str) -> str:
     """A readable class name: the synset's first lemma with spaces (``n02391049`` -> ``zebra``)."""
     return _name(synset_of(wnid))
