@@ -207,3 +207,5 @@ def test_graph_node_vectors_of_several_encoders_are_concatenated_unit_parts(tmp_
     np.testing.assert_allclose(both[:, 384:], unit(glove), atol=1e-6)  # GloVe reads no definition
     glossed = (minilm + minilm_embeddings([wn.gloss_text(w) for w in wnids])) / 2
     np.testing.assert_allclose(both[:, :384], unit(glossed), atol=1e-5)
+    with pytest.raises(PipelineError, match="'minilm\\+minilm' names an encoder twice"):
+        build_semantics(features, tmp_path / "x.h5", SemanticsConfig(graph="wordnet", graph_text="minilm+minilm"))

@@ -145,8 +145,11 @@ def node_vectors(encoders: str, wnids: list[str], lemmas: list[list[str]],
     of ``encoders`` (``minilm`` or several, ``minilm+glove``) the mean of the lemmas' embeddings
     (:func:`lemma_vectors`), with ``cfg.glosses`` and a :data:`GLOSS_ENCODERS` one averaged with the gloss's
     embedding; several encoders' vectors, each unit norm, are concatenated."""
+    names = encoders.split("+")
+    if len(set(names)) < len(names):
+        raise PipelineError(f"graph_text {encoders!r} names an encoder twice; name each once (minilm+glove)")
     parts, metas = [], {}
-    for encoder in encoders.split("+"):
+    for encoder in names:
         vectors, metas[encoder] = lemma_vectors(encoder, lemmas, cfg)
         if cfg.glosses and encoder in GLOSS_ENCODERS:
             glosses, _ = encode_texts(encoder, [wn.gloss_text(w) for w in wnids], cfg)
