@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -351,6 +352,11 @@ def test_graph_node_vectors_must_come_from_the_chosen_text_encoder(problem):
         make_model("gcn_regression").fit(problem.train, problem.seen, asked, seed=0)
     same = Semantics(problem.semantics.vectors, graph=glove_graph, source="text:glove")
     make_model("gcn_regression").fit(problem.train, problem.seen, same, seed=0)
+    both = Graph(graph.edges, graph.node_vectors, N_CLASSES, node_encoder="minilm+glove")  # concatenated vectors
+    make_model("gcn_regression").fit(problem.train, problem.seen, replace(same, graph=both), seed=0)
+    with pytest.raises(PipelineError, match="come from minilm\\+glove .* --source text:minilm or"):
+        make_model("gcn_regression").fit(problem.train, problem.seen,
+                                         replace(same, graph=both, source="text:clip"), seed=0)
 
 
 def test_graph_steps_average_each_class_vector_with_its_graph_neighbours(problem):

@@ -31,8 +31,8 @@ def knn_graph(vectors: np.ndarray, k: int) -> Graph:
 
 def class_graph(model: str, semantics: Semantics, k: int) -> Graph:
     """``semantics.graph`` when there is one (checked against the C classes and, when the semantics
-    source is a ``text:<encoder>``, against the encoders of its node vectors: one of them), else :func:`knn_graph` of
-    ``semantics.vectors`` with ``k`` neighbours."""
+    source is a ``text:<encoder>``, against the encoders of its node vectors: one of them), else
+    :func:`knn_graph` of ``semantics.vectors`` with ``k`` neighbours."""
     graph = semantics.graph
     n_classes = len(semantics.vectors)
     if graph is None:
@@ -47,7 +47,8 @@ def class_graph(model: str, semantics: Semantics, k: int) -> Graph:
     encoder = source.partition(":")[2] if source and source.startswith("text:") else None
     if encoder and graph.node_encoder and encoder not in graph.node_encoder.split("+"):
         raise PipelineError(f"{model}: the WordNet graph's node vectors come from {graph.node_encoder} but the "
-                            f"semantics source is {source}; train with --source text:{graph.node_encoder} or "
+                            f"semantics source is {source}; train with --source "
+                            f"text:{graph.node_encoder.split('+')[0]} or "
                             f"rebuild the semantics with --graph-text {encoder}")
     return graph
 
