@@ -117,7 +117,8 @@ def main() -> None:
                                "--source", source, "--output", str(checkpoint), *hparams])
             evaluated = run_cli(["evaluate", "--model-file", str(checkpoint), "--features", str(features),
                                  "--semantics", str(semantics), "--candidate-sets", str(testsets),
-                                 "--metrics", str(metrics), "--plots", str(work / "plots" / f"{name}_{semantics.stem}")])
+                                 "--metrics", str(metrics),
+                                 "--plots", str(work / "plots" / f"{name}_{semantics.stem}")])
             result = json.loads(metrics.read_text())
             print(json.dumps({"model": spec, "source": source, "graph_text": encoder, "glosses": args.glosses,
                               "hit@k": summary(result),

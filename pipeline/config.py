@@ -20,7 +20,7 @@ class ExtractConfig:
     grid: bool = True  # also the last stage's spatial features (attention models)
     mid_grid: bool | None = None  # also an earlier stage's (grid_mid, DRMN's fusion); None: as grid
     dtype: str = "float16"
-    batch_size: int = 64
+    batch_size: int | None = None  # None: per device (extract.batch_size_for): CPU 32 at 224 px, GPU 64
     workers: int = 2  # image decoding threads on the CPU, processes on CUDA
     device: str = "auto"
     max_failures: float = 0.01  # unreadable images allowed: a fraction below 1, else a count

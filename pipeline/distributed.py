@@ -39,7 +39,9 @@ from pipeline.datasets import load_dataset
 from pipeline.datasets.base import ImageDataset
 from pipeline.datasets.webdataset import load_webdataset, webdataset_from_rows
 from pipeline.errors import PipelineError
-from pipeline.extract import ExtractResult, extract, failure_limit, finished, output_lock, store_provenance
+from pipeline.device import resolve_device
+from pipeline.extract import (ExtractResult, batch_size_for, extract, failure_limit, finished, output_lock,
+                              store_provenance)
 from pipeline.outputs import check_replaceable
 from pipeline.store import FeatureStore, FeatureWriter, Shard, create_store
 
@@ -106,7 +108,9 @@ def extract_dataset(dataset: str, root: Path, splits: Path | None, output: Path,
     done = finished(output, store_provenance(data, net, cfg.dtype, cfg.grid, options["mid_grid"]), overwrite)
     if done is not None:  # whatever number of processes wrote it: nothing to recompute
         return done
-    start, stop = shard_rows(len(data), rank.world, cfg.batch_size)[rank.rank]
+    # every rank's batch size, so that each batch holds the images it holds in one process
+    options["batch_size"] = batch_size_for(cfg.batch_size, resolve_device(cfg.device), net.preprocess.image_size)
+    start, stop = shard_rows(len(data), rank.world, options["batch_size"])[rank.rank]
     return extract_distributed(subset_rows(data, start, stop), lambda: data, net, output, rank, merge=cfg.merge,
                                **options)
 

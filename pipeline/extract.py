@@ -309,7 +309,7 @@ def extract(
     dtype: str = "float16",
     grid: bool = False,
     mid_grid: bool = False,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     workers: int = 2,
     device: str = "auto",
     overwrite: bool = False,
@@ -323,7 +323,7 @@ def extract(
     before finishing, its rows kept for a rerun."""
     if mid_grid and not grid:
         raise PipelineError("mid_grid adds an earlier stage to the grid features: pass --grid as well")
-    if batch_size < 1 or workers < 0:
+    if (batch_size is not None and batch_size < 1) or workers < 0:
         raise PipelineError(f"batch_size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
     limit = failure_limit(max_failures, len(dataset))
     check_replaceable(output, "feature store")
@@ -331,6 +331,18 @@ def extract(
         return _extract_locked(dataset, backbone, output, dtype=dtype, grid=grid, mid_grid=mid_grid,
                                batch_size=batch_size, workers=workers, device=device, overwrite=overwrite,
                                limit=limit)
+
+
+def batch_size_for(batch_size: int | None, device: torch.device, image_size: int) -> int:
+    """``batch_size``, or when None the default for ``device``: on a GPU 64 images; on the CPU as many as
+    hold the pixels of 32 images of 224 px (8 of 448 px). Smaller batches stay in the CPU's caches: on 2
+    cores EfficientNet-Lite0 extracted the 1,000 IN200 photos at 224 px in 16.4 s with 32 (20.3 s with 64,
+    peak 1.4 against 2.5 GB) and at 448 px in 55.7 s with 8 (87.3 s with 64, peak 1.6 against 6.9 GB)."""
+    if batch_size is not None:
+        return batch_size
+    if device.type == "cuda":
+        return 64
+    return max(1, round(32 * 224 * 224 / image_size**2))
 
 
 def failure_limit(max_failures: float, n: int) -> int:
@@ -341,7 +353,7 @@ def failure_limit(max_failures: float, n: int) -> int:
 
 
 def _extract_locked(dataset: ImageDataset, backbone: Backbone, output: Path, *, dtype: str, grid: bool,
-                    mid_grid: bool, batch_size: int, workers: int, device: str, overwrite: bool,
+                    mid_grid: bool, batch_size: int | None, workers: int, device: str, overwrite: bool,
                     limit: int) -> ExtractResult:
     """:func:`extract`, with the output's lock held."""
     wanted = store_provenance(dataset, backbone, dtype, grid, mid_grid)
@@ -361,6 +373,7 @@ def _extract_locked(dataset: ImageDataset, backbone: Backbone, output: Path, *, 
                      mid_grid_shape=backbone.mid_grid_shape if mid_grid else None, head=backbone.head)
 
     dev = resolve_device(device)
+    batch_size = batch_size_for(batch_size, dev, backbone.preprocess.image_size)
     run = DeviceBackbone(backbone, dev)
     result = ExtractResult(output)
     with FeatureWriter(partial) as writer:

@@ -172,7 +172,7 @@ def predict(model_file: str | Path, *, features: str | Path | None = None, split
             images: Sequence[str | Path] = (), classes: Sequence[str] | str | None = None,
             semantics: str | Path | None = None, k: int = 5, calibrate: bool = True,
             backbone: str | None = None, pretrained: str | None = None,
-            image_size: int | None = None, batch_size: int = 64, workers: int = 2,
+            image_size: int | None = None, batch_size: int | None = None, workers: int = 2,
             device: str = "auto") -> Predictions:
     """Top-``k`` ``classes`` (default: all of the model's; a list of names, or one string read as
     ``--classes`` reads it: a file of names or a comma list) of the images of a feature store or of image
@@ -363,7 +363,7 @@ def _image_list(images: Sequence[Path]) -> tuple[Path, list[str]]:
 
 
 def _extracted(images: Sequence[Path], checkpoint: dict[str, Any], model_file: Path, backbone: dict[str, Any],
-               batch_size: int, workers: int, device: str) -> tuple[Split, list[str], None]:
+               batch_size: int | None, workers: int, device: str) -> tuple[Split, list[str], None]:
     root, ids = _image_list(images)
     trained_on = checkpoint.get("backbone")
     if not trained_on:

@@ -27,7 +27,7 @@ from pipeline.datasets.synthetic import generate_synthetic, load_synthetic
 from pipeline.datasets.webdataset import load_webdataset, write_webdataset
 from pipeline.distributed import shard_rows
 from pipeline.errors import PipelineError
-from pipeline.extract import ImageFiles, extract, image_batches
+from pipeline.extract import ImageFiles, batch_size_for, extract, image_batches
 from pipeline.store import FeatureStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -585,3 +585,10 @@ def test_webdataset_shards_that_cannot_be_read_name_the_shard_and_the_fix(tmp_pa
     (wds / "000001.tar").write_bytes(gzip.compress((wds / "000000.tar").read_bytes()))
     with pytest.raises(PipelineError, match="000001.tar: not a readable uncompressed tar"):
         load_webdataset(wds)
+
+
+def test_default_batch_holds_32_images_of_224_px_on_the_cpu_and_64_on_a_gpu():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert [batch_size_for(None, cpu, px) for px in (224, 448, 384, 112, 2000)] == [32, 8, 11, 128, 1]
+    assert batch_size_for(None, gpu, 448) == 64
+    assert batch_size_for(5, cpu, 448) == 5 and batch_size_for(5, gpu, 224) == 5  # given: as given
