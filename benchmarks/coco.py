@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 from benchmarks.in21k import model_spec, run_cli  # noqa: E402
 from pipeline.datasets.coco import CATEGORY_NAMES  # noqa: E402
 from pipeline.models.conse import convex_combination  # noqa: E402
-from pipeline.models.base import l2_normalize  # noqa: E402
+from pipeline.norms import l2_normalize  # noqa: E402
 from pipeline.multilabel import zsl_gzsl_metrics  # noqa: E402
 from pipeline.semantics.build import SemanticsConfig, class_name_embeddings  # noqa: E402
 from pipeline.semantics.file import SemanticsFile  # noqa: E402

@@ -9,9 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import PipelineError
-from pipeline.models.base import Semantics, Split, l2_normalize
+from pipeline.models.base import Semantics, Split
 from pipeline.models.layers import Standardize, log_scale, mlp
 from pipeline.models.torch_model import TorchZSLModel, train_epochs
+from pipeline.norms import l2_normalize
 
 NEED_CLIP_FEATURES = ("CFZSL needs CLIP image features of the same images: set train.clip_features to a feature "
                       "file extracted with --backbone clip")

@@ -8,8 +8,9 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.models.base import Graph, Semantics, l2_normalize
+from pipeline.models.base import Graph, Semantics
 from pipeline.models.memo import by_identity
+from pipeline.norms import l2_normalize
 
 
 def knn_graph(vectors: np.ndarray, k: int) -> Graph:

@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.models.base import Semantics, Split, ZSLModel, l2_normalize
+from pipeline.models.base import Semantics, Split, ZSLModel
+from pipeline.norms import l2_normalize
 
 log = logging.getLogger(__name__)
 NEED_TEXT = ("clip_prompt needs CLIP text embeddings of the class names: add clip to semantics.text (params.yaml) "

@@ -7,9 +7,10 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.models.base import Semantics, Split, ZSLModel, l2_normalize, seen_targets
+from pipeline.models.base import Semantics, Split, ZSLModel, seen_targets
 from pipeline.models.class_graph import SmoothedClassVectors
 from pipeline.models.classifiers import seen_classifiers, with_bias_input, with_classifier
+from pipeline.norms import l2_normalize
 
 
 def convex_combination(logits: np.ndarray, vectors: np.ndarray, temperature: float, top: int) -> np.ndarray:

@@ -36,13 +36,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import PipelineError
-from pipeline.models.base import ADJACENCIES, Semantics, Split, epoch_bar, l2_normalize
+from pipeline.models.base import ADJACENCIES, Semantics, Split, epoch_bar
 from pipeline.models.class_graph import class_graph, smoothed_nodes
 from pipeline.models.classifiers import seen_classifiers, with_bias_input, with_classifier
 from pipeline.models.conse import convex_combination
 from pipeline.models.layers import GCN, Propagation
 from pipeline.models.memo import by_content, by_identity, fingerprint
 from pipeline.models.torch_model import TorchZSLModel
+from pipeline.norms import l2_normalize
 
 log = logging.getLogger(__name__)
 

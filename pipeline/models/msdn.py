@@ -46,9 +46,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import PipelineError
-from pipeline.models.base import Semantics, Split, l2_normalize
+from pipeline.models.base import Semantics, Split
 from pipeline.models.streaming import SAMPLINGS, GridBatch, embed, train_on_grid
 from pipeline.models.torch_model import TorchZSLModel
+from pipeline.norms import l2_normalize
 
 NO_ATTRIBUTE_VECTORS = ("MSDN needs attribute-name embeddings: set semantics.attribute_vectors "
                         "(e.g. minilm or the w2v .pkl)")

@@ -47,10 +47,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import PipelineError
-from pipeline.models.base import Semantics, Split, l2_normalize
+from pipeline.models.base import Semantics, Split
 from pipeline.models.layers import Standardize
 from pipeline.models.streaming import GridBatch, embed, train_on_grid
 from pipeline.models.torch_model import TorchZSLModel, train_epochs
+from pipeline.norms import l2_normalize
 
 INPUTS = ("auto", "pooled", "grid")
 RECIPES: dict[str, dict[str, Any]] = {

@@ -34,6 +34,7 @@ import numpy as np
 
 from pipeline.choices import CLIP_DEFAULT, clip_architecture
 from pipeline.errors import PipelineError
+from pipeline.norms import l2_normalize
 from pipeline.outputs import write_whole
 from pipeline.semantics import attributes as attr
 from pipeline.semantics import text
@@ -135,7 +136,7 @@ def class_name_embeddings(encoder: str, classes: list[str], cfg: SemanticsConfig
     if rows:
         glosses, _ = encode_texts(encoder, [wn.gloss_text(wnids[i]) for i in rows], cfg)
         vectors = vectors.copy()
-        vectors[rows] = _unit(_unit(vectors[rows]) + _unit(glosses))
+        vectors[rows] = l2_normalize(l2_normalize(vectors[rows]) + l2_normalize(glosses))
     return vectors, {**meta, "glosses": len(rows)}
 
 
@@ -157,13 +158,7 @@ def node_vectors(encoders: str, wnids: list[str], lemmas: list[list[str]],
         parts.append(vectors)
     if len(parts) == 1:
         return parts[0], metas[encoders]
-    return np.concatenate([_unit(v) for v in parts], axis=1), metas
-
-
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit norm (all-zero rows stay zero)."""
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors / np.where(norms > 0, norms, 1)).astype(np.float32)
+    return np.concatenate([l2_normalize(v) for v in parts], axis=1), metas
 
 
 def _encoder_inputs(encoder: str, cfg: SemanticsConfig) -> list[Any]:
