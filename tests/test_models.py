@@ -384,6 +384,24 @@ def test_graph_steps_average_each_class_vector_with_its_graph_neighbours(problem
         assert model.class_embeddings(text).shape == (N_CLASSES, 8)
 
 
+def test_joint_gcn_route_steps_average_its_semantic_routes_class_vectors_over_the_graph(problem):
+    graph = hand_graph(problem.semantics)
+    text = Semantics(graph.node_vectors[:N_CLASSES], graph=Graph(graph.edges, graph.node_vectors, N_CLASSES, "glove"),
+                     source="text:glove")
+    for steps in (0, 1):
+        model = make_model("joint_gcn", route_steps=steps, epochs=0)
+        model.fit(problem.train, problem.seen, text, seed=0)
+        vectors = smoothed_class_vectors("joint_gcn", text, steps, 3)
+        unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        classes = model.seen_classifiers[1]
+        np.testing.assert_allclose(model.route[1], unit[classes], rtol=1e-5)  # the image side mixes these
+        rank, weight = model.net.basis.shape[0], model.hparams["semantic_weight"]
+        np.testing.assert_allclose(model.class_embeddings(text)[:, rank:], np.sqrt(weight) * unit, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(vectors, text.vectors)  # one step moved them
+    with pytest.raises(PipelineError, match="^joint_gcn: route_steps: -1 is not a whole number >= 0"):
+        make_model("joint_gcn", route_steps=-1)
+
+
 def test_kept_results_follow_the_content_of_their_arrays():
     calls = []
 
