@@ -46,8 +46,7 @@ def load_params(*sections: str, path: Path = Path("params.yaml")) -> dict[str, A
     """params.yaml (DVC's parameter file) with the ``sections`` a stage reads checked; a bad one ends the
     stage with one line naming every problem."""
     try:
-        with open(path, encoding="utf-8") as f:
-            params = yaml.safe_load(f)
+        params = yaml.safe_load(path.read_text(encoding="utf-8"))  # decoded whole: errors give the file's offset
         return check_params(params, sections, str(path))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         sys.exit(f"error: {path}: cannot read the parameters ({str(e).splitlines()[0]})")
