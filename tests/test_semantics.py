@@ -209,3 +209,7 @@ def test_graph_node_vectors_of_several_encoders_are_concatenated_unit_parts(tmp_
     np.testing.assert_allclose(both[:, :384], unit(glossed), atol=1e-5)
     with pytest.raises(PipelineError, match="'minilm\\+minilm' names an encoder twice"):
         build_semantics(features, tmp_path / "x.h5", SemanticsConfig(graph="wordnet", graph_text="minilm+minilm"))
+    separated = "^graph_text 'minilm glove': join several encoders with '\\+' \\(minilm\\+glove\\)$"
+    with pytest.raises(PipelineError, match=separated):
+        build_semantics(features, tmp_path / "x.h5", SemanticsConfig(graph="wordnet", graph_text="minilm glove"))
+    assert not (tmp_path / "x.h5").exists()

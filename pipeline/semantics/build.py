@@ -140,15 +140,23 @@ def class_name_embeddings(encoder: str, classes: list[str], cfg: SemanticsConfig
     return vectors, {**meta, "glosses": len(rows)}
 
 
+def graph_encoders(encoders: str) -> list[str]:
+    """The encoders of a ``graph_text`` (``minilm``, ``minilm+glove``), each named once and joined by ``+``."""
+    names = encoders.split("+")
+    if any(c in name.partition(":")[0] for name in names for c in " ,;"):
+        raise PipelineError(f"graph_text {encoders!r}: join several encoders with '+' (minilm+glove)")
+    if len(set(names)) < len(names):
+        raise PipelineError(f"graph_text {encoders!r} names an encoder twice; name each once (minilm+glove)")
+    return names
+
+
 def node_vectors(encoders: str, wnids: list[str], lemmas: list[list[str]],
                  cfg: SemanticsConfig) -> tuple[np.ndarray, dict[str, Any]]:
     """Graph node vectors [V, E] of the synsets ``wnids`` (their ``lemmas``) and their provenance: per encoder
     of ``encoders`` (``minilm`` or several, ``minilm+glove``) the mean of the lemmas' embeddings
     (:func:`lemma_vectors`), with ``cfg.glosses`` and a :data:`GLOSS_ENCODERS` one averaged with the gloss's
     embedding; several encoders' vectors, each unit norm, are concatenated."""
-    names = encoders.split("+")
-    if len(set(names)) < len(names):
-        raise PipelineError(f"graph_text {encoders!r} names an encoder twice; name each once (minilm+glove)")
+    names = graph_encoders(encoders)
     parts, metas = [], {}
     for encoder in names:
         vectors, metas[encoder] = lemma_vectors(encoder, lemmas, cfg)
@@ -247,6 +255,8 @@ def build_semantics(features: Path, output: Path, cfg: SemanticsConfig) -> list[
     with FeatureStore(features) as store:
         classes = store.classes
         cfg = clip_of_store(cfg, store.provenance)
+    if cfg.graph == "wordnet":
+        graph_encoders(cfg.graph_text)  # before the class names are embedded
     old = _previous(output)
     image = io.BytesIO()  # built in memory (a few MB), written in one piece: a full disk is one OSError
     try:
@@ -306,7 +316,7 @@ def _gloss_wnids(classes: list[str], cfg: SemanticsConfig) -> list[str] | None:
     some class has one and some encoder reads glosses. None without glosses."""
     if not cfg.glosses:
         return None
-    encoders = [*cfg.text, *(cfg.graph_text.split("+") if cfg.graph == "wordnet" else [])]
+    encoders = [*cfg.text, *(graph_encoders(cfg.graph_text) if cfg.graph == "wordnet" else [])]
     if not any(e in GLOSS_ENCODERS for e in encoders):
         raise PipelineError(f"glosses: none of the encoders {encoders} reads a definition; add a sentence encoder "
                             f"({' or '.join(GLOSS_ENCODERS)}) to text or graph_text, or drop glosses")
