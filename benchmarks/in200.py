@@ -158,14 +158,19 @@ def run_model(spec: str, features: Path, semantics: Path, source: str, plots: Pa
             "supervision": checkpoint["fit"].get("supervision")}
 
 
+def add_semantics_options(parser: argparse.ArgumentParser) -> None:
+    """``--text`` and ``--glosses``, the semantics options of this benchmark and ``in21k.py``."""
+    parser.add_argument("--text", default="minilm,glove", help="graph node encoders to run with (minilm+glove: "
+                                                                   "both; the class names: the first's)")
+    parser.add_argument("--glosses", action="store_true", help="minilm also reads the classes' WordNet definitions")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=Path, default=IMAGES)
     parser.add_argument("--work", type=Path, default=Path("/tmp/in200"))
     parser.add_argument("--models", default=";".join(MODELS), help="models to run, separated by ';'")
-    parser.add_argument("--text", default="minilm,glove", help="graph node encoders to run with (minilm+glove: "
-                                                                   "both; the class names: the first's)")
-    parser.add_argument("--glosses", action="store_true", help="minilm also reads the classes' WordNet definitions")
+    add_semantics_options(parser)
     args = parser.parse_args()
     texts = args.text.split(",")
     features, semantics = prepare(args.images, args.work, texts, args.glosses)

@@ -38,7 +38,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.in200 import IMAGES, in200_layout  # noqa: E402
+from benchmarks.in200 import IMAGES, add_semantics_options, in200_layout  # noqa: E402
 from benchmarks.measure import MIB  # noqa: E402
 
 IMAGENET = ROOT.parent / "shared" / "data" / "imagenet"
@@ -89,9 +89,7 @@ def main() -> None:
     parser.add_argument("--imagenet", type=Path, default=IMAGENET, help="DGP's split and test-set files")
     parser.add_argument("--work", type=Path, default=Path("/tmp/in21k"))
     parser.add_argument("--models", default=";".join(MODELS), help="models to run, separated by ';'")
-    parser.add_argument("--text", default="minilm,glove", help="graph node encoders to run with (minilm+glove: "
-                                                                   "both; the class names: the first's)")
-    parser.add_argument("--glosses", action="store_true", help="minilm also reads the classes' WordNet definitions")
+    add_semantics_options(parser)
     args = parser.parse_args()
     work = args.work.resolve()
     split = in200_layout(args.images.resolve(), work / "root", (args.imagenet / "imagenet-split.json").resolve())
