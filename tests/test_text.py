@@ -236,6 +236,10 @@ def test_word_vectors_bad_input_is_a_clear_error(tmp_path: Path):
     bad.write_text("cat 1 2 x\n")
     with pytest.raises(PipelineError, match="bad.txt:1: not a word vector"):
         WordVectors.load(str(bad))
+    bad.write_bytes(b"cat 1 2 3\n" * 5000 + b"caf\xe9 1 2 3\n")  # Latin-1, past a reader's first buffer
+    with pytest.raises(PipelineError, match="bad.txt:5001: not UTF-8 text \\(invalid continuation byte at byte 4 of "
+                                            "the line\\); save the file as UTF-8$"):
+        WordVectors.load(str(bad))
 
 
 def test_packaged_glove_6b_50d():

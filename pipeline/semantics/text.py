@@ -272,8 +272,13 @@ class WordVectors:
         rows: list[np.ndarray] = []
         dim = 0
         try:
-            with (gzip.open if gzipped else open)(path, "rt", encoding="utf-8") as f:
-                for lineno, line in enumerate(f, 1):
+            with (gzip.open if gzipped else open)(path, "rb") as f:
+                for lineno, raw in enumerate(f, 1):
+                    try:  # line by line: an error names the line (a text reader's names a place in its buffer)
+                        line = raw.decode("utf-8")
+                    except UnicodeDecodeError as e:
+                        raise PipelineError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start + 1} of "
+                                            "the line); save the file as UTF-8") from e
                     parts = line.rstrip("\n\r").rstrip(" ").split(" ")
                     if lineno == 1 and len(parts) == 2 and all(p.isdigit() for p in parts):
                         continue  # word2vec header "V D"
@@ -288,7 +293,7 @@ class WordVectors:
                     except ValueError as e:
                         raise PipelineError(f"{path}:{lineno}: not a word vector ({e})") from e
                     words.append(" ".join(parts[:-dim]))
-        except (UnicodeDecodeError, OSError, EOFError) as e:
+        except (OSError, EOFError) as e:
             raise PipelineError(f"{path}: cannot read word vectors ({type(e).__name__}: {e})") from e
         if not words:
             raise PipelineError(f"{path}: no word vectors in the file")
