@@ -39,6 +39,7 @@ from pipeline.plots import FIGURES, Curve, plot_seen_unseen_curves
 from pipeline.scoring import search
 from pipeline.semantics import wordnet as wn
 from pipeline.store import FeatureStore
+from pipeline.text_files import read_utf8
 from pipeline.train import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -117,8 +118,8 @@ def read_candidate_sets(path: Path, classes: list[str]) -> dict[str, np.ndarray]
     """Named lists of class names (JSON ``{name: [class, ...]}``) as class indices; names not in
     ``classes`` are dropped (an ImageNet test set lists classes that may have no images here)."""
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
+        data = json.loads(read_utf8(path, "candidate sets"))
+    except ValueError as e:
         raise PipelineError(f"{path}: cannot read candidate sets ({e})") from e
     if not isinstance(data, dict):
         raise PipelineError(f"{path}: candidate sets must be a JSON object {{\"set name\": [class, ...]}}, "

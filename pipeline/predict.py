@@ -46,6 +46,7 @@ from pipeline.semantics import wordnet as wn
 from pipeline.semantics.build import SemanticsConfig, class_name_embeddings, node_vectors
 from pipeline.semantics.file import SemanticsFile
 from pipeline.store import FeatureStore
+from pipeline.text_files import read_utf8
 from pipeline.train import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -150,11 +151,7 @@ def read_class_names(text: str) -> list[str]:
     ``unseen.txt`` is an error, never one class called "unseen.txt"."""
     path = Path(text)
     if path.is_file():
-        try:
-            names = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise PipelineError(f"{path}: cannot read the class names ({e}); give a UTF-8 text file, one name "
-                                "per line") from None
+        names = read_utf8(path, "class-name list").splitlines()
     elif "," not in text and ("/" in text or path.suffix.lower() in _NAME_FILE_SUFFIXES):
         raise PipelineError(f"{text}: no such file of class names; give an existing file (one name per line) or "
                             "the names themselves, separated by commas")

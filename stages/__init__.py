@@ -18,6 +18,7 @@ import yaml  # noqa: E402
 
 from pipeline.errors import PipelineError  # noqa: E402
 from pipeline.params import check_params  # noqa: E402
+from pipeline.text_files import read_utf8  # noqa: E402
 
 
 def run(main: Callable[[], None]) -> None:
@@ -46,9 +47,9 @@ def load_params(*sections: str, path: Path = Path("params.yaml")) -> dict[str, A
     """params.yaml (DVC's parameter file) with the ``sections`` a stage reads checked; a bad one ends the
     stage with one line naming every problem."""
     try:
-        params = yaml.safe_load(path.read_text(encoding="utf-8"))  # decoded whole: errors give the file's offset
+        params = yaml.safe_load(read_utf8(path, "parameters"))
         return check_params(params, sections, str(path))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+    except (OSError, yaml.YAMLError) as e:
         sys.exit(f"error: {path}: cannot read the parameters ({str(e).splitlines()[0]})")
     except PipelineError as e:
         sys.exit(f"error: {e}")

@@ -78,7 +78,7 @@ def test_class_names_are_never_misread(workdir, tmp_path):
         with pytest.raises(PipelineError, match="no such file of class names"):
             predict(model, classes=missing, **args)
     names.write_bytes(b"caf\xe9\n")  # Latin-1, not UTF-8
-    with pytest.raises(PipelineError, match="unseen.txt: cannot read the class names"):
+    with pytest.raises(PipelineError, match="unseen.txt:1: not UTF-8 text .*; save the class-name list as UTF-8$"):
         predict(model, classes=str(names), **args)
 
 

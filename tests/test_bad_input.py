@@ -20,7 +20,10 @@ from conftest import write_toy_store
 from PIL import Image
 
 from cli import cli
+from pipeline.datasets.folder import read_unseen
+from pipeline.datasets.tag_table import load_tag_table
 from pipeline.errors import PipelineError
+from pipeline.evaluate import read_candidate_sets
 from pipeline.models import make_model
 from pipeline.params import SCHEMA, check_params
 from pipeline.semantics.build import SemanticsConfig, build_semantics
@@ -93,14 +96,29 @@ def test_a_null_hyperparameter_is_the_models_default_and_a_value_fixes_it():
     assert check_params(params, ["model", "train"])["eszsl"] == {"lam": 10}  # gamma still searched, labels default
 
 
+def test_text_inputs_that_are_not_utf8_are_one_line_naming_the_line(tmp_path):
+    """A Latin-1 byte (é) in a list, table or JSON a user gives: the file, its line and the fix."""
+    (tmp_path / "unseen.txt").write_bytes(b"cat\ncaf\xe9\n")
+    with pytest.raises(PipelineError, match=r"unseen.txt:2: not UTF-8 text \(invalid continuation byte\); save "
+                                            r"the unseen-class list as UTF-8$"):
+        read_unseen(tmp_path / "unseen.txt", ["cat", "dog"])
+    (tmp_path / "tags.csv").write_bytes(b"image,tags,split\na.jpg,dog,trainval\nb.jpg,caf\xe9,test\n")
+    (tmp_path / "unseen_tags.txt").write_text("dog\n")
+    with pytest.raises(PipelineError, match=r"tags.csv:3: not UTF-8 text .*; save the tag table as UTF-8$"):
+        load_tag_table(tmp_path / "tags.csv", tmp_path / "unseen_tags.txt")
+    (tmp_path / "sets.json").write_bytes(b'{"2-hops":\n ["caf\xe9"]}')
+    with pytest.raises(PipelineError, match=r"sets.json:2: not UTF-8 text .*; save the candidate sets as UTF-8$"):
+        read_candidate_sets(tmp_path / "sets.json", ["cat"])
+
+
 def test_params_that_are_not_utf8_stop_a_stage_in_one_line(tmp_path):
     (tmp_path / "params.yaml").write_bytes((REPO / "params.yaml").read_bytes() + b"# caf\xe9\n")
     run = subprocess.run([sys.executable, "-m", "stages.train", "--features", "f.h5", "--semantics", "s.h5",
                           "--output", "m.pt"], cwd=tmp_path, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    line = (REPO / "params.yaml").read_bytes().count(b"\n") + 1  # the line added
     assert run.returncode == 1 and run.stderr.strip().splitlines() == [
-        "error: params.yaml: cannot read the parameters ('utf-8' codec can't decode byte 0xe9 in position "
-        f"{len((REPO / 'params.yaml').read_bytes()) + 5}: invalid continuation byte)"]
+        f"error: params.yaml:{line}: not UTF-8 text (invalid continuation byte); save the parameters as UTF-8"]
 
 
 def test_numbers_yaml_reads_as_text_are_taken_as_numbers():

@@ -22,6 +22,7 @@ Rows are the trainval images, then the test images, each sorted by file name.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ import numpy as np
 from pipeline.datasets.base import ImageDataset
 from pipeline.errors import PipelineError
 from pipeline.safe_pickle import load_pickle
+from pipeline.text_files import read_utf8
 
 # The 80 categories of MS-COCO 2014 sorted by category id: the index order of ``cls_ids.pickle``
 # and of SDL's ``wordvec_array.pickle``.
@@ -113,13 +115,12 @@ def _from_instances(root: Path) -> Labelled:
 def _from_label_table(table: Path) -> Labelled:
     """Both 2014 splits from a ``labels.csv`` (see the module docstring)."""
     columns = [name.replace(" ", "_") for name in CATEGORY_NAMES]
-    with open(table, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in ("file", "split2014", *columns) if c not in (reader.fieldnames or [])]
-        if missing:
-            raise PipelineError(f"{table}: no column {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} "
-                                f"in the header; expected file, split2014 and the {N_CATEGORIES} COCO categories")
-        rows = list(reader)
+    reader = csv.DictReader(io.StringIO(read_utf8(table, "label table"), newline=""))
+    missing = [c for c in ("file", "split2014", *columns) if c not in (reader.fieldnames or [])]
+    if missing:
+        raise PipelineError(f"{table}: no column {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} "
+                            f"in the header; expected file, split2014 and the {N_CATEGORIES} COCO categories")
+    rows = list(reader)
     files: dict[str, list[str]] = {year: [] for year in YEAR_SPLITS}
     tags: dict[str, list[list[bool]]] = {year: [] for year in YEAR_SPLITS}
     for lineno, row in enumerate(rows, 2):

@@ -11,6 +11,7 @@ import numpy as np
 
 from pipeline.datasets.base import ImageDataset
 from pipeline.errors import PipelineError
+from pipeline.text_files import read_utf8
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 TEST_SEEN_FRACTION = 0.2  # of each seen class's images, held out as test_seen (GBU's protocol)
@@ -64,7 +65,7 @@ def read_unseen(path: Path, classes: list[str]) -> list[str]:
     each checked against the tree's ``classes``."""
     if not path.is_file():
         raise PipelineError(f"{path}: unseen-class list not found; give a text file with one class folder name per line")
-    names = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
+    names = [line.split("#", 1)[0].strip() for line in read_utf8(path, "unseen-class list").splitlines()]
     names = [n for n in names if n]
     unknown = [n for n in names if n not in classes]
     if unknown:

@@ -21,6 +21,7 @@ import numpy as np
 from pipeline.datasets.base import ImageDataset
 from pipeline.datasets.folder import find_images
 from pipeline.errors import PipelineError
+from pipeline.text_files import read_utf8
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +31,9 @@ PARTS = (("train", "train", "trainval"), ("val", "train", "test_seen"), ("test",
 def read_imagenet_split(path: Path) -> tuple[list[str], list[str]]:
     """The (train, test) wnid lists of an ``imagenet-split.json``; checked to be disjoint wnid lists."""
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(read_utf8(path, "split file"))
         train, test = list(data["train"]), list(data["test"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError) as e:
         raise PipelineError(f"{path}: not an ImageNet split file ({e!r}); expected "
                             '{"train": [wnid, ...], "test": [wnid, ...]} as imagenet-split.json') from e
     if len(set(train + test)) != len(train) + len(test):

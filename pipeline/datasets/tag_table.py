@@ -14,6 +14,7 @@ a text file, one per line.
 from __future__ import annotations
 
 import csv
+import io
 from collections import Counter
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import numpy as np
 
 from pipeline.datasets.base import ImageDataset
 from pipeline.errors import PipelineError
+from pipeline.text_files import read_utf8
 
 COLUMNS = ("image", "tags", "split")
 TABLE_SPLITS = ("trainval", "test")
@@ -31,7 +33,7 @@ def read_tag_list(path: Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"{path}: unseen-tag list not found; pass a text file with one unseen tag per line")
-    return [s.strip() for s in path.read_text(encoding="utf-8").splitlines() if s.strip()]
+    return [s.strip() for s in read_utf8(path, "unseen-tag list").splitlines() if s.strip()]
 
 
 def load_tag_table(table: Path, unseen_file: Path) -> ImageDataset:
@@ -39,16 +41,14 @@ def load_tag_table(table: Path, unseen_file: Path) -> ImageDataset:
     table = Path(table)
     if not table.is_file():
         raise PipelineError(f"{table}: tag table not found; pass a CSV/TSV with columns image, tags, split")
-    with open(table, newline="", encoding="utf-8") as f:
-        header = f.readline()
-        f.seek(0)
-        tab = table.suffix.lower() == ".tsv" or "\t" in header
-        reader = csv.DictReader(f, delimiter="\t" if tab else ",")
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise PipelineError(f"{table}: no column {', '.join(missing)} in the header; "
-                                f"expected a header with {', '.join(COLUMNS)}")
-        rows = list(reader)
+    text = read_utf8(table, "tag table")
+    tab = table.suffix.lower() == ".tsv" or "\t" in text.partition("\n")[0]
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if tab else ",")
+    missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise PipelineError(f"{table}: no column {', '.join(missing)} in the header; "
+                            f"expected a header with {', '.join(COLUMNS)}")
+    rows = list(reader)
     if not rows:
         raise PipelineError(f"{table}: no images listed")
     image_ids, image_tags, split_of = [], [], []

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from pipeline.datasets.base import ImageDataset
 from pipeline.datasets.folder import IMAGE_EXTENSIONS, read_unseen, zero_shot_splits
 from pipeline.errors import PipelineError
+from pipeline.text_files import read_utf8
 
 
 def tar_shards(root: Path) -> list[Path]:
@@ -54,7 +55,7 @@ def read_classes(root: Path) -> list[str]:
     if not path.is_file():
         raise PipelineError(f"{path}: class names not found; write one class name per line (line i names the "
                             "class whose .cls files hold i)")
-    classes = [line.strip() for line in path.read_text().splitlines()]
+    classes = [line.strip() for line in read_utf8(path, "class list").splitlines()]
     if not classes or any(not c for c in classes) or len(set(classes)) != len(classes):
         raise PipelineError(f"{path}: needs one distinct, non-empty class name per line")
     return classes

@@ -41,6 +41,7 @@ from pipeline.semantics import text
 from pipeline.semantics import wordnet as wn
 from pipeline.semantics.vector_files import class_name_vectors
 from pipeline.store import FeatureStore
+from pipeline.text_files import read_utf8
 
 log = logging.getLogger(__name__)
 # text encoders: ENCODERS below, glove:PATH (a GloVe-format file), and for class names vectors:PATH
@@ -201,8 +202,8 @@ def _other_lemmas_for_unknown_names(encoder: str, classes: list[str], vectors: n
 def read_wnid_map(path: Path, classes: list[str]) -> list[str]:
     """The wnid of each class from a JSON ``{class: wnid}`` or DGP-style ``{train, test, train_names, test_names}``."""
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
+        data = json.loads(read_utf8(path, "class-to-wnid JSON"))
+    except ValueError as e:
         raise PipelineError(f"{path}: cannot read class-to-wnid JSON ({e})") from e
     if "train_names" in data:
         data = dict(zip(data["train_names"] + data["test_names"], data["train"] + data["test"]))
