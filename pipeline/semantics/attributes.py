@@ -19,6 +19,7 @@ from pipeline.datasets.gbu import read_att_splits
 from pipeline.datasets.synthetic import load_synthetic, synthetic_attributes
 from pipeline.errors import PipelineError
 from pipeline.safe_pickle import load_pickle
+from pipeline.text_files import read_utf8
 
 NORMALISATIONS = ("l2", "none")
 
@@ -97,7 +98,8 @@ def read_attribute_names(path: Path) -> list[str]:
     if path.suffix == ".mat":
         cells = scipy.io.loadmat(str(path))["attributes"].ravel()
         return [str(np.ravel(c)[0]) for c in cells]
-    return [line.split(maxsplit=1)[1].strip() for line in path.read_text().splitlines() if line.strip()]
+    return [line.split(maxsplit=1)[1].strip() for line in read_utf8(path, "attribute name list").splitlines()
+            if line.strip()]
 
 
 def read_attribute_vectors(path: Path, n_attributes: int) -> np.ndarray:

@@ -12,6 +12,7 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.safe_pickle import load_pickle
+from pipeline.text_files import read_utf8
 
 
 def read_vector_array(path: Path) -> np.ndarray:
@@ -58,15 +59,15 @@ def read_vector_names(path: Path) -> list[str]:
                             "(.txt, .pickle, .json)")
     suffix = path.suffix.lower()
     if suffix == ".txt":
-        return [s.strip() for s in path.read_text(encoding="utf-8").splitlines() if s.strip()]
+        return [s.strip() for s in read_utf8(path, "vector names").splitlines() if s.strip()]
     if suffix in (".pickle", ".pkl"):
         data = load_pickle(path)
     elif suffix == ".json":
         import json
 
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
+            data = json.loads(read_utf8(path, "vector names"))
+        except ValueError as e:
             raise PipelineError(f"{path}: not readable JSON ({e})") from e
         if isinstance(data, dict) and "categories" in data:
             data = [c["name"] for c in sorted(data["categories"], key=lambda c: c["id"])]
