@@ -49,7 +49,7 @@ def load_params(*sections: str, path: Path = Path("params.yaml")) -> dict[str, A
     try:
         params = yaml.safe_load(read_utf8(path, "parameters"))
         return check_params(params, sections, str(path))
-    except (OSError, yaml.YAMLError) as e:
+    except yaml.YAMLError as e:
         sys.exit(f"error: {path}: cannot read the parameters ({str(e).splitlines()[0]})")
     except PipelineError as e:
         sys.exit(f"error: {e}")
