@@ -177,6 +177,15 @@ def test_glosses_add_each_wordnet_class_definition_for_sentence_encoders(tmp_pat
     np.testing.assert_allclose(glossed[:2], expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-5)
     np.testing.assert_array_equal(glossed[2], names[2])  # no synset, no definition: its name alone
     assert np.all(np.sum(names[:2] * glossed[:2], axis=1) < 0.99)
+    # names mapped to synsets by a wnids map: the same definitions, after each name's own embedding
+    mapped = _feature_file(tmp_path / "m.h5", ["hound", "kitty"])
+    (tmp_path / "wnids.json").write_text(json.dumps({"hound": classes[0], "kitty": classes[1]}))
+    build_semantics(mapped, tmp_path / "mapped.h5", SemanticsConfig(text=("minilm",), glosses=True,
+                                                                    wnids=str(tmp_path / "wnids.json")))
+    with SemanticsFile(tmp_path / "mapped.h5") as m:
+        expected = minilm_embeddings(["hound", "kitty"]) + gloss
+        np.testing.assert_allclose(m.text("minilm"), expected / np.linalg.norm(expected, axis=1, keepdims=True),
+                                   atol=1e-5)
 
     with pytest.raises(PipelineError, match="none of the encoders .* reads a definition"):
         build_semantics(features, tmp_path / "x.h5", SemanticsConfig(text=("glove",), glosses=True))

@@ -258,6 +258,8 @@ def build_semantics(features: Path, output: Path, cfg: SemanticsConfig) -> list[
         cfg = clip_of_store(cfg, store.provenance)
     if cfg.graph == "wordnet":
         graph_encoders(cfg.graph_text)  # before the class names are embedded
+    # each class's wnid from the wnids map, read once and before any embedding (None: no map)
+    mapped = read_wnid_map(Path(cfg.wnids), classes) if cfg.wnids and (cfg.glosses or cfg.graph == "wordnet") else None
     old = _previous(output)
     image = io.BytesIO()  # built in memory (a few MB), written in one piece: a full disk is one OSError
     try:
@@ -266,7 +268,7 @@ def build_semantics(features: Path, output: Path, cfg: SemanticsConfig) -> list[
             texts = _class_texts(classes)
             new.create_dataset("class_texts", data=texts, dtype=_STR)
             b = _Builder(new, old)
-            class_wnids = _gloss_wnids(classes, cfg)
+            class_wnids = _gloss_wnids(classes, cfg, mapped)
             attributes = None
             if cfg.attributes:
                 raw = attr.read_attributes(cfg.attributes, cfg.attribute_key,
@@ -299,7 +301,7 @@ def build_semantics(features: Path, output: Path, cfg: SemanticsConfig) -> list[
                     raise PipelineError("attribute_vectors needs attributes (their names); set attributes")
                 _attribute_text(b, attributes.names, cfg)
             if cfg.graph == "wordnet":
-                _graph(b, classes, cfg)
+                _graph(b, classes, cfg, mapped)
             elif cfg.graph != "none":
                 raise PipelineError(f"graph {cfg.graph!r} unknown; use wordnet or none")
             new.attrs["config"] = json.dumps(asdict(cfg))
@@ -312,8 +314,8 @@ def build_semantics(features: Path, output: Path, cfg: SemanticsConfig) -> list[
     return built
 
 
-def _gloss_wnids(classes: list[str], cfg: SemanticsConfig) -> list[str] | None:
-    """With ``cfg.glosses``: each class's wnid ("" for none; ``cfg.wnids`` maps names), checked to be of use:
+def _gloss_wnids(classes: list[str], cfg: SemanticsConfig, mapped: list[str] | None) -> list[str] | None:
+    """With ``cfg.glosses``: each class's wnid ("" for none; ``mapped``: the wnids map's), checked to be of use:
     some class has one and some encoder reads glosses. None without glosses."""
     if not cfg.glosses:
         return None
@@ -321,7 +323,7 @@ def _gloss_wnids(classes: list[str], cfg: SemanticsConfig) -> list[str] | None:
     if not any(e in GLOSS_ENCODERS for e in encoders):
         raise PipelineError(f"glosses: none of the encoders {encoders} reads a definition; add a sentence encoder "
                             f"({' or '.join(GLOSS_ENCODERS)}) to text or graph_text, or drop glosses")
-    wnids = read_wnid_map(Path(cfg.wnids), classes) if cfg.wnids else [c if wn.is_wnid(c) else "" for c in classes]
+    wnids = mapped if mapped is not None else [c if wn.is_wnid(c) else "" for c in classes]
     if not any(wnids):
         raise PipelineError("glosses: no class is a WordNet id (n02084071), so none has a definition; give a "
                             "{class: wnid} map (wnids) or drop glosses")
@@ -377,10 +379,10 @@ def is_file_name(source: str) -> bool:
     return "/" in source or Path(source).suffix.lower() in (".pkl", ".pickle")
 
 
-def _graph(b: _Builder, classes: list[str], cfg: SemanticsConfig) -> None:
+def _graph(b: _Builder, classes: list[str], cfg: SemanticsConfig, mapped: list[str] | None) -> None:
     if cfg.graph_links not in ("hypernyms+instances", "hypernyms"):
         raise PipelineError(f"graph_links {cfg.graph_links!r} unknown; use hypernyms+instances or hypernyms (DGP)")
-    wnids = read_wnid_map(Path(cfg.wnids), classes) if cfg.wnids else classes
+    wnids = classes if mapped is None else mapped
 
     def make(g: h5py.Group) -> None:
         graph = wn.induced_graph(wnids, instances=cfg.graph_links == "hypernyms+instances")
