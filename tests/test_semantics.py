@@ -42,7 +42,7 @@ def test_benchmark_attributes_follow_the_feature_file_class_order(shared_data, t
         align(raw, order + ["not_a_class"])
 
 
-def test_binary_awa2_attributes_and_benchmark_attribute_names(shared_data):
+def test_binary_awa2_attributes_and_benchmark_attribute_names(shared_data, tmp_path):
     binary = read_attributes(str(shared_data / "gbu" / "AWA2" / "binaryAtt_splits.mat"))
     assert binary.values.shape == (50, 85) and set(np.unique(binary.values)) == {0.0, 1.0}
     w2v = shared_data / "gbu_attribute_w2v"
@@ -50,6 +50,9 @@ def test_binary_awa2_attributes_and_benchmark_attribute_names(shared_data):
                                                                        "has_bill_shape::dagger"]
     assert read_attribute_names(w2v / "AWA2_predicates.txt")[0] == "black"
     assert len(read_attribute_names(w2v / "SUN_attributes.mat")) == 102
+    (tmp_path / "names.txt").write_text("1 black\n2\n")  # an index without its name
+    with pytest.raises(PipelineError, match="names.txt:2: expected 'index name', got '2'$"):
+        read_attribute_names(tmp_path / "names.txt")
     named = read_attributes(str(shared_data / "gbu" / "CUB" / "att_splits.mat"),
                             names_file=w2v / "CUB_attributes.txt")
     assert named.names[1] == "has_bill_shape::dagger"

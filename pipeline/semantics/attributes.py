@@ -98,8 +98,14 @@ def read_attribute_names(path: Path) -> list[str]:
     if path.suffix == ".mat":
         cells = scipy.io.loadmat(str(path))["attributes"].ravel()
         return [str(np.ravel(c)[0]) for c in cells]
-    return [line.split(maxsplit=1)[1].strip() for line in read_utf8(path, "attribute name list").splitlines()
-            if line.strip()]
+    names = []
+    for lineno, line in enumerate(read_utf8(path, "attribute name list").splitlines(), 1):
+        if line.strip():
+            fields = line.split(maxsplit=1)
+            if len(fields) < 2:
+                raise PipelineError(f"{path}:{lineno}: expected 'index name', got {line.strip()!r}")
+            names.append(fields[1].strip())
+    return names
 
 
 def read_attribute_vectors(path: Path, n_attributes: int) -> np.ndarray:
