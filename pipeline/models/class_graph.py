@@ -9,25 +9,42 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.models.base import Graph, Semantics
-from pipeline.models.memo import by_identity
+from pipeline.models.memo import by_content, by_identity
 from pipeline.norms import l2_normalize
 
 
+@by_content(4)  # selection asks for the same classes' graph at every grid point and fold
 def knn_graph(vectors: np.ndarray, k: int) -> Graph:
     """A class graph from class vectors [C, S]: every class linked to its ``k`` most cosine-similar
-    classes (links undirected: i~j when either picks the other); node vectors are ``vectors`` themselves."""
+    classes, ties to the lower class index (links undirected: i~j when either picks the other); node
+    vectors are ``vectors`` themselves. Kept for equal vectors (read-only: not to be modified)."""
     vectors = np.asarray(vectors, dtype=np.float32)
     n = len(vectors)
     k = min(int(k), n - 1)
     edges = np.zeros((0, 2), dtype=np.int64)
     if k > 0:
         unit = l2_normalize(vectors)
-        similarity = unit @ unit.T
-        np.fill_diagonal(similarity, -np.inf)
-        # stable sort: ties broken by class index, so the graph is a function of the vectors alone
-        neighbours = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+        rows = max(1, _KNN_CELLS // n)  # similarities held at once: ImageNet-21K's 21,842² would be 1.9 GB
+        neighbours = np.concatenate([_nearest(unit[start:start + rows], unit, start, k)
+                                     for start in range(0, n, rows)])
         edges = np.stack([np.repeat(np.arange(n), k), neighbours.ravel()], axis=1)
     return Graph(edges, vectors, n)
+
+
+_KNN_CELLS = 2 ** 24  # similarities a chunk of knn_graph's rows holds (64 MiB)
+
+
+def _nearest(block: np.ndarray, unit: np.ndarray, start: int, k: int) -> np.ndarray:
+    """[B, k] the ``k`` most cosine-similar other rows of ``unit`` for rows ``start``.. of it (``block``),
+    in order of similarity, ties to the lower index (what a stable sort of each row gives)."""
+    similarity = block @ unit.T
+    similarity[np.arange(len(block)), np.arange(start, start + len(block))] = -np.inf  # not itself
+    kth = -np.partition(-similarity, k - 1, axis=1)[:, k - 1:k]  # the k-th highest similarity of each row
+    out = np.empty((len(block), k), dtype=np.int64)
+    for i, row in enumerate(similarity):
+        candidates = np.flatnonzero(row >= kth[i])  # k of them, more under ties; in index order
+        out[i] = candidates[np.argsort(-row[candidates], kind="stable")[:k]]
+    return out
 
 
 def class_graph(model: str, semantics: Semantics, k: int) -> Graph:
