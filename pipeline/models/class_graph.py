@@ -18,7 +18,7 @@ def knn_graph(vectors: np.ndarray, k: int) -> Graph:
     """A class graph from class vectors [C, S]: every class linked to its ``k`` most cosine-similar
     classes, ties to the lower class index (links undirected: i~j when either picks the other); node
     vectors are ``vectors`` themselves. Kept for equal vectors (read-only: not to be modified)."""
-    vectors = np.asarray(vectors, dtype=np.float32)
+    vectors = np.array(vectors, dtype=np.float32)  # a copy: the kept graph's, never the caller's
     n = len(vectors)
     k = min(int(k), n - 1)
     edges = np.zeros((0, 2), dtype=np.int64)
@@ -28,6 +28,7 @@ def knn_graph(vectors: np.ndarray, k: int) -> Graph:
         neighbours = np.concatenate([_nearest(unit[start:start + rows], unit, start, k)
                                      for start in range(0, n, rows)])
         edges = np.stack([np.repeat(np.arange(n), k), neighbours.ravel()], axis=1)
+    vectors.flags.writeable = edges.flags.writeable = False
     return Graph(edges, vectors, n)
 
 
