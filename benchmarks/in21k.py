@@ -99,8 +99,8 @@ def main() -> None:
     step = run_cli(["extract", "--dataset", "imagenet", "--root", str(work / "root"), "--splits", str(split),
                     "--no-grid", "--output", str(features)])
     print(json.dumps({"step": "extract", "seconds": step["seconds"], "peak_mib": step["peak_mib"]}), flush=True)
+    glosses = ["--glosses"] if args.glosses else []
     for encoder in args.text.split(","):
-        glosses = ["--glosses"] if args.glosses else []
         semantics = work / f"in21k_semantics_{encoder}{'_glosses' if args.glosses else ''}.h5"
         semantics.unlink(missing_ok=True)  # timed from scratch (a rebuild would copy every unchanged part)
         step = run_cli(["semantics", "--features", str(features), "--output", str(semantics), "--text", "minilm",

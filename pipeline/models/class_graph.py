@@ -17,7 +17,7 @@ from pipeline.norms import l2_normalize
 def knn_graph(vectors: np.ndarray, k: int) -> Graph:
     """A class graph from class vectors [C, S]: every class linked to its ``k`` most cosine-similar
     classes, ties to the lower class index (links undirected: i~j when either picks the other); node
-    vectors are ``vectors`` themselves. Kept for equal vectors (read-only: not to be modified)."""
+    vectors are a copy of ``vectors``. Kept for equal vectors (read-only: not to be modified)."""
     vectors = np.array(vectors, dtype=np.float32)  # a copy: the kept graph's, never the caller's
     n = len(vectors)
     k = min(int(k), n - 1)

@@ -397,7 +397,7 @@ def _graph(b: _Builder, classes: list[str], cfg: SemanticsConfig, mapped: list[s
         _attrs(g, {"n_classes": graph.n_classes, "node_text": cfg.graph_text, "node_vectors": made,
                    "links": cfg.graph_links, "node_encoder": meta})
 
-    encoders = [_encoder_inputs(e, cfg) for e in cfg.graph_text.split("+")]
+    encoders = [_encoder_inputs(e, cfg) for e in graph_encoders(cfg.graph_text)]
     b.group("graph", [wnids, encoders[0] if len(encoders) == 1 else encoders, "lemmas", cfg.graph_links]
             + (["glosses"] if cfg.glosses else []), make)
 
